@@ -1,0 +1,66 @@
+"""Carry decisions out: order a recycle, stop a task, SIGKILL; or, in dry run, only log.
+
+Every action is logged with the task, the memory and the limit. This is the only
+module that sends signals to pool children.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from . import events
+from .board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
+from .samples import Action, Decision, MiB
+
+__all__ = ["Actuator"]
+
+
+def _mib(value: int) -> float:
+    return round(value / MiB, 1)
+
+
+class Actuator:
+    def __init__(self, board: Board | None, *, metric: str, dry_run: bool,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
+        self.board = board
+        self.metric = metric
+        self.dry_run = dry_run
+        self._kill = kill
+
+    def apply(self, decision: Decision, index: int | None) -> None:
+        d = decision
+        if d.action is Action.RECYCLE:
+            self._log(events.WOULD_RECYCLE if self.dry_run else events.CHILD_RECYCLED, "warning", d,
+                      tasks_run=d.tasks_run, lifetime_s=round(d.lifetime, 1))
+            if not self.dry_run:
+                self._order(d, index, ORDER_RECYCLE)
+        elif d.action is Action.KILL:
+            self._log(events.WOULD_KILL if self.dry_run else events.TASK_KILLED, "error", d,
+                      signal="MemoryLimitExceeded")
+            if not self.dry_run:
+                self._order(d, index, ORDER_KILL)
+        elif d.action is Action.FORCE_KILL:
+            self._log(events.WOULD_KILL if self.dry_run else events.TASK_KILLED, "error", d, signal="SIGKILL")
+            if not self.dry_run:
+                self._signal(d.pid, signal.SIGKILL)
+
+    def _order(self, d: Decision, index: int | None, action: int) -> None:
+        if self.board is None or index is None:
+            # The child never registered (its init failed): it cannot obey orders. Only a kill is possible.
+            if action == ORDER_KILL:
+                self._signal(d.pid, signal.SIGKILL)
+            return
+        self.board.write_order(index, action, d.mem, d.limit, d.task_id, d.reason)
+        self._signal(d.pid, ORDER_SIGNAL)
+
+    def _signal(self, pid: int, signum: int) -> None:
+        try:
+            self._kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone
+
+    def _log(self, event: str, level: str, d: Decision, **extra: object) -> None:
+        events.emit(event, level, pid=d.pid, task=d.task, task_id=d.task_id, reason=d.reason,
+                    mem_mib=_mib(d.mem), limit_mib=_mib(d.limit), metric=self.metric, **extra)

@@ -1,0 +1,215 @@
+"""Frozen MemGuard settings, read from ``app.conf`` and validated once at worker start.
+
+Every ``memguard_*`` key is parsed and checked here, so that a bad value stops the
+worker before it consumes a single message, with an error naming the key, the
+value and what is accepted. Nothing else in the package reads ``app.conf``.
+
+Sizes accept an int (bytes) or a string: ``"512MiB"``, ``"1.5GB"``, ``"800k"``,
+``"20%"`` (of the effective memory: the smaller of physical memory and the
+cgroup limit, see :mod:`celery_memguard.probes.system`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from .exceptions import ConfigError
+
+__all__ = ["MemGuardConfig", "parse_size", "DEFAULTS", "KEYS"]
+
+MiB = 1024 * 1024
+
+_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z%]*)\s*$")
+SIZE_ACCEPTED = (
+    'an int (bytes), a string like "512MiB", "1.5GB", "800k" '
+    '(units B, k/KiB, KB, M/MiB, MB, G/GiB, GB, T/TiB, TB) '
+    'or a percentage of effective memory like "20%"'
+)
+
+
+def parse_size(key: str, value: Any, effective_memory: int) -> int:
+    """Return ``value`` as a positive number of bytes, or raise :class:`ConfigError`.
+
+    ``effective_memory`` is what a percentage refers to.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(key, value, SIZE_ACCEPTED)
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
+        return int(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, value, SIZE_ACCEPTED)
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise ConfigError(key, value, SIZE_ACCEPTED)
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ConfigError(key, value, "a percentage in (0%, 100%]")
+        return int(effective_memory * number / 100)
+    if unit not in _UNITS:
+        raise ConfigError(key, value, SIZE_ACCEPTED)
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
+    return size
+
+
+def _optional_size(key: str, value: Any, effective_memory: int) -> int | None:
+    if value is None:
+        return None
+    return parse_size(key, value, effective_memory)
+
+
+def _choice(*choices: str) -> Callable[[str, Any, int], str]:
+    def parse(key: str, value: Any, _mem: int) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise ConfigError(key, value, "one of " + ", ".join(repr(c) for c in choices))
+        return value.lower()
+
+    return parse
+
+
+def _seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float]:
+    def parse(key: str, value: Any, _mem: int) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    value_f = float(value)
+                except ValueError:
+                    raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]") from None
+                return parse(key, value_f, _mem)
+            raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]")
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]")
+        return float(value)
+
+    return parse
+
+
+def _bool(key: str, value: Any, _mem: int) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(key, value, 'True or False (or "true"/"false", "yes"/"no", "1"/"0")')
+
+
+def _optional_path(key: str, value: Any, _mem: int) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise ConfigError(key, value, "None (standard error) or a file path string")
+
+
+@dataclass(frozen=True)
+class MemGuardConfig:
+    """Validated settings; sizes in bytes, times in seconds.
+
+    Build it with :meth:`from_mapping`; the dataclass constructor does no validation.
+    """
+
+    enabled: bool = True
+    metric: str = "uss"
+    soft_limit: int | None = None
+    hard_limit: int | None = None
+    poll_interval: float = 1.0
+    kill_grace: float = 2.0
+    dry_run: bool = False
+    log_format: str = "console"
+    log_file: str | None = None
+    effective_memory: int = 0
+
+    @classmethod
+    def from_mapping(cls, conf: Mapping[str, Any] | Any, effective_memory: int) -> "MemGuardConfig":
+        """Read ``memguard_*`` keys from ``conf`` (``app.conf`` or a dict) and validate them.
+
+        Raises :class:`ConfigError` naming the first invalid key. Unknown ``memguard_*`` keys are
+        rejected too, so a typo never silently disables a limit.
+        """
+        values: dict[str, Any] = {}
+        for key, parser in _PARSERS.items():
+            full = "memguard_" + key
+            raw = _get(conf, full, DEFAULTS[key])
+            values[key] = parser(full, raw, effective_memory)
+        unknown = sorted(k for k in _keys(conf) if k.startswith("memguard_") and k[9:] not in _PARSERS)
+        if unknown:
+            raise ConfigError(unknown[0], _get(conf, unknown[0], None), "a known key: " + ", ".join(KEYS))
+        soft, hard = values["soft_limit"], values["hard_limit"]
+        if soft is not None and hard is not None and soft >= hard:
+            raise ConfigError(
+                "memguard_soft_limit",
+                _get(conf, "memguard_soft_limit", None),
+                f"a size below memguard_hard_limit ({hard} bytes)",
+            )
+        return cls(effective_memory=effective_memory, **values)
+
+    def as_public_dict(self) -> dict[str, Any]:
+        """Settings as shown in ``memguard.started`` and the docs."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _get(conf: Any, key: str, default: Any) -> Any:
+    try:
+        return conf.get(key, default)
+    except Exception:  # a Celery Settings object may raise on odd keys
+        return getattr(conf, key, default)
+
+
+def _keys(conf: Any) -> list[str]:
+    try:
+        return [k for k in conf.keys() if isinstance(k, str)]
+    except Exception:
+        return []
+
+
+_PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
+    "enabled": _bool,
+    "metric": _choice("uss", "pss", "rss"),
+    "soft_limit": _optional_size,
+    "hard_limit": _optional_size,
+    "poll_interval": _seconds(0.01, 3600.0),
+    "kill_grace": _seconds(0.0, 3600.0),
+    "dry_run": _bool,
+    "log_format": _choice("console", "json"),
+    "log_file": _optional_path,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "metric": "uss",
+    "soft_limit": None,
+    "hard_limit": None,
+    "poll_interval": 1.0,
+    "kill_grace": 2.0,
+    "dry_run": False,
+    "log_format": "console",
+    "log_file": None,
+}
+
+KEYS: tuple[str, ...] = tuple("memguard_" + k for k in _PARSERS)

@@ -1,0 +1,52 @@
+"""Cheap upper bounds for USS/PSS, so the master rarely pays for an exact reading.
+
+An exact USS/PSS reading (``/proc/PID/smaps_rollup``) walks the child's page
+tables: about 40 ns per resident page, 3-4 ms for a child mapping 300 MiB. RSS and
+the minor-fault count (``statm``, ``stat``) cost about 1.5 µs each. Between two
+exact readings a child's private memory can only grow by pages it newly maps
+(RSS grows) or by shared pages it copies on write (each is one minor fault), so
+
+    bound = exact + max(0, rss - rss_then) + PAGE * (faults - faults_then)
+
+is an upper bound, and RSS itself always is one. Pages can also become private
+without a fault in the child, when every other sharer drops or copies them; an
+exact reading every ``refresh`` seconds bounds how long that can go unseen.
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MetricEstimate", "PAGE_SIZE"]
+
+PAGE_SIZE = 4096
+
+
+class MetricEstimate:
+    """Tracks one child's last exact reading and bounds the metric from cheap readings."""
+
+    __slots__ = ("refresh", "exact", "rss_then", "faults_then", "at")
+
+    def __init__(self, *, refresh: float = 60.0) -> None:
+        self.refresh = refresh
+        self.exact: int | None = None
+        self.rss_then = 0
+        self.faults_then = 0
+        self.at = -math.inf
+
+    def bound(self, rss: int, faults: int) -> int:
+        """An upper bound for the metric given the current RSS and minor-fault count."""
+        if self.exact is None:
+            return rss
+        grown = max(0, rss - self.rss_then) + PAGE_SIZE * max(0, faults - self.faults_then)
+        return min(rss, self.exact + grown)
+
+    def needs_exact(self, rss: int, bound: int, threshold: int | None, now: float) -> bool:
+        """Whether the prober must take an exact reading now to compare against ``threshold``."""
+        if threshold is None or rss <= threshold:
+            return False
+        return bound > threshold or now - self.at >= self.refresh
+
+    def record_exact(self, value: int, rss: int, faults: int, now: float) -> None:
+        self.exact, self.rss_then, self.faults_then, self.at = value, rss, faults, now

@@ -1,0 +1,38 @@
+"""Exceptions MemGuard raises: bad configuration, and a task stopped at its hard limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConfigError", "MemoryLimitExceeded"]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A ``memguard_*`` setting is invalid; the worker refuses to start."""
+
+    def __init__(self, key: str, value: Any, accepted: str) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        super().__init__(f"invalid {key}={value!r}: expected {accepted}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.value, self.accepted))
+
+
+class MemoryLimitExceeded(Exception):
+    """Raised inside a task whose pool child went above ``memguard_hard_limit``.
+
+    Celery records it as the task's failure, so the result and traceback say
+    which memory figure crossed which limit. The child is replaced after the task.
+    """
+
+    def __init__(self, task: str, mem: int, limit: int, metric: str, pid: int) -> None:
+        self.task, self.mem, self.limit, self.metric, self.pid = task, mem, limit, metric, pid
+        super().__init__(
+            f"memguard: task {task} stopped: pool child {pid} used {mem / MiB:.1f} MiB "
+            f"({metric}), above memguard_hard_limit {limit / MiB:.1f} MiB"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.mem, self.limit, self.metric, self.pid))

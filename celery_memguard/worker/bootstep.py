@@ -1,0 +1,152 @@
+"""The ``MemGuard`` worker bootstep: the only wiring a project needs.
+
+``app.steps['worker'].add(MemGuard)``. The step runs in the worker's main
+process. At construction it validates the ``memguard_*`` settings (a bad value
+stops the worker before it starts), after the Pool step is created and before it
+forks it maps the shared board and connects the child-side receivers, and when
+the worker starts it launches the monitor thread.
+
+On pools other than prefork there are no child processes to measure, recycle or
+stop: MemGuard logs one ``memguard.pool_unsupported`` warning saying so and
+stays idle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import click
+from celery import bootsteps
+
+from .. import events
+from ..actions import Actuator
+from ..board import Board
+from ..config import MemGuardConfig
+from ..engine import Engine
+from ..exceptions import ConfigError
+from ..monitor import Monitor
+from ..policies import build_policies
+from ..probes import effective_memory
+from ..samples import MiB
+from . import child
+
+__all__ = ["MemGuard", "WorkerConfigError"]
+
+
+class WorkerConfigError(ConfigError, click.ClickException):
+    """A :class:`ConfigError` that Celery's command line prints as one clean ``Error:`` line."""
+
+    exit_code = 1
+
+    def __init__(self, key: str, value: object, accepted: str) -> None:
+        click.ClickException.__init__(self, f"celery-memguard: invalid {key}={value!r}: expected {accepted}")
+        self.key, self.value, self.accepted = key, value, accepted
+
+_UNSUPPORTED = {
+    "can": "validate its settings and log memguard.started",
+    "cannot": (
+        "measure tasks per child, recycle or stop anything: the {pool} pool runs tasks inside the worker "
+        "process itself, so a limit could only kill the whole worker. Use --pool=prefork for memory limits, "
+        "or rely on the container's limit"
+    ),
+}
+
+
+class MemGuard(bootsteps.StartStopStep):
+    """Per-child memory measurement and limits for Celery prefork workers."""
+
+    label = "MemGuard"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        try:
+            self.config = MemGuardConfig.from_mapping(parent.app.conf, effective_memory())
+        except ConfigError as exc:
+            # The worker does not start; `celery worker` prints "Error: invalid memguard_...: expected ..."
+            # and exits with status 1 instead of a traceback.
+            raise WorkerConfigError(exc.key, exc.value, exc.accepted) from None
+        self.monitor: Monitor | None = None
+        self.board: Board | None = None
+        self.prefork = False
+
+    def include_if(self, parent: Any) -> bool:
+        return self.config.enabled
+
+    def create(self, parent: Any) -> "MemGuard":
+        cfg = self.config
+        events.configure(fmt=cfg.log_format, log_file=cfg.log_file, hostname=getattr(parent, "hostname", None))
+        try:
+            from celery.concurrency.prefork import TaskPool as PreforkPool
+
+            pool_cls = getattr(parent, "pool_cls", None)
+            self.prefork = isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool)
+            if self.prefork:
+                concurrency = max(int(parent.concurrency or 1), int(getattr(parent, "max_concurrency", 0) or 0))
+                self.board = Board(concurrency + 1)
+                child.install(self.board, cfg.metric)
+        except Exception as exc:
+            events.error("bootstep.create", exc)
+            self.prefork = False
+        return self
+
+    def start(self, parent: Any) -> None:
+        cfg = self.config
+        pool_name = _pool_name(parent)
+        events.emit(
+            events.STARTED,
+            pool=pool_name,
+            concurrency=parent.concurrency,
+            metric=cfg.metric,
+            soft_limit_mib=_mib(cfg.soft_limit),
+            hard_limit_mib=_mib(cfg.hard_limit),
+            poll_interval=cfg.poll_interval,
+            dry_run=cfg.dry_run,
+            kill_grace=cfg.kill_grace,
+            effective_memory_mib=_mib(cfg.effective_memory),
+        )
+        if not self.prefork:
+            events.emit(events.POOL_UNSUPPORTED, "warning", pool=pool_name, can=_UNSUPPORTED["can"],
+                        cannot=_UNSUPPORTED["cannot"].format(pool=pool_name))
+            return
+        try:
+            engine = Engine(build_policies(cfg), kill_grace=cfg.kill_grace, poll_interval=cfg.poll_interval)
+            actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
+            self.monitor = Monitor(children=lambda: _pool_children(parent), engine=engine, actuator=actuator,
+                                   board=self.board, metric=cfg.metric)
+            self.monitor.start()
+        except Exception as exc:
+            events.error("bootstep.start", exc)
+
+    def stop(self, parent: Any) -> None:
+        if self.monitor is not None:
+            try:
+                self.monitor.stop()
+                events.emit(events.STOPPED, polls=self.monitor.polls, decisions=self.monitor.decisions)
+            except Exception as exc:
+                events.error("bootstep.stop", exc)
+            self.monitor = None
+
+    terminate = stop
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / MiB, 1)
+
+
+def _pool_name(parent: Any) -> str:
+    pool_cls = getattr(parent, "pool_cls", None)
+    module = getattr(pool_cls, "__module__", "") or ""
+    return module.rsplit(".", 1)[-1] or str(pool_cls)
+
+
+def _pool_children(parent: Any) -> Iterator[tuple[int, int | None]]:
+    """(pid, pool index) of each live prefork child."""
+    pool = getattr(getattr(parent, "pool", None), "_pool", None)
+    for proc in list(getattr(pool, "_pool", None) or ()):
+        pid = getattr(proc, "pid", None)
+        if pid:
+            yield pid, getattr(proc, "index", None)

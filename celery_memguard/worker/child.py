@@ -1,0 +1,188 @@
+"""Pool-child side: per-task measurement and obeying the master's orders.
+
+The master connects these receivers before the pool forks, so every prefork
+child inherits them:
+
+* ``worker_process_init``: open the child's own /proc fds, claim its board slot,
+  install the order-signal handler and hook billiard's ``wait_for_job`` so a
+  recycle happens exactly where billiard's own ``max_tasks_per_child`` recycle
+  does: after the finished task's result went to the master, before the next job
+  is taken.
+* ``task_prerun`` / ``task_postrun``: reset the kernel's peak, read RSS, write the
+  current task and, after it, the finished-task record to the board.
+
+Fail-open: each receiver catches everything and reports ``memguard.error`` once
+per cause; a task never fails because of MemGuard's bookkeeping. The only
+exception MemGuard raises inside a task is :class:`MemoryLimitExceeded`, and only
+for the task the master ordered stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from .. import events
+from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
+from ..exceptions import MemoryLimitExceeded
+from ..probes import SelfProbe
+
+__all__ = ["install", "ChildRuntime", "runtime"]
+
+#: billiard's exit code for a planned recycle (billiard.pool.EX_RECYCLE).
+EX_RECYCLE = 0x9B
+
+_board: Board | None = None
+_metric = "uss"
+_installed = False
+_runtime: "ChildRuntime | None" = None
+
+
+def runtime() -> "ChildRuntime | None":
+    """This child's runtime (None in the master or before ``worker_process_init``)."""
+    return _runtime
+
+
+class ChildRuntime:
+    """Everything one pool child keeps between tasks."""
+
+    def __init__(self, board: Board, index: int, worker: Any) -> None:
+        self.board = board
+        self.index = index
+        self.pid = os.getpid()
+        self.probe = SelfProbe()
+        self.spawned_at = time.monotonic()
+        self.tasks_run = 0
+        self.recycle_requested = False
+        self.task: str | None = None
+        self.task_id: str | None = None
+        self.started = 0.0
+        self.rss_before = 0
+        self.last_order = 0
+        board.claim(index, self.pid, self.spawned_at)
+        signal.signal(ORDER_SIGNAL, self._on_order)
+        self.hooked = self._hook_wait_for_job(worker)
+
+    # -- per task (hot path) ---------------------------------------------
+    def before(self, task: str, task_id: str) -> None:
+        probe = self.probe
+        probe.reset_peak()
+        self.rss_before = rss = probe.rss()
+        self.started = now = time.monotonic()
+        self.task, self.task_id = task, task_id
+        self.board.task_started(self.index, self.pid, task, task_id, now, rss, self.tasks_run, self.spawned_at)
+
+    def after(self, task_id: str, ok: bool) -> None:
+        if task_id != self.task_id or self.task is None:
+            return
+        probe = self.probe
+        rss = probe.rss()
+        peak = probe.peak()
+        task = self.task
+        self.task = self.task_id = None
+        self.tasks_run += 1
+        self.board.task_finished(self.index, self.pid, task, task_id, self.started, time.monotonic() - self.started,
+                                 self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at)
+
+    # -- orders -------------------------------------------------------------
+    def _on_order(self, signum: int, frame: FrameType | None) -> None:
+        order = self.board.read_order(self.index)
+        if order.seq == self.last_order:
+            return
+        self.last_order = order.seq
+        if order.action == ORDER_RECYCLE:
+            self.recycle_requested = True
+        elif order.action == ORDER_KILL:
+            # A child that crossed its hard limit is not reused, whatever happens to the task.
+            self.recycle_requested = True
+            if self.task_id is not None and self.task_id == order.task_id:
+                raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, _metric, self.pid)
+
+    def _hook_wait_for_job(self, worker: Any) -> bool:
+        original = getattr(worker, "wait_for_job", None)
+        if original is None or not callable(original):
+            return False
+
+        def wait_for_job() -> Any:
+            if self.recycle_requested:
+                self._exit()
+            job = original()
+            if job is None and self.recycle_requested:
+                self._exit()
+            return job
+
+        worker.wait_for_job = wait_for_job
+        return True
+
+    def _exit(self) -> None:
+        # billiard replaced sys.exit in the child to record the exit code it reports.
+        sys.exit(EX_RECYCLE)
+
+
+# -- signal receivers -------------------------------------------------------
+
+
+def _on_process_init(**_: Any) -> None:
+    global _runtime
+    try:
+        if _board is None:
+            return
+        from billiard.process import current_process
+
+        proc = current_process()
+        index = getattr(proc, "index", None)
+        if index is None or not 0 <= index < _board.slots:
+            raise LookupError(f"pool index {index!r} has no board slot ({_board.slots} slots)")
+        _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None))
+        if not _runtime.hooked:
+            raise RuntimeError("billiard worker has no wait_for_job; soft recycles will not happen")
+    except Exception as exc:
+        events.error("child.init", exc)
+
+
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    rt = _runtime
+    if rt is None:
+        return
+    try:
+        rt.before(getattr(task, "name", None) or getattr(sender, "name", "?"), task_id or "")
+    except Exception as exc:
+        events.error("child.task_prerun", exc)
+
+
+def _on_postrun(sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+    rt = _runtime
+    if rt is None:
+        return
+    try:
+        rt.after(task_id or "", state == "SUCCESS")
+    except Exception as exc:
+        events.error("child.task_postrun", exc)
+
+
+def install(board: Board, metric: str) -> None:
+    """Connect the child-side receivers (call in the master, before the pool forks)."""
+    global _board, _metric, _installed
+    _board, _metric = board, metric
+    if _installed:
+        return
+    from celery import signals
+
+    signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="memguard.process_init")
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="memguard.prerun")
+    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="memguard.postrun")
+    _installed = True
+
+
+def uninstall() -> None:
+    global _board, _installed
+    from celery import signals
+
+    signals.worker_process_init.disconnect(dispatch_uid="memguard.process_init")
+    signals.task_prerun.disconnect(dispatch_uid="memguard.prerun")
+    signals.task_postrun.disconnect(dispatch_uid="memguard.postrun")
+    _board, _installed = None, False
