@@ -46,6 +46,11 @@ class Actuator:
             if not self.dry_run:
                 self._signal(d.pid, signal.SIGKILL)
 
+    def remind(self, pid: int) -> None:
+        """Repeat the order signal to an idle child that has an order pending (no-op in dry run)."""
+        if not self.dry_run and self.board is not None:
+            self._signal(pid, ORDER_SIGNAL)
+
     def _order(self, d: Decision, index: int | None, action: int) -> None:
         if self.board is None or index is None:
             # The child never registered (its init failed): it cannot obey orders. Only a kill is possible.

@@ -30,7 +30,7 @@ __all__ = ["Board", "CurrentTask", "Order", "ORDER_SIGNAL", "ORDER_RECYCLE", "OR
 ORDER_SIGNAL = getattr(signal, "SIGURG", signal.SIGTERM)
 
 ORDER_NONE, ORDER_RECYCLE, ORDER_KILL = 0, 1, 2
-RING_SIZE = 64
+RING_SIZE = 256
 
 _SEQ = struct.Struct("<Q")
 # pid, busy, started, rss_before, tasks_run, spawned_at, task_id, task_name

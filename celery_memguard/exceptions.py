@@ -28,11 +28,12 @@ class MemoryLimitExceeded(Exception):
     """
 
     def __init__(self, task: str, mem: int, limit: int, metric: str, pid: int) -> None:
+        # args are the constructor's arguments so Celery can rebuild the exception from a result.
+        super().__init__(task, mem, limit, metric, pid)
         self.task, self.mem, self.limit, self.metric, self.pid = task, mem, limit, metric, pid
-        super().__init__(
-            f"memguard: task {task} stopped: pool child {pid} used {mem / MiB:.1f} MiB "
-            f"({metric}), above memguard_hard_limit {limit / MiB:.1f} MiB"
-        )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.task, self.mem, self.limit, self.metric, self.pid))
+    def __str__(self) -> str:
+        return (
+            f"memguard: task {self.task} stopped: pool child {self.pid} used {self.mem / MiB:.1f} MiB "
+            f"({self.metric}), above memguard_hard_limit {self.limit / MiB:.1f} MiB"
+        )

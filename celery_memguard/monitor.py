@@ -23,12 +23,13 @@ from .board import Board
 from .engine import Engine
 from .estimate import MetricEstimate
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
-from .samples import ChildSample, TaskSample
+from .samples import Action, ChildSample, TaskSample
 
 __all__ = ["Monitor"]
 
 #: Seconds between exact readings even when the cheap bound says "well below".
 EXACT_REFRESH = 60.0
+_LEAVING = (Action.RECYCLE, Action.KILL)
 
 
 class Monitor:
@@ -110,6 +111,13 @@ class Monitor:
                 self.actuator.apply(decision, index_of.get(decision.pid))
             except Exception as exc:
                 events.error("actions.apply", exc)
+        for sample in samples:
+            # An idle child told to leave is reminded every poll until it has gone (see worker/child.py).
+            if sample.task_id is None and self.engine.pending(sample.pid) in _LEAVING:
+                try:
+                    self.actuator.remind(sample.pid)
+                except Exception as exc:
+                    events.error("actions.remind", exc)
         return self.engine.next_delay
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:

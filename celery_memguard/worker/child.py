@@ -7,7 +7,9 @@ child inherits them:
   install the order-signal handler and hook billiard's ``wait_for_job`` so a
   recycle happens exactly where billiard's own ``max_tasks_per_child`` recycle
   does: after the finished task's result went to the master, before the next job
-  is taken.
+  is taken. A child that is already idle when the order comes leaves at once if
+  it is blocked before the first byte of its next job (the master repeats the
+  signal each poll until it has left); otherwise after the job it is reading.
 * ``task_prerun`` / ``task_postrun``: reset the kernel's peak, read RSS, write the
   current task and, after it, the finished-task record to the board.
 
@@ -63,6 +65,7 @@ class ChildRuntime:
         self.started = 0.0
         self.rss_before = 0
         self.last_order = 0
+        self._wait_code: object = None
         board.claim(index, self.pid, self.spawned_at)
         signal.signal(ORDER_SIGNAL, self._on_order)
         self.hooked = self._hook_wait_for_job(worker)
@@ -91,16 +94,35 @@ class ChildRuntime:
     # -- orders -------------------------------------------------------------
     def _on_order(self, signum: int, frame: FrameType | None) -> None:
         order = self.board.read_order(self.index)
-        if order.seq == self.last_order:
-            return
-        self.last_order = order.seq
-        if order.action == ORDER_RECYCLE:
-            self.recycle_requested = True
-        elif order.action == ORDER_KILL:
-            # A child that crossed its hard limit is not reused, whatever happens to the task.
-            self.recycle_requested = True
-            if self.task_id is not None and self.task_id == order.task_id:
-                raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, _metric, self.pid)
+        if order.seq != self.last_order:
+            self.last_order = order.seq
+            if order.action == ORDER_RECYCLE:
+                self.recycle_requested = True
+            elif order.action == ORDER_KILL:
+                # A child that crossed its hard limit is not reused, whatever happens to the task.
+                self.recycle_requested = True
+                if self.task_id is not None and self.task_id == order.task_id:
+                    raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, _metric, self.pid)
+        # The master repeats the signal while an idle child has not left yet. Leave now only if the
+        # child is blocked before the first byte of its next job: nothing has been read, so nothing is lost.
+        if self.recycle_requested and self.task_id is None and self._waiting_for_job(frame):
+            self._exit()
+
+    def _waiting_for_job(self, frame: FrameType | None) -> bool:
+        """True if ``frame`` is billiard's pipe read of a job header with no byte consumed yet."""
+        if frame is None or frame.f_code.co_name != "_recv":
+            return False
+        local = frame.f_locals
+        if local.get("size") != 4 or local.get("remaining") != 4:
+            return False
+        caller = frame.f_back
+        if caller is None or caller.f_code.co_name != "_recv_bytes" or "buf" in caller.f_locals:
+            return False
+        while caller is not None:
+            if caller.f_code is self._wait_code:
+                return True
+            caller = caller.f_back
+        return False
 
     def _hook_wait_for_job(self, worker: Any) -> bool:
         original = getattr(worker, "wait_for_job", None)
@@ -116,6 +138,7 @@ class ChildRuntime:
             return job
 
         worker.wait_for_job = wait_for_job
+        self._wait_code = wait_for_job.__code__
         return True
 
     def _exit(self) -> None:

@@ -1,0 +1,81 @@
+"""The demo's Celery app: kombu's filesystem transport (no broker server) and a file result backend.
+
+Tasks: ``work`` (well-behaved), ``leaky`` (keeps 40 MiB per call in a module-level list, so its child
+grows until memguard's soft limit recycles it) and ``runaway`` (grows ~400 MiB/s until memguard's hard
+limit stops it with MemoryLimitExceeded).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+from celery_memguard import MemGuard
+
+DATA = os.environ.get("MEMGUARD_DEMO_DIR", "/tmp/memguard-demo")
+
+app = Celery("demoapp")
+app.conf.update(
+    broker_url="filesystem://",
+    broker_transport_options={
+        "data_folder_in": f"{DATA}/broker",
+        "data_folder_out": f"{DATA}/broker",
+        "processed_folder": f"{DATA}/processed",
+        "store_processed": False,
+    },
+    result_backend=f"file://{DATA}/results",
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    memguard_soft_limit="150MiB",
+    memguard_hard_limit="300MiB",
+    memguard_poll_interval=0.2,
+    memguard_log_format=os.environ.get("MEMGUARD_DEMO_FORMAT", "json"),
+    memguard_log_file=f"{DATA}/events.log",
+)
+app.steps["worker"].add(MemGuard)
+
+_kept: list[bytearray] = []
+
+
+def _touched(size: int) -> bytearray:
+    block = bytearray(size)
+    for i in range(0, size, 4096):
+        block[i] = 1
+    return block
+
+
+@app.task
+def work(n: int) -> int:
+    """A well-behaved task."""
+    return sum(range(n))
+
+
+@app.task
+def leaky() -> dict[str, int]:
+    """Keeps 40 MiB per call: a leak."""
+    _kept.append(_touched(40 << 20))
+    return {"pid": os.getpid(), "kept_mib": 40 * len(_kept)}
+
+
+@app.task
+def runaway(rate_mib_s: int = 400, seconds: float = 5.0) -> int:
+    """Grows at ``rate_mib_s`` until stopped (it would reach ~2 GiB)."""
+    chunks = []
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        chunks.append(_touched(4 << 20))
+        time.sleep(4 / rate_mib_s / 2)
+    return len(chunks)
+
+
+@app.task
+def _debug_state() -> dict:
+    from celery_memguard.worker import child
+    rt = child.runtime()
+    import billiard.process as bp, signal
+    return {"pid": os.getpid(), "rt": rt is not None, "hooked": getattr(rt, "hooked", None), "flag": getattr(rt, "recycle_requested", None),
+            "target": type(bp.current_process()._target).__name__, "handler": str(signal.getsignal(signal.SIGURG)),
+            "wfj": str(getattr(bp.current_process()._target, "wait_for_job", None))}
