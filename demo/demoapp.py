@@ -23,6 +23,7 @@ app.conf.update(
         "data_folder_in": f"{DATA}/broker",
         "data_folder_out": f"{DATA}/broker",
         "processed_folder": f"{DATA}/processed",
+        "control_folder": f"{DATA}/control",
         "store_processed": False,
     },
     result_backend=f"file://{DATA}/results",
@@ -70,12 +71,3 @@ def runaway(rate_mib_s: int = 400, seconds: float = 5.0) -> int:
         time.sleep(4 / rate_mib_s / 2)
     return len(chunks)
 
-
-@app.task
-def _debug_state() -> dict:
-    from celery_memguard.worker import child
-    rt = child.runtime()
-    import billiard.process as bp, signal
-    return {"pid": os.getpid(), "rt": rt is not None, "hooked": getattr(rt, "hooked", None), "flag": getattr(rt, "recycle_requested", None),
-            "target": type(bp.current_process()._target).__name__, "handler": str(signal.getsignal(signal.SIGURG)),
-            "wfj": str(getattr(bp.current_process()._target, "wait_for_job", None))}

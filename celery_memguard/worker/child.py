@@ -38,6 +38,8 @@ __all__ = ["install", "ChildRuntime", "runtime"]
 #: billiard's exit code for a planned recycle (billiard.pool.EX_RECYCLE).
 EX_RECYCLE = 0x9B
 
+siginterrupt = getattr(signal, "siginterrupt", lambda _sig, _flag: None)
+
 _board: Board | None = None
 _metric = "uss"
 _installed = False
@@ -68,6 +70,7 @@ class ChildRuntime:
         self._wait_code: object = None
         board.claim(index, self.pid, self.spawned_at)
         signal.signal(ORDER_SIGNAL, self._on_order)
+        siginterrupt(ORDER_SIGNAL, False)
         self.hooked = self._hook_wait_for_job(worker)
 
     # -- per task (hot path) ---------------------------------------------
@@ -132,7 +135,14 @@ class ChildRuntime:
         def wait_for_job() -> Any:
             if self.recycle_requested:
                 self._exit()
-            job = original()
+            # While waiting for a job the order signal interrupts the blocking read (so an idle child
+            # can leave); while a task runs it restarts interrupted system calls, so C code in the
+            # task never sees EINTR because of MemGuard.
+            siginterrupt(ORDER_SIGNAL, True)
+            try:
+                job = original()
+            finally:
+                siginterrupt(ORDER_SIGNAL, False)
             if job is None and self.recycle_requested:
                 self._exit()
             return job
