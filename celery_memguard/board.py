@@ -37,9 +37,13 @@ _SEQ = struct.Struct("<Q")
 _HEAD = struct.Struct("<qBxxxxxxxdqQd40s128s")
 # order_seq, action, mem, limit, task_id, reason
 _ORDER = struct.Struct("<QBxxxxxxxqq40s24s")
-# started, duration, rss_before, rss_after, peak, ok, task_id, task_name
-_REC = struct.Struct("<ddqqqBxxxxxxx40s128s")
+# pid, started, duration, rss_before, rss_after, peak, ok, task_id, task_name
+_REC = struct.Struct("<qddqqqBxxxxxxx40s128s")
 _COUNT = struct.Struct("<Q")
+#: Trace list (after the slots): generation, number of names, names of suspected tasks to trace.
+TRACE_MAX = 8
+_TRACE_HEAD = struct.Struct("<QB7x")
+_TRACE_NAME = struct.Struct("<128s")
 
 _HEAD_SEQ = 0
 _HEAD_AT = _HEAD_SEQ + _SEQ.size
@@ -83,19 +87,30 @@ class Board:
         if slots <= 0:
             raise ValueError("slots must be > 0")
         self.slots = slots
-        self._map = mmap.mmap(-1, slots * SLOT_SIZE)
+        self._trace_at = slots * SLOT_SIZE
+        self._map = mmap.mmap(-1, self._trace_at + _TRACE_HEAD.size + TRACE_MAX * _TRACE_NAME.size)
         self._names: dict[str, bytes] = {}
         self._order_seq = 0
 
     # -- child side -------------------------------------------------------
     def claim(self, index: int, pid: int, now: float) -> None:
-        """Reset slot ``index`` for a newly started child."""
+        """Take slot ``index`` for a newly started child.
+
+        The previous child may have been killed mid-write, leaving a sequence counter odd: both
+        counters are forced back to even. The ring is kept (records carry their pid), so records the
+        previous child wrote just before exiting can still be drained.
+        """
         base = self._base(index)
-        self._bump(base + _HEAD_SEQ)
-        _HEAD.pack_into(self._map, base + _HEAD_AT, pid, 0, 0.0, 0, 0, now, b"", b"")
-        _ORDER.pack_into(self._map, base + _ORDER_AT, 0, ORDER_NONE, 0, 0, b"", b"")
-        _COUNT.pack_into(self._map, base + _COUNT_AT, 0)
-        self._bump(base + _HEAD_SEQ)
+        m = self._map
+        (seq,) = _SEQ.unpack_from(m, base + _HEAD_SEQ)
+        odd = seq | 1
+        _SEQ.pack_into(m, base + _HEAD_SEQ, odd)
+        _HEAD.pack_into(m, base + _HEAD_AT, pid, 0, 0.0, 0, 0, now, b"", b"")
+        _ORDER.pack_into(m, base + _ORDER_AT, 0, ORDER_NONE, 0, 0, b"", b"")
+        _SEQ.pack_into(m, base + _HEAD_SEQ, odd + 1)
+        (ring_seq,) = _SEQ.unpack_from(m, base + _RING_SEQ)
+        if ring_seq & 1:
+            _SEQ.pack_into(m, base + _RING_SEQ, ring_seq + 1)
 
     def task_started(self, index: int, pid: int, task: str, task_id: str, started: float, rss: int,
                      tasks_run: int, spawned_at: float) -> None:
@@ -114,7 +129,7 @@ class Board:
         (count,) = _COUNT.unpack_from(m, base + _COUNT_AT)
         name = self._name(task)
         tid = task_id.encode()[:40]
-        _REC.pack_into(m, base + _RING_AT + (count % RING_SIZE) * _REC.size, started, duration, rss_before,
+        _REC.pack_into(m, base + _RING_AT + (count % RING_SIZE) * _REC.size, pid, started, duration, rss_before,
                        rss_after, -1 if peak is None else peak, 1 if ok else 0, tid, name)
         _COUNT.pack_into(m, base + _COUNT_AT, count + 1)
         self._bump(base + _RING_SEQ)
@@ -142,14 +157,14 @@ class Board:
         return None
 
     def drain(self, index: int, since: int) -> tuple[int, list[TaskSample]]:
-        """Records appended since count ``since``: ``(new_count, samples)``; older ones may be lost."""
+        """Records appended to slot ``index`` since count ``since`` (by any child that held the slot):
+        ``(new_count, samples)``; beyond RING_SIZE unread records the oldest are lost."""
         base = self._base(index)
         for _ in range(4):
             (s1,) = _SEQ.unpack_from(self._map, base + _RING_SEQ)
             if s1 & 1:
                 continue
             (count,) = _COUNT.unpack_from(self._map, base + _COUNT_AT)
-            (pid,) = struct.unpack_from("<q", self._map, base + _HEAD_AT)
             start = max(since, count - RING_SIZE)
             raw = [
                 _REC.unpack_from(self._map, base + _RING_AT + (n % RING_SIZE) * _REC.size)
@@ -160,7 +175,7 @@ class Board:
                 return count, [
                     TaskSample(pid, _text(name), _text(tid), started, duration, before, after,
                                None if peak < 0 else peak, bool(ok))
-                    for started, duration, before, after, peak, ok, tid, name in raw
+                    for pid, started, duration, before, after, peak, ok, tid, name in raw
                 ]
         return since, []
 
@@ -169,6 +184,31 @@ class Board:
         _ORDER.pack_into(self._map, self._base(index) + _ORDER_AT, self._order_seq, action, mem, limit,
                          (task_id or "").encode()[:40], reason.encode()[:24])
         return self._order_seq
+
+    # -- trace list (master writes, children read) ------------------------
+    def set_trace(self, tasks: list[str]) -> None:
+        """Publish the suspected task names children should trace (at most TRACE_MAX)."""
+        names = [t.encode()[:128] for t in tasks[:TRACE_MAX]]
+        (gen, _n) = _TRACE_HEAD.unpack_from(self._map, self._trace_at)
+        _TRACE_HEAD.pack_into(self._map, self._trace_at, gen | 1, 0)  # odd: being written
+        for i, name in enumerate(names):
+            _TRACE_NAME.pack_into(self._map, self._trace_at + _TRACE_HEAD.size + i * _TRACE_NAME.size, name)
+        _TRACE_HEAD.pack_into(self._map, self._trace_at, (gen | 1) + 1, len(names))
+
+    def trace_generation(self) -> int:
+        """Changes whenever the trace list changes (one unpack: cheap enough for every task)."""
+        return _TRACE_HEAD.unpack_from(self._map, self._trace_at)[0]
+
+    def trace_tasks(self) -> frozenset[str] | None:
+        """The published trace list, or None while it is being written."""
+        gen, count = _TRACE_HEAD.unpack_from(self._map, self._trace_at)
+        if gen & 1:
+            return None
+        names = frozenset(
+            _text(_TRACE_NAME.unpack_from(self._map, self._trace_at + _TRACE_HEAD.size + i * _TRACE_NAME.size)[0])
+            for i in range(count)
+        )
+        return names if self.trace_generation() == gen else None
 
     # -- helpers ----------------------------------------------------------
     def _base(self, index: int) -> int:

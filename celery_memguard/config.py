@@ -58,8 +58,8 @@ def parse_size(key: str, value: Any, effective_memory: int) -> int:
             raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
         return value
     if isinstance(value, float):
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
+        if not math.isfinite(value) or value < 1:
+            raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be at least 1 byte")
         return int(value)
     if not isinstance(value, str):
         raise ConfigError(key, value, SIZE_ACCEPTED)
@@ -70,12 +70,15 @@ def parse_size(key: str, value: Any, effective_memory: int) -> int:
     if unit == "%":
         if not 0 < number <= 100:
             raise ConfigError(key, value, "a percentage in (0%, 100%]")
-        return int(effective_memory * number / 100)
+        size = int(effective_memory * number / 100)
+        if size < 1:
+            raise ConfigError(key, value, "a percentage of effective memory that is at least 1 byte")
+        return size
     if unit not in _UNITS:
         raise ConfigError(key, value, SIZE_ACCEPTED)
     size = int(number * _UNITS[unit])
-    if size <= 0:
-        raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
+    if size < 1:
+        raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be at least 1 byte")
     return size
 
 
@@ -95,20 +98,42 @@ def _choice(*choices: str) -> Callable[[str, Any, int], str]:
 
 
 def _seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float]:
+    accepted = f"a number of seconds in [{minimum}, {maximum}]"
+
     def parse(key: str, value: Any, _mem: int) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    value_f = float(value)
-                except ValueError:
-                    raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]") from None
-                return parse(key, value_f, _mem)
-            raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]")
-        if not math.isfinite(value) or not minimum <= value <= maximum:
-            raise ConfigError(key, value, f"a number of seconds in [{minimum}, {maximum}]")
-        return float(value)
+        number: Any = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(key, value, accepted) from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ConfigError(key, value, accepted)
+        if not math.isfinite(number) or not minimum <= number <= maximum:
+            raise ConfigError(key, value, accepted)  # the value as configured, not as converted
+        return float(number)
 
     return parse
+
+
+_MULTIPLE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*$")
+
+
+def _size_or_multiple(key: str, value: Any, effective_memory: int) -> tuple[int | None, float | None]:
+    """``None``, a size, or ``"10x"`` (a multiple of the typical task's own peak)."""
+    if value is None:
+        return (None, None)
+    if isinstance(value, str):
+        match = _MULTIPLE_RE.match(value)
+        if match:
+            multiple = float(match.group(1))
+            if multiple <= 1:
+                raise ConfigError(key, value, 'a multiple above 1, like "10x"')
+            return (None, multiple)
+    try:
+        return (parse_size(key, value, effective_memory), None)
+    except ConfigError:
+        raise ConfigError(key, value, 'None, a multiple of the typical task peak like "10x", or ' + SIZE_ACCEPTED) from None
 
 
 def _bool(key: str, value: Any, _mem: int) -> bool:
@@ -143,6 +168,10 @@ class MemGuardConfig:
     dry_run: bool = False
     log_format: str = "console"
     log_file: str | None = None
+    leak_detection: bool = True
+    heavy_task_threshold: tuple[int | None, float | None] = (None, 10.0)
+    master_growth_threshold: int | None = 64 * MiB
+    diagnostics: str = "tracemalloc"
     effective_memory: int = 0
 
     @classmethod
@@ -198,6 +227,10 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "dry_run": _bool,
     "log_format": _choice("console", "json"),
     "log_file": _optional_path,
+    "leak_detection": _bool,
+    "heavy_task_threshold": _size_or_multiple,
+    "master_growth_threshold": _optional_size,
+    "diagnostics": _choice("off", "tracemalloc", "pympler", "both"),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -210,6 +243,10 @@ DEFAULTS: dict[str, Any] = {
     "dry_run": False,
     "log_format": "console",
     "log_file": None,
+    "leak_detection": True,
+    "heavy_task_threshold": "10x",
+    "master_growth_threshold": "64MiB",
+    "diagnostics": "tracemalloc",
 }
 
 KEYS: tuple[str, ...] = tuple("memguard_" + k for k in _PARSERS)

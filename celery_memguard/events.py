@@ -92,6 +92,7 @@ class EventLog:
     def __init__(self, *, fmt: str = "console", log_file: str | None = None, hostname: str | None = None) -> None:
         self.fmt = fmt
         self.hostname = hostname
+        self._owns_fd = bool(log_file)
         if log_file:
             self.fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         else:
@@ -130,6 +131,15 @@ class EventLog:
         if count == 0:
             self.emit(ERROR, level="error", where=where, error=f"{type(exc).__name__}: {exc}")
 
+    def close(self) -> None:
+        """Close the log file (never standard error)."""
+        if self._owns_fd:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self._owns_fd = False
+
     @property
     def error_counts(self) -> dict[tuple[str, str], int]:
         return dict(self._seen_errors)
@@ -141,7 +151,9 @@ _current: EventLog | None = None
 def configure(*, fmt: str = "console", log_file: str | None = None, hostname: str | None = None) -> EventLog:
     """Create the process-wide event log (called by the bootstep in the master)."""
     global _current
-    _current = EventLog(fmt=fmt, log_file=log_file, hostname=hostname)
+    previous, _current = _current, EventLog(fmt=fmt, log_file=log_file, hostname=hostname)
+    if previous is not None:
+        previous.close()
     return _current
 
 

@@ -5,7 +5,9 @@ children (a callable supplied by the bootstep), takes a cheap reading of each
 (RSS and minor faults, ~3 µs), takes an exact USS/PSS reading only when the
 cheap upper bound could be above a limit (see :mod:`celery_memguard.estimate`),
 reads each child's current task from the board, and hands the samples to the
-:class:`~celery_memguard.engine.Engine`. It sleeps for the delay the engine
+:class:`~celery_memguard.engine.Engine`. Finished-task records drained from the
+board, and readings of the master itself, go to the detectors; their findings
+are logged (and leak suspects are published for leak-site tracing). It sleeps for the delay the engine
 chose: ``memguard_poll_interval``, shorter while a child grows towards its hard
 limit. Anything that goes wrong is logged as ``memguard.error`` and the loop
 carries on.
@@ -13,23 +15,28 @@ carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from . import events
 from .actions import Actuator
 from .board import Board
 from .engine import Engine
 from .estimate import MetricEstimate
+from .forensics import EX_RECYCLE, ChildHistory, explain_loss
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
-from .samples import Action, ChildSample, TaskSample
+from .detectors.base import Detector, Finding
+from .samples import Action, ChildSample, MasterSample, TaskSample
 
 __all__ = ["Monitor"]
 
 #: Seconds between exact readings even when the cheap bound says "well below".
 EXACT_REFRESH = 60.0
 _LEAVING = (Action.RECYCLE, Action.KILL)
+#: Seconds between exact readings of the master's own memory (it changes slowly).
+MASTER_EXACT_EVERY = 10.0
 
 
 class Monitor:
@@ -44,6 +51,14 @@ class Monitor:
         open_probe: Callable[[int], ProcessProbe] = open_process_probe,
         clock: Callable[[], float] = time.monotonic,
         on_tasks: Callable[[list[TaskSample]], None] | None = None,
+        detectors: Sequence[Detector] = (),
+        master_pid: int | None = None,
+        reserved: Callable[[], int | None] | None = None,
+        on_finding: Callable[[Finding], None] | None = None,
+        exit_code: Callable[[int], int | None] | None = None,
+        oom_kills: Callable[[], int | None] | None = None,
+        hard_limit: int | None = None,
+        effective_memory: int = 0,
     ) -> None:
         self.children = children
         self.engine = engine
@@ -53,11 +68,25 @@ class Monitor:
         self.open_probe = open_probe
         self.clock = clock
         self.on_tasks = on_tasks
+        self.detectors = list(detectors)
+        self.on_finding = on_finding
+        self.master_pid = master_pid
+        self.reserved = reserved
+        self._master_probe: ProcessProbe | None = None
+        self._master_exact_at = -1e18
+        self._master_exact = 0
+        self.exit_code = exit_code
+        self.oom_kills = oom_kills
+        self.hard_limit = hard_limit
+        self.effective_memory = effective_memory
+        self._history: dict[int, ChildHistory] = {}
+        self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
+        self._oom_baseline = self._read_oom_kills()
         self.polls = 0
         self.decisions = 0
         self._probes: dict[int, ProcessProbe] = {}
         self._estimates: dict[int, MetricEstimate] = {}
-        self._drained: dict[int, tuple[int, int]] = {}  # index -> (pid, count)
+        self._drained: dict[int, int] = {}  # board slot index -> records read so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,19 +125,38 @@ class Monitor:
             try:
                 sample = self._sample(pid, index, now)
             except ProcessGone:
-                self._forget(pid)
+                index_of[pid] = index  # exited, not yet reaped by the pool: dealt with once it is
                 continue
             except Exception as exc:
                 events.error("monitor.sample", exc)
+                # Keep the child known to the engine (so its pending orders and grace timers survive)
+                # with its last sample, marked inexact so no new decision is taken on stale data.
+                history = self._history.get(pid)
+                if history is not None and history.last is not None:
+                    samples.append(dataclasses.replace(history.last, exact=False))
+                index_of[pid] = index
                 continue
             samples.append(sample)
             index_of[pid] = index
-        for pid in [p for p in self._probes if p not in index_of]:
+            history = self._history.get(pid)
+            if history is None:
+                history = self._history[pid] = ChildHistory()
+            history.add(now, sample)
+        for pid in [p for p in {**self._history, **self._probes} if p not in index_of]:
+            self._lost(pid)
             self._forget(pid)
+        try:
+            self._drain_all(now)
+        except Exception as exc:
+            events.error("monitor.drain", exc)
+        if self.master_pid is not None and self.detectors:
+            self._observe_master(now)
         for decision in self.engine.decide(samples, now):
             self.decisions += 1
             try:
                 self.actuator.apply(decision, index_of.get(decision.pid))
+                if decision.action is Action.FORCE_KILL and not self.actuator.dry_run:
+                    self._killed.add(decision.pid)
             except Exception as exc:
                 events.error("actions.apply", exc)
         for sample in samples:
@@ -150,23 +198,104 @@ class Monitor:
             current = self.board.current(index)
             if current is not None and current.pid == pid:
                 task, task_id, tasks_run, spawned_at = current.task, current.task_id, current.tasks_run, current.spawned_at
-                if self.on_tasks is not None:
-                    self._drain(index, pid)
         return ChildSample(pid=pid, mem=mem, exact=exact, rss=rss, task=task, task_id=task_id,
                            tasks_run=tasks_run, spawned_at=spawned_at)
 
-    def _drain(self, index: int, pid: int) -> None:
-        assert self.board is not None and self.on_tasks is not None
-        last_pid, since = self._drained.get(index, (pid, 0))
-        if last_pid != pid:
-            since = 0
-        count, records = self.board.drain(index, since)
-        self._drained[index] = (pid, count)
-        if records:
+    def _drain_all(self, now: float) -> None:
+        """Read every slot's new finished-task records (also those of children that just exited)."""
+        if self.board is None or (self.on_tasks is None and not self.detectors):
+            return
+        for index in range(self.board.slots):
+            since = self._drained.get(index, 0)
+            count, records = self.board.drain(index, since)
+            self._drained[index] = count
+            if records:
+                self._dispatch(records, now)
+
+    def _dispatch(self, records: list[TaskSample], now: float) -> None:
+        if self.on_tasks is not None:
             self.on_tasks(records)
+        for detector in self.detectors:
+            for record in records:
+                try:
+                    findings = detector.observe_task(record, now)
+                except Exception as exc:
+                    events.error(f"detector.{detector.name}", exc)
+                    break
+                for finding in findings:
+                    self._found(finding)
+
+    def _observe_master(self, now: float) -> None:
+        """Sample the master: RSS every poll, the exact metric at most every MASTER_EXACT_EVERY seconds."""
+        assert self.master_pid is not None
+        try:
+            if self._master_probe is None:
+                self._master_probe = self.open_probe(self.master_pid)
+            rss, _faults = self._master_probe.cheap()
+            if now - self._master_exact_at >= MASTER_EXACT_EVERY:
+                self._master_exact = self._master_probe.exact(self.metric)
+                self._master_exact_at = now
+            else:
+                return
+            reserved = self.reserved() if self.reserved is not None else None
+        except Exception as exc:
+            events.error("monitor.master", exc)
+            return
+        sample = MasterSample(pid=self.master_pid, mem=self._master_exact, rss=rss, at=now)
+        for detector in self.detectors:
+            try:
+                findings = detector.observe_master(sample, reserved)
+            except Exception as exc:
+                events.error(f"detector.{detector.name}", exc)
+                continue
+            for finding in findings:
+                self._found(finding)
+
+    def _found(self, finding: Finding) -> None:
+        try:
+            if self.on_finding is not None:
+                self.on_finding(finding)
+            else:
+                events.emit(finding.event, "warning", **finding.fields)
+        except Exception as exc:
+            events.error("monitor.finding", exc)
+
+    def _read_oom_kills(self) -> int | None:
+        if self.oom_kills is None:
+            return None
+        try:
+            return self.oom_kills()
+        except Exception as exc:
+            events.error("monitor.oom_kills", exc)
+            return None
+
+    def _lost(self, pid: int) -> None:
+        """A child left the pool: report it if it died in a way MemGuard did not cause."""
+        if self.exit_code is None or pid in self._killed:
+            self._killed.discard(pid)
+            return
+        try:
+            exitcode = self.exit_code(pid)
+            if exitcode is None or exitcode in (0, EX_RECYCLE):
+                return
+            oom_now = self._read_oom_kills()
+            report = explain_loss(pid, exitcode, self._history.get(pid), oom_kills_before=self._oom_baseline,
+                                  oom_kills_now=oom_now, hard_limit=self.hard_limit,
+                                  effective_memory=self.effective_memory)
+            self._oom_baseline = oom_now
+            if report is not None:
+                events.emit(report.event, "error", **report.fields)
+        except Exception as exc:
+            events.error("monitor.child_lost", exc)
 
     def _forget(self, pid: int) -> None:
         probe = self._probes.pop(pid, None)
         if probe is not None:
             probe.close()
         self._estimates.pop(pid, None)
+        self._history.pop(pid, None)
+        for detector in self.detectors:
+            try:
+                detector.child_exited(pid)
+            except Exception as exc:
+                events.error(f"detector.{detector.name}", exc)

@@ -86,13 +86,14 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Theil–Sen slope of ``ys`` against ``xs``: the median of all pairwise slopes (0.0 if fewer than 2 points)."""
     n = len(xs)
     slopes: list[float] = []
-    append = slopes.append
-    for i in range(n - 1):
-        xi, yi = xs[i], ys[i]
-        for j in range(i + 1, n):
-            dx = xs[j] - xi
-            if dx:
-                append((ys[j] - yi) / dx)
+    if all(xs[i] < xs[i + 1] for i in range(n - 1)):
+        for i in range(n - 1):  # fast path: strictly increasing x, no zero divisions
+            xi, yi = xs[i], ys[i]
+            slopes.extend([(yj - yi) / (xj - xi) for xj, yj in zip(xs[i + 1:], ys[i + 1:])])
+    else:
+        for i in range(n - 1):
+            xi, yi = xs[i], ys[i]
+            slopes.extend([(yj - yi) / (xj - xi) for xj, yj in zip(xs[i + 1:], ys[i + 1:]) if xj != xi])
     if not slopes:
         return 0.0
     return median(slopes)
@@ -104,12 +105,8 @@ def mann_kendall(ys: Sequence[float]) -> Kendall:
     s = 0
     for i in range(n - 1):
         yi = ys[i]
-        for j in range(i + 1, n):
-            yj = ys[j]
-            if yj > yi:
-                s += 1
-            elif yj < yi:
-                s -= 1
+        rest = ys[i + 1:]
+        s += len([y for y in rest if y > yi]) - len([y for y in rest if y < yi])
     counts: dict[float, int] = {}
     for y in ys:
         counts[y] = counts.get(y, 0) + 1

@@ -14,7 +14,15 @@ from .base import ProcessProbe
 from .procfs import ProcfsProbe
 from .psutil_probe import PsutilProbe
 
-__all__ = ["effective_memory", "open_process_probe", "cgroup_limit", "physical_memory", "HAVE_PROCFS"]
+__all__ = [
+    "effective_memory",
+    "open_process_probe",
+    "cgroup_limit",
+    "memory_cgroup_dirs",
+    "oom_kill_count",
+    "physical_memory",
+    "HAVE_PROCFS",
+]
 
 HAVE_PROCFS = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
 _UNLIMITED = 1 << 60
@@ -55,34 +63,67 @@ def _read_int(path: str) -> int | None:
     return value if value < _UNLIMITED else None
 
 
-def cgroup_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
-    """The tightest memory limit of this process's cgroup and its ancestors, or None."""
+def memory_cgroup_dirs(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> list[tuple[int, str]]:
+    """(version, directory) of this process's memory cgroup and its ancestors, innermost first."""
     try:
         with open(f"{proc_root}/self/cgroup") as f:
             lines = f.read().splitlines()
     except OSError:
-        return None
-    limits: list[int] = []
+        return []
+    dirs: list[tuple[int, str]] = []
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _hid, controllers, path = parts
         if controllers == "" and os.path.exists(f"{cgroup_root}/cgroup.controllers"):
-            base, filename = cgroup_root, "memory.max"
+            version, base = 2, cgroup_root
         elif "memory" in controllers.split(","):
-            base, filename = f"{cgroup_root}/memory", "memory.limit_in_bytes"
+            version, base = 1, f"{cgroup_root}/memory"
         else:
             continue
         path = path.strip("/")
         while True:
-            value = _read_int(f"{base}/{path}/{filename}" if path else f"{base}/{filename}")
-            if value is not None:
-                limits.append(value)
+            directory = f"{base}/{path}" if path else base
+            if os.path.isdir(directory):
+                dirs.append((version, directory))
             if not path:
                 break
             path = path.rpartition("/")[0]
+    return dirs
+
+
+def cgroup_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """The tightest memory limit of this process's cgroup and its ancestors, or None."""
+    limits: list[int] = []
+    for version, directory in memory_cgroup_dirs(proc_root, cgroup_root):
+        value = _read_int(f"{directory}/{'memory.max' if version == 2 else 'memory.limit_in_bytes'}")
+        if value is not None:
+            limits.append(value)
     return min(limits) if limits else None
+
+
+def _read_counter(path: str, name: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == name.encode():
+                    return int(parts[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def oom_kill_count(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """OOM kills so far in this process's memory cgroup (v2 memory.events, v1 memory.oom_control),
+    else machine-wide (/proc/vmstat), else None."""
+    for version, directory in memory_cgroup_dirs(proc_root, cgroup_root):
+        name = "memory.events" if version == 2 else "memory.oom_control"
+        value = _read_counter(f"{directory}/{name}", "oom_kill")
+        if value is not None:
+            return value
+    return _read_counter(f"{proc_root}/vmstat", "oom_kill")
 
 
 def effective_memory(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int:

@@ -13,6 +13,7 @@ stays idle.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import click
@@ -20,13 +21,16 @@ from celery import bootsteps
 
 from .. import events
 from ..actions import Actuator
-from ..board import Board
+from ..board import TRACE_MAX, Board
 from ..config import MemGuardConfig
+from ..detectors import build_detectors
+from ..detectors.base import LEAK_CLEARED, LEAK_SUSPECTED, Finding
 from ..engine import Engine
 from ..exceptions import ConfigError
 from ..monitor import Monitor
 from ..policies import build_policies
 from ..probes import effective_memory
+from ..probes.system import oom_kill_count
 from ..samples import MiB
 from . import child
 
@@ -69,6 +73,7 @@ class MemGuard(bootsteps.StartStopStep):
         self.monitor: Monitor | None = None
         self.board: Board | None = None
         self.prefork = False
+        self._suspects: list[str] = []
 
     def include_if(self, parent: Any) -> bool:
         return self.config.enabled
@@ -84,7 +89,7 @@ class MemGuard(bootsteps.StartStopStep):
             if self.prefork:
                 concurrency = max(int(parent.concurrency or 1), int(getattr(parent, "max_concurrency", 0) or 0))
                 self.board = Board(concurrency + 1)
-                child.install(self.board, cfg.metric)
+                child.install(self.board, cfg.metric, cfg.diagnostics)
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
@@ -112,8 +117,22 @@ class MemGuard(bootsteps.StartStopStep):
         try:
             engine = Engine(build_policies(cfg), kill_grace=cfg.kill_grace, poll_interval=cfg.poll_interval)
             actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
-            self.monitor = Monitor(children=lambda: _pool_children(parent), engine=engine, actuator=actuator,
-                                   board=self.board, metric=cfg.metric)
+            procs: dict[int, Any] = {}
+            self.monitor = Monitor(
+                children=lambda: _pool_children(parent, procs),
+                engine=engine,
+                actuator=actuator,
+                board=self.board,
+                metric=cfg.metric,
+                detectors=build_detectors(cfg),
+                master_pid=os.getpid(),
+                reserved=_reserved_count,
+                on_finding=self._on_finding,
+                exit_code=lambda pid: _exit_code(procs, pid),
+                oom_kills=oom_kill_count,
+                hard_limit=cfg.hard_limit,
+                effective_memory=cfg.effective_memory,
+            )
             self.monitor.start()
         except Exception as exc:
             events.error("bootstep.start", exc)
@@ -129,6 +148,20 @@ class MemGuard(bootsteps.StartStopStep):
 
     terminate = stop
 
+    def _on_finding(self, finding: Finding) -> None:
+        """Log a detector's finding; publish leak suspects so children trace their allocation sites."""
+        level = "warning"
+        events.emit(finding.event, level, **finding.fields)
+        if finding.task is None or self.board is None or self.config.diagnostics == "off":
+            return
+        if finding.event == LEAK_SUSPECTED and finding.task not in self._suspects:
+            self._suspects.append(finding.task)
+        elif finding.event == LEAK_CLEARED and finding.task in self._suspects:
+            self._suspects.remove(finding.task)
+        else:
+            return
+        self.board.set_trace(self._suspects[-TRACE_MAX:])
+
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
 
@@ -143,10 +176,36 @@ def _pool_name(parent: Any) -> str:
     return module.rsplit(".", 1)[-1] or str(pool_cls)
 
 
-def _pool_children(parent: Any) -> Iterator[tuple[int, int | None]]:
-    """(pid, pool index) of each live prefork child."""
+def _pool_children(parent: Any, procs: dict[int, Any]) -> Iterator[tuple[int, int | None]]:
+    """(pid, pool index) of each live prefork child; remembers the process objects in ``procs``."""
     pool = getattr(getattr(parent, "pool", None), "_pool", None)
-    for proc in list(getattr(pool, "_pool", None) or ()):
+    listed = list(getattr(pool, "_pool", None) or ())
+    live = set()
+    for proc in listed:
         pid = getattr(proc, "pid", None)
         if pid:
+            live.add(pid)
+            procs[pid] = proc
             yield pid, getattr(proc, "index", None)
+    # Keep a gone child's object one listing longer so its exit code can still be read.
+    for pid in [p for p, proc in procs.items() if p not in live and getattr(proc, "_memguard_gone", False)]:
+        del procs[pid]
+    for pid, proc in procs.items():
+        if pid not in live:
+            proc._memguard_gone = True
+
+
+def _exit_code(procs: dict[int, Any], pid: int) -> int | None:
+    """The exit code billiard recorded when it reaped ``pid`` (never reaps it ourselves)."""
+    popen = getattr(procs.get(pid), "_popen", None)
+    return getattr(popen, "returncode", None)
+
+
+def _reserved_count() -> int | None:
+    """Messages the worker has prefetched but not finished (they occupy the master's memory)."""
+    try:
+        from celery.worker import state
+
+        return len(state.reserved_requests)
+    except Exception:
+        return None

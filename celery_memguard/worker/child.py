@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import events
 from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
+from ..diagnostics import LeakSiteTracer
 from ..exceptions import MemoryLimitExceeded
 from ..probes import SelfProbe
 
@@ -42,6 +43,7 @@ siginterrupt = getattr(signal, "siginterrupt", lambda _sig, _flag: None)
 
 _board: Board | None = None
 _metric = "uss"
+_diagnostics = "off"
 _installed = False
 _runtime: "ChildRuntime | None" = None
 
@@ -54,7 +56,7 @@ def runtime() -> "ChildRuntime | None":
 class ChildRuntime:
     """Everything one pool child keeps between tasks."""
 
-    def __init__(self, board: Board, index: int, worker: Any) -> None:
+    def __init__(self, board: Board, index: int, worker: Any, diagnostics: str = "off") -> None:
         self.board = board
         self.index = index
         self.pid = os.getpid()
@@ -68,6 +70,9 @@ class ChildRuntime:
         self.rss_before = 0
         self.last_order = 0
         self._wait_code: object = None
+        self.tracer = LeakSiteTracer(diagnostics) if diagnostics != "off" else None
+        self.trace_gen = 0
+        self.trace_tasks: frozenset[str] = frozenset()
         board.claim(index, self.pid, self.spawned_at)
         signal.signal(ORDER_SIGNAL, self._on_order)
         siginterrupt(ORDER_SIGNAL, False)
@@ -75,6 +80,12 @@ class ChildRuntime:
 
     # -- per task (hot path) ---------------------------------------------
     def before(self, task: str, task_id: str) -> None:
+        if self.tracer is not None:
+            # Before the measurement starts, so the tracer's own work is not counted in the task.
+            if self.board.trace_generation() != self.trace_gen:
+                self._refresh_trace_list()
+            if task in self.trace_tasks:
+                self.tracer.before(task)
         probe = self.probe
         probe.reset_peak()
         self.rss_before = rss = probe.rss()
@@ -93,6 +104,17 @@ class ChildRuntime:
         self.tasks_run += 1
         self.board.task_finished(self.index, self.pid, task, task_id, self.started, time.monotonic() - self.started,
                                  self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at)
+        if self.tracer is not None and self.tracer.task == task:
+            self.tracer.after(task, self.pid, task_id)
+
+    def _refresh_trace_list(self) -> None:
+        names = self.board.trace_tasks()
+        if names is None:
+            return  # being written; look again at the next task
+        self.trace_gen = self.board.trace_generation()
+        self.trace_tasks = names
+        if self.tracer is not None and self.tracer.task is not None and self.tracer.task not in names:
+            self.tracer.stop()
 
     # -- orders -------------------------------------------------------------
     def _on_order(self, signum: int, frame: FrameType | None) -> None:
@@ -170,7 +192,7 @@ def _on_process_init(**_: Any) -> None:
         index = getattr(proc, "index", None)
         if index is None or not 0 <= index < _board.slots:
             raise LookupError(f"pool index {index!r} has no board slot ({_board.slots} slots)")
-        _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None))
+        _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None), _diagnostics)
         if not _runtime.hooked:
             raise RuntimeError("billiard worker has no wait_for_job; soft recycles will not happen")
     except Exception as exc:
@@ -197,10 +219,10 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, state: str | Non
         events.error("child.task_postrun", exc)
 
 
-def install(board: Board, metric: str) -> None:
+def install(board: Board, metric: str, diagnostics: str = "off") -> None:
     """Connect the child-side receivers (call in the master, before the pool forks)."""
-    global _board, _metric, _installed
-    _board, _metric = board, metric
+    global _board, _metric, _diagnostics, _installed
+    _board, _metric, _diagnostics = board, metric, diagnostics
     if _installed:
         return
     from celery import signals

@@ -1,0 +1,22 @@
+"""Pure detectors fed by the master's monitor: leaks per task name, memory-heavy tasks, master growth.
+
+Nothing here does I/O, reads a clock or imports Celery; each detector turns
+measurements into :class:`~celery_memguard.detectors.base.Finding` values that
+the caller logs as ``memguard.*`` events.
+"""
+
+from __future__ import annotations
+
+from .base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Detector, Finding
+from .leak import LeakDetector, LeakEstimate
+
+__all__ = [
+    "Detector",
+    "Finding",
+    "LeakDetector",
+    "LeakEstimate",
+    "LEAK_SUSPECTED",
+    "LEAK_CLEARED",
+    "HEAVY_TASK",
+    "MASTER_GROWTH",
+]

@@ -1,0 +1,478 @@
+"""Leak detection with per-task attribution, aggregated over every pool child.
+
+The master sees, for every finished task, the child's RSS before and after it.
+The *retained delta* ``mem_after - mem_before`` is charged to that task name in
+that child only, so a clean task that shares a child with a leaking one keeps a
+flat series of its own. Per ``(task, child)`` the detector keeps a fixed window
+of the latest retained deltas (after a per-child warm-up) and, every few calls of
+the task, recomputes:
+
+* the **Theil–Sen slope** of the task's cumulative retained memory against its
+  call number, per child, combined as the call-weighted median over children;
+* the **Mann–Kendall** trend of that cumulative series (tie-corrected: RSS moves
+  in whole pages, so flat stretches tie), per child, combined by summing S and
+  the variances over children (the seasonal Kendall test);
+* a **sign test** on the deltas themselves (ignoring moves of a page or two):
+  fragmentation gives as many shrinking calls as growing ones, a leak does not;
+* a **one-off step** check: if one or two calls carry most of the growth (a
+  high-watermark step, a single huge payload) it is not a per-call leak;
+* a **saturating-versus-linear** check: the slope in the second half of the
+  window must not have collapsed against the first half (a bounded cache fills,
+  then flattens);
+* a **consecutive-growth** rule in the spirit of CPython's refleak hunter: the
+  window is cut into (up to) four blocks and most blocks must have grown.
+
+A task becomes a suspect when all of these agree, enough calls were seen and
+enough memory was retained per child; :class:`LeakEstimate` says which check
+failed otherwise. Each suspect is reported once, then again only when its
+per-call estimate moves by more than half or its confidence changes band; a
+reported suspect that stops growing for several analyses is reported cleared.
+
+Memory is bounded (``window`` deltas per series, ``max_children`` series per
+task, ``max_tasks`` task names, least recently seen evicted) and the per-call
+path is an append; the statistics run on at most ``_POINTS`` points per child,
+every call at first and every ``cadence`` calls of the task later on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ..samples import TaskSample
+from .base import LEAK_CLEARED, LEAK_SUSPECTED, Detector, Finding
+from .stats import Kendall, downsample, mann_kendall, normal_sf, sign_test_p, theil_sen, weighted_median
+
+__all__ = ["LeakDetector", "LeakEstimate"]
+
+KiB = 1024
+MiB = 1024 * 1024
+
+#: Most points one child contributes to the pairwise statistics (O(points²)).
+_POINTS = 32
+#: Confidence bands; a change of band re-reports a suspect.
+_BANDS = (0.5, 0.7, 0.9)
+#: Reasons a reported suspect may be cleared for (not: "still warming up").
+#: Exited pids remembered (only to tell a reused pid from its predecessor).
+_MAX_PIDS = 4096
+_CLEARING = frozenset({"no growth", "no trend", "growth and shrink balanced", "saturating", "not growing lately"})
+
+
+@dataclass(frozen=True, slots=True)
+class LeakEstimate:
+    """The outcome of one analysis of one task name.
+
+    ``reason`` is ``"leak"`` for a suspect, otherwise the first check that
+    failed. Sizes are bytes; ``slope`` is bytes retained per call in a child.
+    """
+
+    task: str
+    suspect: bool
+    reason: str
+    slope: float
+    confidence: float
+    calls_observed: int
+    calls_analysed: int
+    children: int
+    growth_per_child: float
+    trend_p: float
+    sign_p: float
+    efficiency: float
+    step_share: float
+    saturation: float | None
+    block_fraction: float
+
+    @property
+    def kib_per_call(self) -> float:
+        return self.slope / KiB
+
+
+@dataclass(slots=True)
+class _ChildStats:
+    n: int
+    slope: float
+    gross: int
+    kendall: Kendall
+    first: float | None
+    second: float | None
+    growth: int
+    positive_growth: int
+    top: tuple[int, int]
+    growing: int
+    shrinking: int
+    blocks: int
+    growing_blocks: int
+
+
+class _Series:
+    """One task name in one child: its window of retained deltas and a stats cache."""
+
+    __slots__ = ("deltas", "seen", "last_mem_after", "last_seen", "alive", "stats", "stats_seen")
+
+    def __init__(self, window: int) -> None:
+        self.deltas: deque[int] = deque(maxlen=window)
+        self.seen = 0
+        self.last_mem_after = 0
+        self.last_seen = 0.0
+        self.alive = True
+        self.stats: _ChildStats | None = None
+        self.stats_seen = -1
+
+
+class _TaskState:
+    __slots__ = ("series", "calls", "pending", "reported", "misses", "estimate")
+
+    def __init__(self) -> None:
+        self.series: OrderedDict[tuple[int, int], _Series] = OrderedDict()
+        self.calls = 0
+        self.pending = 0
+        self.reported: tuple[float, float, int] | None = None  # kib_per_call, confidence, calls when first reported
+        self.misses = 0
+        self.estimate: LeakEstimate | None = None
+
+
+def _band(confidence: float) -> int:
+    return sum(1 for edge in _BANDS if confidence >= edge)
+
+
+class LeakDetector(Detector):
+    """Names task names that retain memory per call (see the module docstring for how).
+
+    Keyword arguments (sizes in bytes):
+
+    * ``warmup_calls`` – calls of a task ignored in each new child (imports, lazy init).
+    * ``min_calls`` – post-warm-up calls of the task, over all children, before any verdict.
+    * ``soft_limit`` – when set, findings project how many more calls the fullest child can take.
+    * ``window`` – retained deltas kept per (task, child).
+    * ``min_kib_per_call`` – slopes below this are not leaks worth naming.
+    * ``min_growth`` – memory a suspect must have retained per child in the window …
+    * ``long_calls`` – … unless the typical child has run the task this many times.
+    * ``alpha`` – significance level of the trend and sign tests.
+    * ``saturation_ratio`` – second-half slope below this fraction of the first half = saturating.
+    * ``max_step_share`` – largest two calls carrying more than this share of all growth = one-off step.
+    * ``min_block_fraction`` – share of recent blocks that must have grown.
+    * ``min_efficiency`` – net growth / gross movement (sum of |deltas|) below this = churn, not a leak.
+    * ``min_confidence`` – suspects below this confidence are not reported.
+    * ``noise`` – deltas within ±noise count as "no change" for the sign test and blocks.
+    * ``cadence`` – once a task has history, analyse it every this many calls at most.
+    * ``clear_after`` – consecutive failed analyses before a reported suspect is cleared.
+    * ``max_tasks``, ``max_children`` – bounds on tracked task names and children per task.
+    """
+
+    name = "leak"
+
+    def __init__(
+        self,
+        *,
+        warmup_calls: int = 2,
+        min_calls: int = 12,
+        soft_limit: int | None = None,
+        window: int = 200,
+        min_kib_per_call: float = 8.0,
+        min_growth: int = 8 * MiB,
+        long_calls: int = 100,
+        alpha: float = 0.01,
+        saturation_ratio: float = 0.5,
+        max_step_share: float = 0.5,
+        min_block_fraction: float = 0.75,
+        min_efficiency: float = 0.3,
+        min_confidence: float = 0.5,
+        noise: int = 8 * KiB,
+        cadence: int = 20,
+        clear_after: int = 5,
+        max_tasks: int = 256,
+        max_children: int = 32,
+    ) -> None:
+        if warmup_calls < 0 or min_calls < 2 or window < 8 or cadence < 1 or max_tasks < 1 or max_children < 1:
+            raise ValueError("warmup_calls >= 0, min_calls >= 2, window >= 8 and cadence, max_* >= 1 required")
+        if soft_limit is not None and soft_limit <= 0:
+            raise ValueError("soft_limit must be > 0 or None")
+        self.warmup_calls = warmup_calls
+        self.min_calls = min_calls
+        self.soft_limit = soft_limit
+        self.window = window
+        self.min_slope = min_kib_per_call * KiB
+        self.min_growth = min_growth
+        self.long_calls = long_calls
+        self.alpha = alpha
+        self.saturation_ratio = saturation_ratio
+        self.max_step_share = max_step_share
+        self.min_block_fraction = min_block_fraction
+        self.min_efficiency = min_efficiency
+        self.min_confidence = min_confidence
+        self.noise = noise
+        self.cadence = cadence
+        self.clear_after = clear_after
+        self.max_tasks = max_tasks
+        self.max_children = max_children
+        self._tasks: OrderedDict[str, _TaskState] = OrderedDict()
+        self._generation: dict[int, int] = {}
+
+    # -- public ------------------------------------------------------------
+    @property
+    def suspects(self) -> frozenset[str]:
+        """Task names currently reported as leaking (children may trace these)."""
+        return frozenset(name for name, state in self._tasks.items() if state.reported is not None)
+
+    def estimate(self, task: str) -> LeakEstimate | None:
+        """The latest analysis of ``task`` (``None`` before its first)."""
+        state = self._tasks.get(task)
+        return state.estimate if state is not None else None
+
+    def child_exited(self, pid: int) -> None:
+        """Keep the child's history as evidence, but start a new series if the pid comes back."""
+        generation = self._generation.get(pid, 0)
+        for state in self._tasks.values():
+            series = state.series.get((pid, generation))
+            if series is not None:
+                series.alive = False
+        self._generation[pid] = generation + 1
+        if len(self._generation) > _MAX_PIDS:
+            self._generation.pop(next(iter(self._generation)))
+
+    def observe_task(self, sample: TaskSample, now: float) -> list[Finding]:
+        state = self._tasks.get(sample.task)
+        if state is None:
+            state = self._tasks[sample.task] = _TaskState()
+            if len(self._tasks) > self.max_tasks:
+                self._evict_task()
+        else:
+            self._tasks.move_to_end(sample.task)
+        key = (sample.pid, self._generation.get(sample.pid, 0))
+        series = state.series.get(key)
+        if series is None:
+            series = state.series[key] = _Series(self.window)
+            if len(state.series) > self.max_children:
+                state.series.popitem(last=False)
+        else:
+            state.series.move_to_end(key)
+        series.seen += 1
+        series.last_mem_after = sample.mem_after
+        series.last_seen = now
+        if series.seen > self.warmup_calls:
+            series.deltas.append(sample.mem_after - sample.mem_before)
+        state.calls += 1
+        state.pending += 1
+        if state.pending < self._step(state):
+            return []
+        state.pending = 0
+        estimate = self.analyse(sample.task)
+        return self._findings(state, estimate)
+
+    def analyse(self, task: str) -> LeakEstimate:
+        """Recompute the statistics of ``task`` now (normally done by :meth:`observe_task`)."""
+        state = self._tasks[task]
+        stats = [s for s in (self._child_stats(series) for series in state.series.values()) if s is not None]
+        estimate = self._combine(task, state, stats)
+        state.estimate = estimate
+        return estimate
+
+    # -- analysis ------------------------------------------------------------
+    def _step(self, state: _TaskState) -> int:
+        # Every call while the history is short (only the child that changed is recomputed),
+        # then every tenth of the calls seen, at most every ``cadence`` calls.
+        if state.calls < 64:
+            return 1
+        step = max(1, min(self.cadence, state.calls // 10))
+        last = state.estimate
+        if state.reported is None and last is not None and last.reason == "no growth" and last.slope < self.min_slope / 4:
+            step *= 4  # clearly flat: look less often
+        return step
+
+    def _child_stats(self, series: _Series) -> _ChildStats | None:
+        # Reuse the cached statistics until a sixteenth of the window is new.
+        fresh = series.seen - series.stats_seen
+        if series.stats_seen >= 0 and fresh < max(1, len(series.deltas) // 16):
+            return series.stats
+        deltas = list(series.deltas)
+        n = len(deltas)
+        stats: _ChildStats | None = None
+        if n >= 2:
+            cumulative = [0]
+            total = 0
+            for delta in deltas:
+                total += delta
+                cumulative.append(total)
+            points = downsample(list(enumerate(cumulative)), _POINTS)
+            xs = [float(x) for x, _ in points]
+            ys = [float(y) for _, y in points]
+            first = second = None
+            if n >= 6:
+                mid = len(cumulative) // 2
+                head = downsample(list(enumerate(cumulative[: mid + 1])), _POINTS // 2)
+                tail = downsample([(i + mid, y) for i, y in enumerate(cumulative[mid:])], _POINTS // 2)
+                first = theil_sen([x for x, _ in head], [y for _, y in head])
+                second = theil_sen([x for x, _ in tail], [y for _, y in tail])
+            noise = self.noise
+            growing = sum(1 for d in deltas if d > noise)
+            shrinking = sum(1 for d in deltas if d < -noise)
+            positives = sorted((d for d in deltas if d > 0), reverse=True)
+            blocks = min(4, n)
+            size = n / blocks
+            growing_blocks = 0
+            for b in range(blocks):
+                lo, hi = round(b * size), round((b + 1) * size)
+                if cumulative[hi] - cumulative[lo] > noise:
+                    growing_blocks += 1
+            stats = _ChildStats(
+                n=n,
+                slope=theil_sen(xs, ys),
+                kendall=mann_kendall(ys),
+                first=first,
+                second=second,
+                growth=total,
+                gross=sum(abs(d) for d in deltas),
+                positive_growth=sum(positives),
+                top=(positives[0] if positives else 0, positives[1] if len(positives) > 1 else 0),
+                growing=growing,
+                shrinking=shrinking,
+                blocks=blocks,
+                growing_blocks=growing_blocks,
+            )
+        series.stats = stats
+        series.stats_seen = series.seen
+        return stats
+
+    def _combine(self, task: str, state: _TaskState, stats: list[_ChildStats]) -> LeakEstimate:
+        n_total = sum(s.n for s in stats)
+        if not stats or n_total < self.min_calls:
+            return LeakEstimate(task, False, "warming up", 0.0, 0.0, state.calls, n_total, len(stats),
+                                0.0, 1.0, 1.0, 0.0, 0.0, None, 0.0)
+        weights = [float(s.n) for s in stats]
+        slope = weighted_median([s.slope for s in stats], weights)
+        kendall = Kendall(0, 0.0)
+        for s in stats:
+            kendall = kendall + s.kendall
+        trend_z = kendall.z
+        trend_p = normal_sf(trend_z)
+        growing = sum(s.growing for s in stats)
+        shrinking = sum(s.shrinking for s in stats)
+        sign_p = sign_test_p(growing, shrinking)
+        gross = sum(s.gross for s in stats)
+        efficiency = sum(s.growth for s in stats) / gross if gross else 0.0
+        positive_growth = sum(s.positive_growth for s in stats)
+        tops = sorted((t for s in stats for t in s.top), reverse=True)
+        pooled_share = (tops[0] + tops[1]) / positive_growth if positive_growth > 0 else 1.0
+        child_share = sum(s.top[0] for s in stats) / positive_growth if positive_growth > 0 else 1.0
+        step_share = max(pooled_share, child_share)
+        halves = [s for s in stats if s.first is not None and s.second is not None]
+        saturation: float | None = None
+        if halves:
+            half_weights = [float(s.n) for s in halves]
+            first = weighted_median([s.first for s in halves if s.first is not None], half_weights)
+            second = weighted_median([s.second for s in halves if s.second is not None], half_weights)
+            if first > 0:
+                saturation = second / first
+        blocks = sum(s.blocks for s in stats)
+        block_fraction = sum(s.growing_blocks for s in stats) / blocks if blocks else 0.0
+        growth_per_child = sum(s.growth for s in stats) / len(stats)
+        typical_n = weighted_median([float(s.n) for s in stats], weights)
+
+        evidence = min(1.0, n_total / (4.0 * self.min_calls))
+        confidence = (
+            0.35 * min(1.0, max(0.0, trend_z) / 5.0)
+            + 0.25 * min(1.0, -math.log10(max(sign_p, 1e-300)) / 5.0)
+            + 0.15 * block_fraction
+            + 0.10 * (min(1.0, saturation) if saturation is not None else 0.5)
+            + 0.15 * evidence
+        )
+        confidence = round(max(0.0, min(1.0, confidence)), 2)
+
+        if slope < self.min_slope:
+            reason = "no growth"
+        elif trend_p > self.alpha:
+            reason = "no trend"
+        elif sign_p > self.alpha or efficiency < self.min_efficiency:
+            reason = "growth and shrink balanced"
+        elif growing < 3 or step_share > self.max_step_share:
+            reason = "one-off step"
+        elif saturation is not None and saturation < self.saturation_ratio:
+            reason = "saturating"
+        elif block_fraction < self.min_block_fraction:
+            reason = "not growing lately"
+        elif growth_per_child < self.min_growth and typical_n < self.long_calls:
+            reason = "too little growth yet"
+        elif confidence < self.min_confidence:
+            reason = "weak evidence"
+        else:
+            reason = "leak"
+        return LeakEstimate(
+            task=task,
+            suspect=reason == "leak",
+            reason=reason,
+            slope=slope,
+            confidence=confidence,
+            calls_observed=state.calls,
+            calls_analysed=n_total,
+            children=len(stats),
+            growth_per_child=growth_per_child,
+            trend_p=trend_p,
+            sign_p=sign_p,
+            efficiency=efficiency,
+            step_share=step_share,
+            saturation=saturation,
+            block_fraction=block_fraction,
+        )
+
+    # -- reporting -------------------------------------------------------------
+    def _findings(self, state: _TaskState, estimate: LeakEstimate) -> list[Finding]:
+        if estimate.suspect:
+            state.misses = 0
+            kib = round(estimate.kib_per_call, 1)
+            if state.reported is None:
+                state.reported = (kib, estimate.confidence, estimate.calls_observed)
+                return [self._suspected(state, estimate, since=None)]
+            last_kib, last_confidence, first_calls = state.reported
+            changed = abs(kib - last_kib) > 0.5 * last_kib or _band(estimate.confidence) != _band(last_confidence)
+            if changed:
+                state.reported = (kib, estimate.confidence, first_calls)
+                return [self._suspected(state, estimate, since=first_calls)]
+            return []
+        if state.reported is not None and estimate.reason in _CLEARING:
+            state.misses += 1
+            if state.misses >= self.clear_after:
+                first_calls = state.reported[2]
+                state.reported = None
+                state.misses = 0
+                return [Finding(LEAK_CLEARED, {
+                    "task": estimate.task,
+                    "reason": estimate.reason,
+                    "kib_per_call": round(estimate.kib_per_call, 1),
+                    "calls_observed": estimate.calls_observed,
+                    "since_calls": first_calls,
+                }, task=estimate.task)]
+        else:
+            state.misses = 0
+        return []
+
+    def _suspected(self, state: _TaskState, estimate: LeakEstimate, since: int | None) -> Finding:
+        fields: dict[str, object] = {
+            "task": estimate.task,
+            "kib_per_call": round(estimate.kib_per_call, 1),
+            "confidence": estimate.confidence,
+            "calls_observed": estimate.calls_observed,
+            "children": estimate.children,
+        }
+        if self.soft_limit is not None:
+            fields["projected_calls_to_soft_limit"] = self._projection(state, estimate.slope)
+        if since is not None:
+            fields["since_calls"] = since
+        return Finding(LEAK_SUSPECTED, fields, task=estimate.task)
+
+    def _projection(self, state: _TaskState, slope: float) -> int | None:
+        assert self.soft_limit is not None
+        alive = [s.last_mem_after for s in state.series.values() if s.alive] or [
+            s.last_mem_after for s in state.series.values()
+        ]
+        if not alive or slope <= 0:
+            return None
+        return max(0, math.ceil((self.soft_limit - max(alive)) / slope))
+
+    def _evict_task(self) -> None:
+        # Least recently seen first, but keep reported suspects while others can go.
+        for name, state in self._tasks.items():
+            if state.reported is None:
+                del self._tasks[name]
+                return
+        self._tasks.popitem(last=False)

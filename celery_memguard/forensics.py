@@ -1,0 +1,116 @@
+"""OOM forensics: explain a pool child that died by a signal MemGuard did not send. Pure.
+
+Celery reports such a death as a bare ``WorkerLostError: signal 9``. The monitor
+keeps each child's last few samples; when a child disappears with a negative exit
+code (killed by a signal) or an unexpected exit code, and MemGuard had not sent
+``SIGKILL`` itself, :func:`explain_loss` turns what is known into one
+``memguard.child_lost`` event: which task it was running, its last memory and its
+growth just before death, the change of the cgroup's ``oom_kill`` counter, and a
+``likely_oom`` verdict with the reason.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from collections import deque
+from dataclasses import dataclass
+
+from .samples import ChildSample, MiB
+
+__all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CHILD_LOST"]
+
+CHILD_LOST = "memguard.child_lost"
+#: billiard's exit code for a planned recycle; 0 is a clean exit.
+EX_RECYCLE = 0x9B
+_CLEAN_EXITS = (0, EX_RECYCLE)
+
+
+class ChildHistory:
+    """The last few (time, sample) pairs of one child."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self, size: int = 8) -> None:
+        self.samples: deque[tuple[float, ChildSample]] = deque(maxlen=size)
+
+    def add(self, now: float, sample: ChildSample) -> None:
+        self.samples.append((now, sample))
+
+    @property
+    def last(self) -> ChildSample | None:
+        return self.samples[-1][1] if self.samples else None
+
+    def growth_rate(self) -> float | None:
+        """RSS growth in bytes/s over the kept window (None with fewer than two samples)."""
+        if len(self.samples) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
+        if t1 <= t0:
+            return None
+        return (s1.rss - s0.rss) / (t1 - t0)
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    event: str
+    fields: dict[str, object]
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def explain_loss(
+    pid: int,
+    exitcode: int | None,
+    history: ChildHistory | None,
+    *,
+    oom_kills_before: int | None,
+    oom_kills_now: int | None,
+    hard_limit: int | None,
+    effective_memory: int,
+    available: int | None = None,
+) -> LossReport | None:
+    """A ``memguard.child_lost`` report, or None for a clean exit or an unknown one."""
+    if exitcode is None or exitcode in _CLEAN_EXITS:
+        return None
+    signum = -exitcode if exitcode < 0 else None
+    last = history.last if history is not None else None
+    rate = history.growth_rate() if history is not None else None
+    oom_delta = None
+    if oom_kills_before is not None and oom_kills_now is not None:
+        oom_delta = max(0, oom_kills_now - oom_kills_before)
+
+    likely, reason = False, "not killed by SIGKILL" if signum is not None else f"exited with code {exitcode}"
+    if signum == _signal.SIGKILL:
+        if oom_delta:
+            likely, reason = True, f"the cgroup's oom_kill counter rose by {oom_delta}"
+        elif last is not None and last.rss >= 0.8 * effective_memory:
+            likely, reason = True, "its memory was near the effective memory limit"
+        elif last is not None and rate is not None and rate > 50 * MiB:
+            likely, reason = True, f"it was growing at {rate / MiB:.0f} MiB/s just before death"
+        elif available is not None and available < 0.05 * effective_memory:
+            likely, reason = True, "the system had under 5% of memory available"
+        elif oom_delta == 0:
+            reason = "SIGKILL, but the cgroup's oom_kill counter did not change: likely an operator, a time limit or another process"
+        else:
+            reason = "SIGKILL with no memory pressure seen (oom_kill counter not readable)"
+    fields: dict[str, object] = {
+        "pid": pid,
+        "signal": _signal_name(signum) if signum is not None else None,
+        "exitcode": exitcode,
+        "task": last.task if last is not None else None,
+        "task_id": last.task_id if last is not None else None,
+        "last_mem_mib": round(last.mem / MiB, 1) if last is not None else None,
+        "last_rss_mib": round(last.rss / MiB, 1) if last is not None else None,
+        "growth_mib_per_s": round(rate / MiB, 1) if rate is not None else None,
+        "oom_kill_delta": oom_delta,
+        "likely_oom": likely,
+        "reason": reason,
+    }
+    if hard_limit is not None and last is not None:
+        fields["hard_limit_mib"] = round(hard_limit / MiB, 1)
+    return LossReport(CHILD_LOST, fields)

@@ -1,0 +1,202 @@
+"""Tests for celery_memguard.events: JSON and console lines, common keys, once-per-cause errors.
+
+Every test writes to its own log file under tmp_path; the process-wide event log
+is swapped with monkeypatch where the module-level helpers are exercised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_memguard import events
+from celery_memguard.events import EVENT_KEYS, EventLog
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) for r in records)
+    return records
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "memguard.log"
+
+
+@pytest.fixture
+def json_log(log_path: Path) -> Any:
+    log = EventLog(fmt="json", log_file=str(log_path), hostname="celery@host")
+    yield log
+    os.close(log.fd)
+
+
+class TestEventLogJson:
+    """EventLog(fmt="json")."""
+
+    def test_one_json_object_per_line(self, json_log: EventLog, log_path: Path) -> None:
+        """Each emit appends one line holding one JSON object with the event and its keys."""
+        json_log.emit(events.STARTED, pool="prefork", concurrency=4, metric="uss", soft_limit_mib=None,
+                      hard_limit_mib=512.0, poll_interval=1.0, dry_run=False)
+        json_log.emit(events.TASK_KILLED, "error", task="app.tasks.grow", task_id="id-1", pid=4242, mem_mib=530.1,
+                      limit_mib=512.0)
+        first, second = json_lines(log_path)
+        assert {"event": "memguard.started", "pool": "prefork", "concurrency": 4, "metric": "uss",
+                "soft_limit_mib": None, "hard_limit_mib": 512.0, "poll_interval": 1.0, "dry_run": False,
+                "level": "info"} == {k: v for k, v in first.items() if k not in ("ts", "source_pid", "hostname")}
+        assert ("memguard.task_killed", "error", 4242, "id-1") == (second["event"], second["level"], second["pid"],
+                                                                  second["task_id"])
+
+    def test_common_keys(self, json_log: EventLog, log_path: Path) -> None:
+        """Every line carries event, ts (ISO 8601 UTC), level, source_pid and hostname."""
+        json_log.emit(events.STOPPED, polls=3, decisions=0)
+        (record,) = json_lines(log_path)
+        assert {"event", "ts", "level", "source_pid", "hostname"} <= set(record)
+        assert (os.getpid(), "celery@host", "info") == (record["source_pid"], record["hostname"], record["level"])
+        ts = dt.datetime.fromisoformat(record["ts"])
+        assert dt.timedelta(0) == ts.utcoffset()
+        assert abs((dt.datetime.now(dt.timezone.utc) - ts).total_seconds()) < 60
+
+    def test_pid_is_the_child_not_the_emitter(self, json_log: EventLog, log_path: Path) -> None:
+        """`pid` is the pool child the event is about; the emitter is source_pid."""
+        json_log.emit(events.CHILD_RECYCLED, "warning", pid=1, reason="soft_limit")
+        (record,) = json_lines(log_path)
+        assert (1, os.getpid()) == (record["pid"], record["source_pid"])
+
+    def test_no_hostname_until_known(self, log_path: Path) -> None:
+        """Without a hostname the key is left out rather than null."""
+        log = EventLog(fmt="json", log_file=str(log_path))
+        try:
+            log.emit(events.STOPPED, polls=1, decisions=0)
+        finally:
+            os.close(log.fd)
+        assert "hostname" not in json_lines(log_path)[0]
+
+    def test_unserialisable_value_does_not_break_the_line(self, json_log: EventLog, log_path: Path) -> None:
+        """A value JSON cannot encode is rendered as text; the line stays valid JSON."""
+        json_log.emit(events.ERROR, where="x", error=object())
+        (record,) = json_lines(log_path)
+        assert record["error"].startswith("<object object")
+
+    def test_appends_to_existing_file(self, log_path: Path) -> None:
+        """The log file is opened for appending, so earlier lines are kept."""
+        log_path.write_text('{"event": "earlier"}\n')
+        log = EventLog(fmt="json", log_file=str(log_path))
+        try:
+            log.emit(events.STOPPED, polls=0, decisions=0)
+        finally:
+            os.close(log.fd)
+        assert ["earlier", "memguard.stopped"] == [r["event"] for r in json_lines(log_path)]
+
+    def test_lines_from_forked_processes_never_interleave(self, json_log: EventLog, log_path: Path) -> None:
+        """Several processes sharing the log fd produce only whole JSON lines."""
+        pids = []
+        for n in range(4):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                try:
+                    for i in range(200):
+                        json_log.emit(events.CHILD_RECYCLED, "warning", pid=os.getpid(), reason="soft_limit",
+                                      task="x" * 300, n=n, i=i)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        records = json_lines(log_path)
+        assert 800 == len(records)
+        assert set(pids) == {r["source_pid"] for r in records}
+
+
+class TestEventLogConsole:
+    """EventLog(fmt="console")."""
+
+    def test_console_line(self, log_path: Path) -> None:
+        """The console format is one human-readable line with the level, the event and key=value pairs."""
+        log = EventLog(fmt="console", log_file=str(log_path), hostname="celery@host")
+        try:
+            log.emit(events.STARTED, pool="prefork", concurrency=2)
+            log.emit(events.TASK_KILLED, "error", task_id="id-1", pid=9)
+        finally:
+            os.close(log.fd)
+        first, second = log_path.read_text().splitlines()
+        assert first.startswith("[info")
+        for part in ("memguard.started", "pool=prefork", "concurrency=2", "hostname=celery@host",
+                     f"source_pid={os.getpid()}", "ts="):
+            assert part in first
+        assert second.startswith("[error")
+        assert "memguard.task_killed" in second and "task_id=id-1" in second and "pid=9" in second
+        assert "\x1b[" not in first + second  # no colour codes in log files
+
+
+class TestEventLogErrors:
+    """EventLog.error: fail-open reporting."""
+
+    def test_once_per_cause_and_counted(self, json_log: EventLog, log_path: Path) -> None:
+        """memguard.error is logged once per (where, exception type); repeats are counted."""
+        for _ in range(5):
+            json_log.error("monitor.sample", ValueError("bad number"))
+        json_log.error("monitor.sample", KeyError("k"))
+        json_log.error("child.task_prerun", ValueError("other place"))
+        records = json_lines(log_path)
+        assert [("memguard.error", "error", "monitor.sample", "ValueError: bad number"),
+                ("memguard.error", "error", "monitor.sample", "KeyError: 'k'"),
+                ("memguard.error", "error", "child.task_prerun", "ValueError: other place")] == [
+            (r["event"], r["level"], r["where"], r["error"]) for r in records]
+        assert {("monitor.sample", "ValueError"): 5, ("monitor.sample", "KeyError"): 1,
+                ("child.task_prerun", "ValueError"): 1} == json_log.error_counts
+
+    def test_error_counts_is_a_copy(self, json_log: EventLog) -> None:
+        """error_counts cannot be used to reset the once-per-cause memory."""
+        json_log.error("x", ValueError())
+        json_log.error_counts.clear()
+        assert {("x", "ValueError"): 1} == json_log.error_counts
+
+    def test_unwritable_fd_never_raises(self, tmp_path: Path) -> None:
+        """Logging to a closed fd is silently dropped, never an exception in a worker."""
+        log = EventLog(fmt="json", log_file=str(tmp_path / "x.log"))
+        os.close(log.fd)
+        log.emit(events.STOPPED, polls=0, decisions=0)
+        log.error("x", ValueError("y"))
+
+
+class TestModuleHelpers:
+    """configure / get / emit / error and the public event table."""
+
+    def test_configure_then_emit_and_error(self, log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The module-level helpers go through the configured process-wide log."""
+        monkeypatch.setattr(events, "_current", None)
+        log = events.configure(fmt="json", log_file=str(log_path), hostname="w@h")
+        try:
+            assert log is events.get()
+            events.emit(events.WOULD_RECYCLE, "warning", pid=3, reason="soft_limit")
+            events.error("where", RuntimeError("x"))
+            events.error("where", RuntimeError("x"))
+        finally:
+            os.close(log.fd)
+        assert [("memguard.would_recycle", "w@h"), ("memguard.error", "w@h")] == [
+            (r["event"], r["hostname"]) for r in json_lines(log_path)]
+
+    def test_get_without_configure(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """get() before configure() gives a console log on standard error."""
+        monkeypatch.setattr(events, "_current", None)
+        log = events.get()
+        assert ("console", 2) == (log.fmt, log.fd)
+
+    def test_event_names_are_namespaced(self) -> None:
+        """Every public event is memguard.* and documents its keys."""
+        assert all(name.startswith("memguard.") for name in EVENT_KEYS)
+        assert {events.STARTED, events.CHILD_RECYCLED, events.TASK_KILLED, events.WOULD_RECYCLE, events.WOULD_KILL,
+                events.ERROR} <= set(EVENT_KEYS)
+        assert ("pool", "concurrency", "metric", "soft_limit_mib", "hard_limit_mib", "poll_interval",
+                "dry_run") == EVENT_KEYS[events.STARTED]
+        assert {"pid", "reason", "mem_mib", "tasks_run", "lifetime_s"} <= set(EVENT_KEYS[events.CHILD_RECYCLED])
+        assert {"task", "task_id", "pid", "mem_mib", "limit_mib"} <= set(EVENT_KEYS[events.TASK_KILLED])
+        assert EVENT_KEYS[events.CHILD_RECYCLED] == EVENT_KEYS[events.WOULD_RECYCLE]
+        assert EVENT_KEYS[events.TASK_KILLED] == EVENT_KEYS[events.WOULD_KILL]

@@ -1,0 +1,493 @@
+"""Tests for celery_memguard.monitor.Monitor.poll with fake probes, fake children and a fake clock.
+
+The engine is real (wrapped to record the samples it receives); probes, the list
+of children, the actuator and the clock are fakes, so no process is measured or
+signalled. Events go to a JSON log file swapped in as the process-wide log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pytest
+
+from celery_memguard import events
+from celery_memguard.board import Board
+from celery_memguard.engine import Engine
+from celery_memguard.estimate import PAGE_SIZE
+from celery_memguard.monitor import EXACT_REFRESH, Monitor
+from celery_memguard.policies import HardLimit, SoftLimit
+from celery_memguard.probes import ProbeError, ProcessGone
+from celery_memguard.samples import Action, ChildSample, Decision, TaskSample
+
+MiB = 1024 * 1024
+SOFT = 200 * MiB
+HARD = 400 * MiB
+
+
+class FakeProbe:
+    """A scripted process: tests set rss/faults/exact values and may make readings fail."""
+
+    def __init__(self, pid: int, rss: int, faults: int = 1000, uss: int | None = None) -> None:
+        self.pid = pid
+        self.rss = rss
+        self.faults = faults
+        self.values: dict[str, int] = {"uss": rss if uss is None else uss, "pss": rss, "rss": rss}
+        self.cheap_error: BaseException | None = None
+        self.exact_error: BaseException | None = None
+        self.exact_calls: list[str] = []
+        self.closed = False
+
+    def cheap(self) -> tuple[int, int]:
+        if self.cheap_error is not None:
+            raise self.cheap_error
+        return self.rss, self.faults
+
+    def exact(self, metric: str) -> int:
+        self.exact_calls.append(metric)
+        if self.exact_error is not None:
+            raise self.exact_error
+        return self.values[metric]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class World:
+    """Fake pool children: what the bootstep's children() callable and open_probe would see."""
+
+    def __init__(self) -> None:
+        self.probes: dict[int, FakeProbe] = {}
+        self.indexes: dict[int, int | None] = {}
+        self.open_errors: dict[int, BaseException] = {}
+        self.opened: list[int] = []
+
+    def add(self, probe: FakeProbe, index: int | None) -> FakeProbe:
+        self.probes[probe.pid] = probe
+        self.indexes[probe.pid] = index
+        return probe
+
+    def remove(self, pid: int) -> None:
+        del self.indexes[pid]
+
+    def children(self) -> list[tuple[int, int | None]]:
+        return list(self.indexes.items())
+
+    def open_probe(self, pid: int) -> FakeProbe:
+        self.opened.append(pid)
+        if pid in self.open_errors:
+            raise self.open_errors[pid]
+        return self.probes[pid]
+
+
+class SpyEngine(Engine):
+    """The real engine, remembering the samples of each poll."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[list[ChildSample]] = []
+
+    def decide(self, children: Sequence[ChildSample], now: float) -> list[Decision]:
+        self.seen.append(list(children))
+        return super().decide(children, now)
+
+    def last(self, pid: int) -> ChildSample | None:
+        return next((c for c in self.seen[-1] if c.pid == pid), None)
+
+
+class RecordingActuator:
+    """Stands in for Actuator: records what it is asked to do."""
+
+    def __init__(self, raises: BaseException | None = None) -> None:
+        self.applied: list[tuple[Decision, int | None]] = []
+        self.reminded: list[int] = []
+        self.raises = raises
+
+    def apply(self, decision: Decision, index: int | None) -> None:
+        self.applied.append((decision, index))
+        if self.raises is not None:
+            raise self.raises
+
+    def remind(self, pid: int) -> None:
+        self.reminded.append(pid)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, *, metric: str = "uss", soft: int | None = SOFT, hard: int | None = HARD,
+                 board: Board | None = None, actuator: RecordingActuator | None = None,
+                 on_tasks: Any = None) -> None:
+        policies = ([HardLimit(limit=hard)] if hard else []) + ([SoftLimit(limit=soft)] if soft else [])
+        self.engine = SpyEngine(policies, kill_grace=2.0, poll_interval=1.0)
+        self.world = World()
+        self.actuator = actuator or RecordingActuator()
+        self.clock = Clock()
+        self.board = board
+        self.monitor = Monitor(children=self.world.children, engine=self.engine, actuator=self.actuator,  # type: ignore[arg-type]
+                               board=board, metric=metric, open_probe=self.world.open_probe,  # type: ignore[arg-type]
+                               clock=self.clock, on_tasks=on_tasks)
+
+    def poll(self, advance: float = 1.0) -> float:
+        self.clock.now += advance
+        return self.monitor.poll()
+
+    def decisions(self) -> list[tuple[Action, int, str | None, int | None]]:
+        return [(d.action, d.pid, d.task_id, index) for d, index in self.actuator.applied]
+
+
+@pytest.fixture
+def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    log = events.EventLog(fmt="json", log_file=str(tmp_path / "events.log"))
+    monkeypatch.setattr(events, "_current", log)
+    yield tmp_path / "events.log"
+    os.close(log.fd)
+
+
+def event_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class TestMonitorExactReadings:
+    """When the monitor pays for an exact USS/PSS reading."""
+
+    def test_below_threshold_no_exact(self, logged: Path) -> None:
+        """A child whose RSS is below every limit is never read exactly; its sample is an inexact bound."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=150 * MiB), 0)
+        for _ in range(3):
+            h.poll()
+        assert [] == probe.exact_calls
+        assert ChildSample(pid=11, mem=150 * MiB, exact=False, rss=150 * MiB) == h.engine.last(11)
+        assert [] == h.actuator.applied
+
+    def test_exact_only_when_bound_exceeds_threshold(self, logged: Path) -> None:
+        """RSS above the threshold triggers one exact reading; while the bound stays below, no more are taken."""
+        h = Harness()
+        # 300 MiB resident, mostly shared copy-on-write with the master: 50 MiB unique.
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB, faults=1000, uss=50 * MiB), 0)
+        h.poll()
+        assert ["uss"] == probe.exact_calls
+        assert ChildSample(pid=11, mem=50 * MiB, exact=True, rss=300 * MiB) == h.engine.last(11)
+        h.poll()
+        h.poll()
+        assert ["uss"] == probe.exact_calls
+        assert ChildSample(pid=11, mem=50 * MiB, exact=False, rss=300 * MiB) == h.engine.last(11)
+        assert [] == h.actuator.applied
+
+    def test_cow_growth_brings_exact_reading_back(self, logged: Path) -> None:
+        """Enough new faults push the bound over the threshold and an exact reading is taken again."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB, faults=1000, uss=50 * MiB), 0)
+        h.poll()
+        probe.faults += (100 * MiB) // PAGE_SIZE  # bound 150 MiB: still below the soft limit
+        h.poll()
+        assert 1 == len(probe.exact_calls)
+        assert (150 * MiB, False) == (h.engine.last(11).mem, h.engine.last(11).exact)  # type: ignore[union-attr]
+        probe.faults += (60 * MiB) // PAGE_SIZE  # bound 210 MiB > 200 MiB
+        probe.values["uss"] = 205 * MiB
+        h.poll()
+        assert 2 == len(probe.exact_calls)
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+
+    def test_refresh_after_exact_refresh_seconds(self, logged: Path) -> None:
+        """A child above the threshold in RSS is re-read exactly every EXACT_REFRESH seconds."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB, uss=50 * MiB), 0)
+        h.poll()
+        h.poll(advance=EXACT_REFRESH - 1)
+        assert 1 == len(probe.exact_calls)
+        h.poll(advance=1)
+        assert 2 == len(probe.exact_calls)
+
+    @pytest.mark.parametrize("metric", ["uss", "pss"])
+    def test_configured_metric_is_read(self, logged: Path, metric: str) -> None:
+        """The exact reading is taken in the configured metric."""
+        h = Harness(metric=metric)
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB), 0)
+        h.poll()
+        assert [metric] == probe.exact_calls
+
+    def test_rss_metric_never_reads_exactly(self, logged: Path) -> None:
+        """With metric rss the cheap reading is exact and decides."""
+        h = Harness(metric="rss")
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB, uss=10 * MiB), 0)
+        h.poll()
+        assert [] == probe.exact_calls
+        assert ChildSample(pid=11, mem=300 * MiB, exact=True, rss=300 * MiB) == h.engine.last(11)
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+
+    def test_no_limits_never_reads_exactly(self, logged: Path) -> None:
+        """Without any limit there is no threshold and no exact reading."""
+        h = Harness(soft=None, hard=None)
+        probe = h.world.add(FakeProbe(11, rss=3000 * MiB), 0)
+        h.poll()
+        assert [] == probe.exact_calls
+
+    def test_exact_probe_error_falls_back_to_rss(self, logged: Path) -> None:
+        """If the exact reading is unavailable the monitor logs memguard.error once and acts on RSS."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB), 0)
+        probe.exact_error = ProbeError(13, "smaps_rollup not permitted")
+        h.poll()
+        h.poll()
+        assert ChildSample(pid=11, mem=300 * MiB, exact=True, rss=300 * MiB) == h.engine.last(11)
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+        assert [("memguard.error", "monitor.exact_reading")] == [
+            (r["event"], r["where"]) for r in event_records(logged)]
+
+
+class TestMonitorFailures:
+    """Children that vanish or misbehave do not stop the poll."""
+
+    def test_process_gone_drops_child(self, logged: Path) -> None:
+        """A probe raising ProcessGone leaves that child out of the poll; its probe closes once the pool drops it."""
+        h = Harness()
+        gone = h.world.add(FakeProbe(11, rss=900 * MiB), 0)
+        other = h.world.add(FakeProbe(12, rss=300 * MiB), 1)
+        gone.cheap_error = ProcessGone(3, "exited")
+        h.poll()
+        assert [12] == [c.pid for c in h.engine.seen[-1]]
+        assert not gone.closed
+        h.world.remove(11)
+        h.poll()
+        assert gone.closed and not other.closed
+        assert [(Action.RECYCLE, 12, None, 1)] == h.decisions()
+        assert [] == event_records(logged)
+
+    def test_process_gone_during_exact_reading(self, logged: Path) -> None:
+        """ProcessGone from the exact reading also leaves the child out; the probe closes once it is unlisted."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=900 * MiB), 0)
+        probe.exact_error = ProcessGone(3, "exited")
+        h.poll()
+        assert [[]] == h.engine.seen
+        h.world.remove(11)
+        h.poll()
+        assert probe.closed
+        assert [] == event_records(logged)
+
+    def test_process_gone_at_open(self, logged: Path) -> None:
+        """A child that exits before its probe opens is skipped; it is retried if still listed."""
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=900 * MiB), 0)
+        h.world.open_errors[11] = ProcessGone(3, "exited")
+        h.poll()
+        assert [[]] == h.engine.seen
+        del h.world.open_errors[11]
+        h.poll()
+        assert [11, 11] == h.world.opened
+        assert [11] == [c.pid for c in h.engine.seen[-1]]
+
+    def test_other_error_logged_and_poll_continues(self, logged: Path) -> None:
+        """Any other probe error is logged as memguard.error (once) and the other children are still handled."""
+        h = Harness()
+        broken = h.world.add(FakeProbe(11, rss=900 * MiB), 0)
+        h.world.add(FakeProbe(12, rss=500 * MiB), 1)
+        broken.cheap_error = RuntimeError("parse failure")
+        delay = h.poll()
+        h.poll()
+        assert [12] == [c.pid for c in h.engine.seen[-1]]
+        assert [(Action.RECYCLE, 12, None, 1)] == h.decisions()
+        assert [("memguard.error", "monitor.sample", "RuntimeError: parse failure")] == [
+            (r["event"], r["where"], r["error"]) for r in event_records(logged)]
+        assert h.engine.next_delay == h.poll() and delay > 0
+
+    def test_actuator_error_logged_and_other_decisions_applied(self, logged: Path) -> None:
+        """An exception while acting is logged as memguard.error and the remaining decisions still run."""
+        actuator = RecordingActuator(raises=OSError(1, "not permitted"))
+        h = Harness(actuator=actuator)
+        h.world.add(FakeProbe(11, rss=900 * MiB), 0)
+        h.world.add(FakeProbe(12, rss=900 * MiB), 1)
+        h.poll()
+        assert [(Action.RECYCLE, 11, None, 0), (Action.RECYCLE, 12, None, 1)] == h.decisions()
+        assert [("memguard.error", "actions.apply")] == [(r["event"], r["where"]) for r in event_records(logged)]
+
+    def test_vanished_child_forgotten(self, logged: Path) -> None:
+        """A child no longer listed has its probe closed and its estimate dropped."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=300 * MiB, uss=50 * MiB), 0)
+        h.poll()
+        h.world.remove(11)
+        h.poll()
+        assert probe.closed
+        assert [[]] == h.engine.seen[-1:]
+        h.world.add(probe, 0)
+        h.poll()
+        assert 2 == len(probe.exact_calls)  # a returning pid is measured afresh
+
+    def test_transient_probe_error_keeps_pending_order(self, logged: Path) -> None:
+        """One failed reading of a child already told to stop its task does not repeat the order."""
+        board = Board(1)
+        h = Harness(board=board)
+        board.claim(0, 11, 1.0)
+        board.task_started(0, 11, "app.tasks.grow", "id-9", 99.0, 0, 0, 1.0)
+        probe = h.world.add(FakeProbe(11, rss=600 * MiB), 0)
+        h.poll(advance=0.5)
+        probe.cheap_error = RuntimeError("transient")
+        h.poll(advance=0.5)
+        probe.cheap_error = None
+        h.poll(advance=0.5)
+        assert [(Action.KILL, 11, "id-9", 0)] == h.decisions()
+        h.poll(advance=1.5)  # kill_grace (2 s) after the KILL: the grace timer survived the failed reading
+        assert (Action.FORCE_KILL, 11, "id-9", 0) == h.decisions()[-1]
+
+    @pytest.mark.parametrize("pid", [0, None])
+    def test_empty_pids_skipped(self, logged: Path, pid: Any) -> None:
+        """Pool entries without a pid (a child still starting) are skipped."""
+        h = Harness()
+        h.world.indexes[pid] = 0
+        h.poll()
+        assert [] == h.world.opened
+        assert [[]] == h.engine.seen
+
+
+class TestMonitorDecisions:
+    """Samples built from the board, and decisions handed to the actuator."""
+
+    def test_busy_child_killed_with_task_and_index(self, logged: Path) -> None:
+        """The board's current task makes a child busy, so the hard limit's KILL names the task and pool index."""
+        board = Board(4)
+        h = Harness(board=board)
+        board.claim(3, 11, 50.0)
+        board.task_started(3, 11, "app.tasks.grow", "id-9", 99.0, 100 * MiB, 5, 50.0)
+        h.world.add(FakeProbe(11, rss=600 * MiB, uss=500 * MiB), 3)
+        h.poll()
+        ((d, index),) = h.actuator.applied
+        assert (Action.KILL, 11, "app.tasks.grow", "id-9", 500 * MiB, HARD, 5, 3) == (
+            d.action, d.pid, d.task, d.task_id, d.mem, d.limit, d.tasks_run, index)
+        assert pytest.approx(51.0) == d.lifetime
+
+    def test_board_slot_of_another_pid_ignored(self, logged: Path) -> None:
+        """A slot still holding the previous child's pid does not lend its task to the new child."""
+        board = Board(1)
+        h = Harness(board=board)
+        board.claim(0, 10, 50.0)
+        board.task_started(0, 10, "app.tasks.old", "id-old", 99.0, 0, 0, 50.0)
+        h.world.add(FakeProbe(11, rss=600 * MiB), 0)
+        h.poll()
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+
+    def test_index_outside_board_ignored(self, logged: Path) -> None:
+        """A child whose pool index has no slot is measured without task information."""
+        h = Harness(board=Board(1))
+        h.world.add(FakeProbe(11, rss=600 * MiB), 5)
+        h.poll()
+        assert [(Action.RECYCLE, 11, None, 5)] == h.decisions()
+
+    def test_decision_once_and_counters(self, logged: Path) -> None:
+        """Decisions reach the actuator once (the engine de-duplicates) and are counted."""
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=300 * MiB), 0)
+        for _ in range(4):
+            h.poll()
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+        assert (4, 1) == (h.monitor.polls, h.monitor.decisions)
+
+    def test_idle_leaving_child_reminded_every_poll(self, logged: Path) -> None:
+        """An idle child with a pending recycle is re-signalled at every poll until it has gone; a busy one is not."""
+        board = Board(2)
+        h = Harness(board=board)
+        board.claim(0, 11, 1.0)
+        board.claim(1, 12, 1.0)
+        board.task_started(1, 12, "app.tasks.busy", "id-b", 99.0, 0, 0, 1.0)
+        h.world.add(FakeProbe(11, rss=300 * MiB), 0)
+        h.world.add(FakeProbe(12, rss=300 * MiB), 1)
+        h.poll()
+        h.poll()
+        assert [(Action.RECYCLE, 11, None, 0), (Action.RECYCLE, 12, "id-b", 1)] == h.decisions()
+        assert [11, 11] == h.actuator.reminded
+        h.world.remove(11)
+        h.poll()
+        assert [11, 11] == h.actuator.reminded
+
+    def test_poll_returns_engine_delay(self, logged: Path) -> None:
+        """poll() returns the engine's next delay: soon for a new child, the interval once flat."""
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=100 * MiB), 0)
+        assert 0.1 == h.poll()
+        assert 1.0 == h.poll()
+
+    def test_on_tasks_receives_drained_records(self, logged: Path) -> None:
+        """Finished-task records on the board reach on_tasks once each, and restart for a new pid in the slot."""
+        received: list[TaskSample] = []
+        board = Board(1)
+        h = Harness(board=board, on_tasks=received.extend)
+        board.claim(0, 11, 1.0)
+        for n in range(3):
+            board.task_finished(0, 11, "app.tasks.t", f"id-{n}", 2.0, 0.1, MiB, 2 * MiB, 3 * MiB, True, n + 1, 1.0)
+        h.world.add(FakeProbe(11, rss=10 * MiB), 0)
+        h.poll()
+        h.poll()
+        assert ["id-0", "id-1", "id-2"] == [r.task_id for r in received]
+        h.world.remove(11)
+        board.claim(0, 12, 5.0)
+        board.task_finished(0, 12, "app.tasks.t", "id-new", 6.0, 0.1, MiB, 2 * MiB, None, False, 1, 5.0)
+        h.world.add(FakeProbe(12, rss=10 * MiB), 0)
+        h.poll()
+        assert ["id-0", "id-1", "id-2", "id-new"] == [r.task_id for r in received]
+        assert (12, None, False) == (received[-1].pid, received[-1].per_task_peak, received[-1].succeeded)
+
+
+    def test_records_of_exited_child_are_drained(self, logged: Path) -> None:
+        """Tasks a child finished after the last poll still reach on_tasks after the child has exited."""
+        received: list[TaskSample] = []
+        board = Board(1)
+        h = Harness(board=board, on_tasks=received.extend)
+        board.claim(0, 11, 1.0)
+        h.world.add(FakeProbe(11, rss=10 * MiB), 0)
+        h.poll()
+        for n in range(2):
+            board.task_finished(0, 11, "app.tasks.t", f"id-{n}", 2.0, 0.1, MiB, 2 * MiB, 3 * MiB, True, n + 1, 1.0)
+        h.world.remove(11)  # the child recycled right after its last task
+        h.poll()
+        assert ["id-0", "id-1"] == [r.task_id for r in received]
+
+
+class TestMonitorThread:
+    """start() / stop()."""
+
+    def test_thread_polls_and_stops(self, logged: Path) -> None:
+        """The thread polls at the engine's delay until stopped; stop() joins it and closes the probes."""
+        engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=0.01)
+        world = World()
+        probe = world.add(FakeProbe(11, rss=10 * MiB), 0)
+        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=None, metric="uss", open_probe=world.open_probe)  # type: ignore[arg-type]
+        monitor.start()
+        deadline = time.monotonic() + 5.0
+        while monitor.polls < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        monitor.stop()
+        assert monitor.polls >= 3
+        assert monitor._thread is not None and not monitor._thread.is_alive()
+        assert probe.closed
+
+    def test_thread_survives_poll_errors(self, logged: Path) -> None:
+        """An exception escaping poll() is logged and the loop keeps running."""
+        engine = Engine([], kill_grace=2.0, poll_interval=0.01)
+        calls = []
+
+        def children() -> list[tuple[int, int | None]]:
+            calls.append(1)
+            raise RuntimeError("pool gone strange")
+
+        monitor = Monitor(children=children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=None, metric="uss")
+        monitor.start()
+        deadline = time.monotonic() + 5.0
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        monitor.stop()
+        assert len(calls) >= 3
+        assert [("memguard.error", "monitor.poll")] == [(r["event"], r["where"]) for r in event_records(logged)]
