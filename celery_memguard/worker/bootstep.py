@@ -23,7 +23,6 @@ from .. import events
 from ..actions import Actuator
 from ..board import TRACE_MAX, Board
 from ..config import MemGuardConfig
-from ..detectors import build_detectors
 from ..detectors.base import LEAK_CLEARED, LEAK_SUSPECTED, Finding
 from ..engine import Engine
 from ..exceptions import ConfigError
@@ -164,6 +163,22 @@ class MemGuard(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
+
+
+def build_detectors(cfg: MemGuardConfig) -> list[Any]:
+    """The detectors the configuration enables (leaks, heavy tasks, master growth)."""
+    detectors: list[Any] = []
+    if not cfg.leak_detection:
+        return detectors
+    from .. import detectors as d
+
+    detectors.append(d.LeakDetector(soft_limit=cfg.soft_limit))
+    heavy_size, heavy_multiple = cfg.heavy_task_threshold
+    if hasattr(d, "HeavyTaskDetector") and (heavy_size is not None or heavy_multiple is not None):
+        detectors.append(d.HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
+    if hasattr(d, "MasterGrowthDetector") and cfg.master_growth_threshold is not None:
+        detectors.append(d.MasterGrowthDetector(threshold=cfg.master_growth_threshold))
+    return detectors
 
 
 def _mib(value: int | None) -> float | None:
