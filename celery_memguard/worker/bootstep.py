@@ -117,13 +117,18 @@ class MemGuard(bootsteps.StartStopStep):
             engine = Engine(build_policies(cfg), kill_grace=cfg.kill_grace, poll_interval=cfg.poll_interval)
             actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
             procs: dict[int, Any] = {}
+            try:
+                detectors = build_detectors(cfg)
+            except Exception as exc:  # limits still apply without detection
+                events.error("bootstep.detectors", exc)
+                detectors = []
             self.monitor = Monitor(
                 children=lambda: _pool_children(parent, procs),
                 engine=engine,
                 actuator=actuator,
                 board=self.board,
                 metric=cfg.metric,
-                detectors=build_detectors(cfg),
+                detectors=detectors,
                 master_pid=os.getpid(),
                 reserved=_reserved_count,
                 on_finding=self._on_finding,
