@@ -67,5 +67,18 @@ class Actuator:
             pass  # already gone
 
     def _log(self, event: str, level: str, d: Decision, **extra: object) -> None:
+        unit = getattr(d, "unit", "bytes")
+        limit: dict[str, object]
+        if unit == "seconds":
+            limit = {"limit_s": d.limit}
+        elif unit == "tasks":
+            limit = {"limit_tasks": d.limit}
+        else:
+            limit = {"limit_mib": _mib(d.limit)}
+        ranking = getattr(d, "ranking", ())
+        if ranking:
+            extra["ranking"] = [{"pid": pid, "mem_mib": _mib(mem)} for pid, mem in ranking]
+        for key, value in getattr(d, "detail", ()) or ():
+            extra.setdefault(key, value)
         events.emit(event, level, pid=d.pid, task=d.task, task_id=d.task_id, reason=d.reason,
-                    mem_mib=_mib(d.mem), limit_mib=_mib(d.limit), metric=self.metric, **extra)
+                    mem_mib=_mib(d.mem), metric=self.metric, **limit, **extra)

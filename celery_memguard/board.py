@@ -50,7 +50,9 @@ _HEAD_AT = _HEAD_SEQ + _SEQ.size
 _ORDER_AT = _HEAD_AT + _HEAD.size
 _RING_SEQ = _ORDER_AT + _ORDER.size
 _COUNT_AT = _RING_SEQ + _SEQ.size
-_RING_AT = _COUNT_AT + _COUNT.size
+_READY = struct.Struct("<d")  # seconds from fork to ready for the first job, written once by the child
+_READY_AT = _COUNT_AT + _COUNT.size
+_RING_AT = _READY_AT + _READY.size
 SLOT_SIZE = (_RING_AT + RING_SIZE * _REC.size + 63) // 64 * 64
 
 
@@ -108,6 +110,7 @@ class Board:
         _HEAD.pack_into(m, base + _HEAD_AT, pid, 0, 0.0, 0, 0, now, b"", b"")
         _ORDER.pack_into(m, base + _ORDER_AT, 0, ORDER_NONE, 0, 0, b"", b"")
         _SEQ.pack_into(m, base + _HEAD_SEQ, odd + 1)
+        _READY.pack_into(m, base + _READY_AT, 0.0)
         (ring_seq,) = _SEQ.unpack_from(m, base + _RING_SEQ)
         if ring_seq & 1:
             _SEQ.pack_into(m, base + _RING_SEQ, ring_seq + 1)
@@ -136,6 +139,14 @@ class Board:
         self._bump(base + _HEAD_SEQ)
         _HEAD.pack_into(m, base + _HEAD_AT, pid, 0, 0.0, 0, tasks_run, spawned_at, b"", b"")
         self._bump(base + _HEAD_SEQ)
+
+    def set_spawn_time(self, index: int, seconds: float) -> None:
+        """Record how long this child took from fork to ready (read by the master's storm guard)."""
+        _READY.pack_into(self._map, self._base(index) + _READY_AT, seconds)
+
+    def spawn_time(self, index: int) -> float:
+        """The slot's child's fork-to-ready seconds, or 0.0 if not known yet."""
+        return _READY.unpack_from(self._map, self._base(index) + _READY_AT)[0]
 
     def read_order(self, index: int) -> Order:
         seq, action, mem, limit, tid, reason = _ORDER.unpack_from(self._map, self._base(index) + _ORDER_AT)

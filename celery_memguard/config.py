@@ -136,6 +136,67 @@ def _size_or_multiple(key: str, value: Any, effective_memory: int) -> tuple[int 
         raise ConfigError(key, value, 'None, a multiple of the typical task peak like "10x", or ' + SIZE_ACCEPTED) from None
 
 
+def _optional_seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float | None]:
+    inner = _seconds(minimum, maximum)
+
+    def parse(key: str, value: Any, mem: int) -> float | None:
+        return None if value is None else inner(key, value, mem)
+
+    return parse
+
+
+def _count(minimum: int, optional: bool) -> Callable[[str, Any, int], int | None]:
+    accepted = f"a whole number >= {minimum}" + (" or None" if optional else "")
+
+    def parse(key: str, value: Any, _mem: int) -> int | None:
+        if value is None and optional:
+            return None
+        number: Any = value
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+            raise ConfigError(key, value, accepted)
+        return number
+
+    return parse
+
+
+def _fraction(low: float, high: float, optional: bool) -> Callable[[str, Any, int], float | None]:
+    accepted = f"a number in [{low}, {high}]" + (" or None" if optional else "")
+
+    def parse(key: str, value: Any, _mem: int) -> float | None:
+        if value is None and optional:
+            return None
+        number: Any = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(key, value, accepted) from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ConfigError(key, value, accepted)
+        if not low <= number <= high:
+            raise ConfigError(key, value, accepted)
+        return float(number)
+
+    return parse
+
+
+def _policy_paths(key: str, value: Any, _mem: int) -> tuple[Any, ...]:
+    accepted = 'a list of policy classes or dotted paths ("package.module:Class")'
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, value, accepted)
+    for entry in value:
+        if not (isinstance(entry, (str, type)) or callable(getattr(entry, "check", None))
+                or callable(getattr(entry, "check_pool", None))):
+            raise ConfigError(key, value, accepted)
+    return tuple(value)
+
+
 def _bool(key: str, value: Any, _mem: int) -> bool:
     if isinstance(value, bool):
         return value
@@ -172,6 +233,19 @@ class MemGuardConfig:
     heavy_task_threshold: tuple[int | None, float | None] = (None, 10.0)
     master_growth_threshold: int | None = 64 * MiB
     diagnostics: str = "tracemalloc"
+    pool_limit: int | None = None
+    pool_hard_limit: int | None = None
+    min_available: int | None = None
+    psi_threshold: float | None = None
+    recycle_on_leak: bool = False
+    leak_horizon: float = 300.0
+    max_child_lifetime: float | None = None
+    max_child_tasks: int | None = None
+    jitter: float = 0.1
+    max_recycles_per_minute: int | None = None
+    max_throughput_loss: float | None = None
+    strikes: int = 0
+    policies: tuple[Any, ...] = ()
     effective_memory: int = 0
 
     @classmethod
@@ -195,6 +269,19 @@ class MemGuardConfig:
                 "memguard_soft_limit",
                 _get(conf, "memguard_soft_limit", None),
                 f"a size below memguard_hard_limit ({hard} bytes)",
+            )
+        pool, pool_hard = values["pool_limit"], values["pool_hard_limit"]
+        if pool_hard is not None and (pool is None or pool_hard <= pool):
+            raise ConfigError(
+                "memguard_pool_hard_limit",
+                _get(conf, "memguard_pool_hard_limit", None),
+                "a size above memguard_pool_limit (which must be set)",
+            )
+        if values["recycle_on_leak"] and soft is None and hard is None:
+            raise ConfigError(
+                "memguard_recycle_on_leak",
+                _get(conf, "memguard_recycle_on_leak", None),
+                "False, or True together with memguard_soft_limit or memguard_hard_limit (the limit a leak is projected to)",
             )
         return cls(effective_memory=effective_memory, **values)
 
@@ -231,6 +318,19 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "heavy_task_threshold": _size_or_multiple,
     "master_growth_threshold": _optional_size,
     "diagnostics": _choice("off", "tracemalloc", "pympler", "both"),
+    "pool_limit": _optional_size,
+    "pool_hard_limit": _optional_size,
+    "min_available": _optional_size,
+    "psi_threshold": _fraction(0.0, 100.0, optional=True),
+    "recycle_on_leak": _bool,
+    "leak_horizon": _seconds(1.0, 86400.0),
+    "max_child_lifetime": _optional_seconds(1.0, 30 * 86400.0),
+    "max_child_tasks": _count(1, optional=True),
+    "jitter": _fraction(0.0, 0.9, optional=False),
+    "max_recycles_per_minute": _count(1, optional=True),
+    "max_throughput_loss": _fraction(0.0, 1.0, optional=True),
+    "strikes": _count(0, optional=False),
+    "policies": _policy_paths,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -247,6 +347,19 @@ DEFAULTS: dict[str, Any] = {
     "heavy_task_threshold": "10x",
     "master_growth_threshold": "64MiB",
     "diagnostics": "tracemalloc",
+    "pool_limit": None,
+    "pool_hard_limit": None,
+    "min_available": None,
+    "psi_threshold": None,
+    "recycle_on_leak": False,
+    "leak_horizon": 300.0,
+    "max_child_lifetime": None,
+    "max_child_tasks": None,
+    "jitter": 0.1,
+    "max_recycles_per_minute": None,
+    "max_throughput_loss": None,
+    "strikes": 0,
+    "policies": (),
 }
 
 KEYS: tuple[str, ...] = tuple("memguard_" + k for k in _PARSERS)

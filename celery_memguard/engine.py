@@ -1,14 +1,33 @@
 """The decision core: child samples in, decisions out. No I/O, no clock, no Celery.
 
 Each poll the master hands :meth:`Engine.decide` one :class:`ChildSample` per live
-pool child and the current monotonic time. The engine asks every policy, keeps
-the most severe violation per child, and remembers what it has already ordered so
-that an order is issued once, not at every poll:
+pool child, the current monotonic time and, when it measures it, the system's
+memory (:class:`SystemSample`). The engine asks every per-child policy about each
+child and every pool policy about the pool as a whole, keeps the most severe
+violation per child, and remembers what it has already ordered so that an order
+is issued once, not at every poll:
 
 * ``RECYCLE`` is ordered once per child; the child exits after its current task.
 * ``KILL`` is ordered once per (child, task). If the same task is still running
   ``kill_grace`` seconds later (it swallowed the exception, or is stuck in C
   code), the engine escalates to ``FORCE_KILL`` (SIGKILL).
+
+Soft actions (a ``RECYCLE`` that is not ``hard``) pass two more gates; a KILL and
+a hard violation pass neither, so a hard limit is never delayed:
+
+* **strikes**: the child must be in violation on ``strikes`` consecutive polls
+  (``0`` and ``1`` both mean "act on the first"); a clean poll resets the count.
+  Policies whose input is not a noisy reading (``debounce = False``: lifetime,
+  task count, leak projection) are exempt.
+* **storm guard** (:class:`~celery_memguard.policies.storm.StormGuard`): at most
+  ``max_recycles_per_minute`` restarts (or ``max_throughput_loss`` of the pool's
+  capacity, given the measured spawn time) per sliding minute; extra recycles
+  are deferred to a later poll (longest-deferred first, then the largest child),
+  and the first deferral of an episode yields a ``memguard.recycle_storm`` finding.
+
+Non-decision output (storm findings, a custom policy that raised) is collected
+and handed out by :meth:`Engine.findings`. A policy that raises is skipped for
+that poll, never takes the others down.
 
 It also picks the delay until the next poll: the configured interval, shortened
 while some child is growing towards its hard limit so the limit is not overshot
@@ -17,19 +36,32 @@ by more than a few percent at hundreds of MiB/s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+import random
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .policies import Policy
+from .detectors.base import Finding
+from .policies import AnyPolicy, build_policies
+from .policies.base import Policy, PoolPolicy, is_pool_policy
 from .policies.limits import HardLimit
-from .samples import Action, ChildSample, Decision, Violation
+from .policies.storm import StormGuard, restart_of
+from .samples import Action, ChildSample, Decision, SystemSample, Violation
 
-__all__ = ["Engine"]
+if TYPE_CHECKING:
+    from .config import MemGuardConfig
+
+__all__ = ["Engine", "POLICY_ERROR"]
+
+#: The event name of a finding about a policy that raised (same keys as ``memguard.error``).
+POLICY_ERROR = "memguard.error"
 
 #: Poll again before a growing child can use this fraction of its remaining headroom.
 HEADROOM_FRACTION = 0.25
 #: Seconds until the second look at a child seen for the first time (its growth rate is unknown).
 FIRST_LOOK = 0.1
+#: Growth rate (bytes/s) assumed for a busy child that has not grown yet, when a hard limit is set:
+#: such a child is looked at again before it could use a quarter of its headroom at this rate.
+ASSUMED_TASK_GROWTH = 1024 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -48,28 +80,61 @@ class _Last:
 
 
 class Engine:
-    """Composes policies and turns violations into de-duplicated, escalating decisions."""
+    """Composes policies and turns violations into de-duplicated, escalating, rate-limited decisions."""
 
     def __init__(
         self,
-        policies: Iterable[Policy],
+        policies: Iterable[AnyPolicy],
         *,
         kill_grace: float,
         poll_interval: float,
         min_interval: float = 0.02,
+        strikes: int = 0,
+        max_recycles_per_minute: float | None = None,
+        max_throughput_loss: float | None = None,
+        storm_window: float = 60.0,
     ) -> None:
-        self.policies: list[Policy] = list(policies)
+        if strikes < 0:
+            raise ValueError("strikes must be >= 0")
+        self.policies: list[AnyPolicy] = list(policies)
+        self._child_policies: list[Policy] = [p for p in self.policies if not is_pool_policy(p)]  # type: ignore[misc]
+        self._pool_policies: list[PoolPolicy] = [p for p in self.policies if is_pool_policy(p)]  # type: ignore[misc]
         self.kill_grace = kill_grace
         self.poll_interval = poll_interval
         self.min_interval = min(min_interval, poll_interval)
+        self.strikes = strikes
+        self.storm = StormGuard(max_recycles_per_minute=max_recycles_per_minute,
+                                max_throughput_loss=max_throughput_loss, window=storm_window)
         self._orders: dict[int, _Order] = {}
         self._last: dict[int, _Last] = {}
+        self._strikes: dict[int, int] = {}
+        self._deferred_since: dict[int, float] = {}
+        self._seen: set[int] = set()
+        self._findings: list[Finding] = []
+        self._errors: set[tuple[str, str]] = set()
         self._next_delay = poll_interval
-        thresholds = [p.threshold for p in self.policies if p.threshold is not None]
         #: Smallest memory at which any policy can act; below it no exact reading is needed.
-        self.threshold: int | None = min(thresholds) if thresholds else None
+        #: Recomputed after every poll (pool and leak policies move theirs).
+        self.threshold: int | None = self._threshold()
         hard = [p.limit for p in self.policies if isinstance(p, HardLimit)]
         self.hard_limit: int | None = min(hard) if hard else None
+
+    @classmethod
+    def from_config(cls, config: "MemGuardConfig | Any", *, rng: random.Random | None = None,
+                    extra: Iterable[Any] = ()) -> "Engine":
+        """The engine a configuration asks for: its policies (see ``build_policies``) and gates.
+
+        Reads ``strikes``, ``max_recycles_per_minute`` and ``max_throughput_loss`` from
+        ``config`` where present (older configurations lack them: defaults apply).
+        """
+        return cls(
+            build_policies(config, rng=rng, extra=extra),
+            kill_grace=config.kill_grace,
+            poll_interval=config.poll_interval,
+            strikes=getattr(config, "strikes", 0) or 0,
+            max_recycles_per_minute=getattr(config, "max_recycles_per_minute", None),
+            max_throughput_loss=getattr(config, "max_throughput_loss", None),
+        )
 
     @property
     def next_delay(self) -> float:
@@ -81,41 +146,146 @@ class Engine:
         order = self._orders.get(pid)
         return order.action if order else None
 
-    def decide(self, children: Sequence[ChildSample], now: float) -> list[Decision]:
-        """Decisions for this poll; call once per poll with every live child."""
-        live = {c.pid for c in children}
-        for pid in [p for p in self._orders if p not in live]:
-            del self._orders[pid]
-        for pid in [p for p in self._last if p not in live]:
-            del self._last[pid]
+    def deferred(self, pid: int) -> float | None:
+        """Since when a recycle of ``pid`` has been held back by the storm guard, if it is."""
+        return self._deferred_since.get(pid)
 
-        decisions: list[Decision] = []
+    def observe_spawn(self, seconds: float) -> None:
+        """A pool child took ``seconds`` from fork to ready (feeds the storm guard)."""
+        self.storm.observe_spawn(seconds)
+
+    def findings(self) -> list[Finding]:
+        """Findings collected since the last call (``memguard.recycle_storm``, ``memguard.error``)."""
+        found, self._findings = self._findings, []
+        return found
+
+    def decide(self, children: Sequence[ChildSample], now: float, *,
+               system: SystemSample | None = None) -> list[Decision]:
+        """Decisions for this poll; call once per poll with every live child (and the system's memory)."""
+        live = {c.pid for c in children}
+        for pid in (self._seen | set(self._orders) | set(self._last)) - live:
+            self._forget(pid)
+        self._seen = live
+        self.storm.tick(now)
+        view = [self._annotate(c) for c in children]
+        worst = self._violations(view, now, system)
+
+        decisions: list[tuple[int, Decision]] = []
+        soft: list[tuple[int, ChildSample, Violation]] = []
         delay = self.poll_interval
-        for child in children:
+        for i, child in enumerate(view):
             delay = min(delay, self._track_growth(child, now))
-            violation = self._worst(child, now)
+            violation, debounce = worst.get(child.pid, (None, True))
             order = self._orders.get(child.pid)
             if order is not None and order.action is Action.KILL:
                 decision = self._maybe_escalate(child, order, now)
                 if decision is not None:
-                    decisions.append(decision)
+                    decisions.append((i, decision))
                     continue
             if violation is None:
+                self._strikes.pop(child.pid, None)  # a clean reading resets the strikes
+                self._deferred_since.pop(child.pid, None)
                 continue
+            strikes = self._strikes[child.pid] = self._strikes.get(child.pid, 0) + 1
             if self._already_ordered(order, violation, child):
                 continue
-            self._orders[child.pid] = _Order(violation.action, child.task_id, now, violation)
-            decisions.append(self._decision(violation.action, child, violation, now))
+            if _is_hard(violation):
+                decisions.append((i, self._order(child, violation, now)))
+            elif strikes >= self.strikes or not debounce:
+                soft.append((i, child, violation))
+        if soft:
+            decisions.extend(self._admit(soft, now, len(view)))
+        decisions.sort(key=lambda item: item[0])
         self._next_delay = delay
-        return decisions
+        self.threshold = self._threshold()
+        return [d for _, d in decisions]
 
-    def _worst(self, child: ChildSample, now: float) -> Violation | None:
-        worst: Violation | None = None
-        for policy in self.policies:
-            violation = policy.check(child, now)
-            if violation is not None and (worst is None or violation.action.severity > worst.action.severity):
-                worst = violation
+    # -- policies -------------------------------------------------------
+    def _annotate(self, child: ChildSample) -> ChildSample:
+        """The sample as policies see it: with the order already given to the child."""
+        pending = self.pending(child.pid)
+        return child if child.pending is pending else replace(child, pending=pending)
+
+    def _violations(self, view: Sequence[ChildSample], now: float,
+                    system: SystemSample | None) -> dict[int, tuple[Violation, bool]]:
+        """Per pid the most severe violation and whether strikes apply to it (a policy that raises is skipped)."""
+        worst: dict[int, tuple[Violation, bool]] = {}
+        for policy in self._child_policies:
+            debounce = getattr(policy, "debounce", True)
+            for child in view:
+                try:
+                    violation = policy.check(child, now)
+                except Exception as exc:
+                    self._error(policy, exc)
+                    continue
+                if violation is not None:
+                    _merge(worst, child.pid, violation, debounce)
+        live = {c.pid for c in view}
+        for pool_policy in self._pool_policies:
+            debounce = getattr(pool_policy, "debounce", True)
+            try:
+                verdicts = list(pool_policy.check_pool(view, now, system) or ())
+            except Exception as exc:
+                self._error(pool_policy, exc)
+                continue
+            for pid, violation in verdicts:
+                if pid in live and violation is not None:
+                    _merge(worst, pid, violation, debounce)
         return worst
+
+    def _threshold(self) -> int | None:
+        thresholds = [t for t in (getattr(p, "threshold", None) for p in self.policies) if t is not None]
+        return min(thresholds) if thresholds else None
+
+    def _forget(self, pid: int) -> None:
+        """Child ``pid`` is gone: drop its orders and state, tell the policies."""
+        self._orders.pop(pid, None)
+        self._last.pop(pid, None)
+        self._strikes.pop(pid, None)
+        self._deferred_since.pop(pid, None)
+        for policy in self.policies:
+            exited = getattr(policy, "child_exited", None)  # optional for duck-typed custom policies
+            if exited is None:
+                continue
+            try:
+                exited(pid)
+            except Exception as exc:
+                self._error(policy, exc)
+
+    def _error(self, policy: object, exc: Exception) -> None:
+        where = f"policy.{type(policy).__name__}"
+        cause = (where, type(exc).__name__)
+        if cause not in self._errors:
+            self._errors.add(cause)
+            self._findings.append(Finding(POLICY_ERROR, {"where": where, "error": f"{type(exc).__name__}: {exc}"}))
+
+    # -- orders ---------------------------------------------------------
+    def _order(self, child: ChildSample, violation: Violation, now: float) -> Decision:
+        """Record an order for ``child`` and return its decision."""
+        if child.pid not in self._orders:  # the first order makes the child leave: a restart
+            self.storm.record(now, restart_of(now, child.pid, child.mem, child.tasks_run, violation))
+        self._orders[child.pid] = _Order(violation.action, child.task_id, now, violation)
+        self._deferred_since.pop(child.pid, None)
+        return self._decision(violation.action, child, violation, now)
+
+    def _admit(self, soft: list[tuple[int, ChildSample, Violation]], now: float,
+               concurrency: int) -> list[tuple[int, Decision]]:
+        """Order the soft recycles the storm guard lets through; defer the rest."""
+        if not self.storm.enabled:
+            return [(i, self._order(child, violation, now)) for i, child, violation in soft]
+        soft.sort(key=lambda item: (self._deferred_since.get(item[1].pid, now), -item[1].mem, item[0]))
+        admitted: list[tuple[int, Decision]] = []
+        held = []
+        for i, child, violation in soft:
+            if self.storm.allow(now, concurrency):
+                admitted.append((i, self._order(child, violation, now)))
+            else:
+                self._deferred_since.setdefault(child.pid, now)
+                held.append(restart_of(now, child.pid, child.mem, child.tasks_run, violation))
+        finding = self.storm.deferred(now, held, concurrency)
+        if finding is not None:
+            self._findings.append(finding)
+        return admitted
 
     @staticmethod
     def _already_ordered(order: _Order | None, violation: Violation, child: ChildSample) -> bool:
@@ -149,12 +319,17 @@ class Engine:
         if dt > 0:
             last.rate = max(0.0, (child.rss - last.rss) / dt)
             last.rss, last.at = child.rss, now
-        if self.hard_limit is None or last.rate <= 0 or self.pending(child.pid) is Action.FORCE_KILL:
+        rate = last.rate
+        if child.busy:
+            # A running task may start growing right after this poll: plan for the fastest growth we
+            # promise to catch, so a child flat until now cannot overshoot by a whole poll interval.
+            rate = max(rate, ASSUMED_TASK_GROWTH)
+        if self.hard_limit is None or rate <= 0 or self.pending(child.pid) is Action.FORCE_KILL:
             return self.poll_interval
         headroom = self.hard_limit - child.mem
         if headroom <= 0:
             return self.min_interval
-        return max(self.min_interval, min(self.poll_interval, HEADROOM_FRACTION * headroom / last.rate))
+        return max(self.min_interval, min(self.poll_interval, HEADROOM_FRACTION * headroom / rate))
 
     @staticmethod
     def _decision(action: Action, child: ChildSample, violation: Violation, now: float) -> Decision:
@@ -168,4 +343,21 @@ class Engine:
             task_id=child.task_id,
             tasks_run=child.tasks_run,
             lifetime=max(0.0, now - child.spawned_at) if child.spawned_at else 0.0,
+            ranking=violation.ranking,
+            detail=violation.detail,
+            unit=violation.unit,
         )
+
+
+def _is_hard(violation: Violation) -> bool:
+    """Hard violations and kills are never debounced nor deferred."""
+    return violation.hard or violation.action.severity >= Action.KILL.severity
+
+
+def _merge(worst: dict[int, tuple[Violation, bool]], pid: int, violation: Violation, debounce: bool) -> None:
+    """Keep the most severe violation for ``pid``; on a tie the earlier one, unless only the new one is hard."""
+    current = worst.get(pid)
+    if current is None or violation.action.severity > current[0].action.severity or (
+        violation.action.severity == current[0].action.severity and violation.hard and not current[0].hard
+    ):
+        worst[pid] = (violation, debounce)

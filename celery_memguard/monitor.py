@@ -28,7 +28,7 @@ from .estimate import MetricEstimate
 from .forensics import EX_RECYCLE, ChildHistory, explain_loss
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .detectors.base import Detector, Finding
-from .samples import Action, ChildSample, MasterSample, TaskSample
+from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
 
 __all__ = ["Monitor"]
 
@@ -37,6 +37,8 @@ EXACT_REFRESH = 60.0
 _LEAVING = (Action.RECYCLE, Action.KILL)
 #: Seconds between exact readings of the master's own memory (it changes slowly).
 MASTER_EXACT_EVERY = 10.0
+#: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
+SYSTEM_EVERY = 0.5
 
 
 class Monitor:
@@ -59,6 +61,8 @@ class Monitor:
         oom_kills: Callable[[], int | None] | None = None,
         hard_limit: int | None = None,
         effective_memory: int = 0,
+        system: Callable[[float], SystemSample] | None = None,
+        leak_rates: Callable[[int], tuple[float, float]] | None = None,
     ) -> None:
         self.children = children
         self.engine = engine
@@ -79,6 +83,10 @@ class Monitor:
         self.oom_kills = oom_kills
         self.hard_limit = hard_limit
         self.effective_memory = effective_memory
+        self.system = system
+        self.leak_rates = leak_rates
+        self._system: SystemSample | None = None
+        self._spawn_seen: set[int] = set()
         self._history: dict[int, ChildHistory] = {}
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
         self._oom_baseline = self._read_oom_kills()
@@ -151,7 +159,8 @@ class Monitor:
             events.error("monitor.drain", exc)
         if self.master_pid is not None and self.detectors:
             self._observe_master(now)
-        for decision in self.engine.decide(samples, now):
+        system = self._read_system(now)
+        for decision in self.engine.decide(samples, now, system=system):
             self.decisions += 1
             try:
                 self.actuator.apply(decision, index_of.get(decision.pid))
@@ -159,6 +168,8 @@ class Monitor:
                     self._killed.add(decision.pid)
             except Exception as exc:
                 events.error("actions.apply", exc)
+        for finding in self.engine.findings():
+            self._found(finding)
         for sample in samples:
             # An idle child told to leave is reminded every poll until it has gone (see worker/child.py).
             if sample.task_id is None and self.engine.pending(sample.pid) in _LEAVING:
@@ -198,8 +209,15 @@ class Monitor:
             current = self.board.current(index)
             if current is not None and current.pid == pid:
                 task, task_id, tasks_run, spawned_at = current.task, current.task_id, current.tasks_run, current.spawned_at
+                if pid not in self._spawn_seen:
+                    spawn = self.board.spawn_time(index)
+                    if spawn > 0:
+                        self._spawn_seen.add(pid)
+                        self.engine.observe_spawn(spawn)
+        leak_per_call, calls_per_second = self.leak_rates(pid) if self.leak_rates is not None else (0.0, 0.0)
         return ChildSample(pid=pid, mem=mem, exact=exact, rss=rss, task=task, task_id=task_id,
-                           tasks_run=tasks_run, spawned_at=spawned_at)
+                           tasks_run=tasks_run, spawned_at=spawned_at, leak_bytes_per_call=leak_per_call,
+                           calls_per_second=calls_per_second)
 
     def _drain_all(self, now: float) -> None:
         """Read every slot's new finished-task records (also those of children that just exited)."""
@@ -256,9 +274,22 @@ class Monitor:
             if self.on_finding is not None:
                 self.on_finding(finding)
             else:
-                events.emit(finding.event, "warning", **finding.fields)
+                level = "error" if finding.event == events.ERROR else "warning"
+                events.emit(finding.event, level, **finding.fields)
         except Exception as exc:
             events.error("monitor.finding", exc)
+
+    def _read_system(self, now: float) -> SystemSample | None:
+        """The machine/cgroup reading for pressure policies, refreshed at most every SYSTEM_EVERY s."""
+        if self.system is None:
+            return None
+        if self._system is None or now - self._system.at >= SYSTEM_EVERY:
+            try:
+                self._system = self.system(now)
+            except Exception as exc:
+                events.error("monitor.system", exc)
+                return None
+        return self._system
 
     def _read_oom_kills(self) -> int | None:
         if self.oom_kills is None:
@@ -294,6 +325,7 @@ class Monitor:
             probe.close()
         self._estimates.pop(pid, None)
         self._history.pop(pid, None)
+        self._spawn_seen.discard(pid)
         for detector in self.detectors:
             try:
                 detector.child_exited(pid)

@@ -4,14 +4,27 @@ Everything here is an immutable, slotted dataclass with no behaviour beyond a fe
 derived properties: the decision core takes these in and hands :class:`Decision`
 out, so tests can drive it with synthetic series and no processes at all.
 Sizes are bytes, times are seconds (``now`` is ``time.monotonic()`` in the worker).
+:class:`SystemSample` is the machine's (or the cgroup's) memory at one poll, the
+input of pool-level policies such as system pressure.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Action", "ChildSample", "TaskSample", "MasterSample", "Violation", "Decision", "MiB"]
+__all__ = [
+    "Action",
+    "ChildSample",
+    "TaskSample",
+    "MasterSample",
+    "SystemSample",
+    "Violation",
+    "Decision",
+    "Ranking",
+    "Detail",
+    "MiB",
+]
 
 MiB = 1024 * 1024
 
@@ -41,6 +54,12 @@ class ChildSample:
     ``mem`` is in the configured metric when ``exact`` is true; otherwise it is an
     upper bound for it (the prober skips the costly exact reading while the bound
     is below every limit, see :class:`celery_memguard.estimate.MetricEstimate`).
+
+    ``leak_bytes_per_call`` is the memory a confirmed leak retains per task call in
+    this child (0: no confirmed leak) and ``calls_per_second`` the child's call rate
+    (0: unknown; policies then use ``tasks_run`` over the child's lifetime).
+    ``pending`` is set by the engine, not by probes: the order memguard has already
+    given this child (it is leaving), so policies can skip it.
     """
 
     pid: int
@@ -51,10 +70,18 @@ class ChildSample:
     task_id: str | None = None
     tasks_run: int = 0
     spawned_at: float = 0.0
+    leak_bytes_per_call: float = 0.0
+    calls_per_second: float = 0.0
+    pending: Action | None = None
 
     @property
     def busy(self) -> bool:
         return self.task_id is not None
+
+    @property
+    def leaving(self) -> bool:
+        """Whether memguard has already ordered this child out (recycle or kill)."""
+        return self.pending is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +119,57 @@ class MasterSample:
 
 
 @dataclass(frozen=True, slots=True)
+class SystemSample:
+    """The memory of the machine, or of the worker's cgroup, at one poll.
+
+    ``total`` is the effective memory (cgroup limit or ``MemTotal``), ``available``
+    what can still be allocated without reclaim pressure (``total - current`` in a
+    cgroup, ``MemAvailable`` on the host). ``psi_some_avg10`` is the memory PSI
+    ``some avg10`` percentage and ``oom_kill_count`` the cgroup's ``oom_kill``
+    counter, each ``None`` where not readable.
+    """
+
+    available: int
+    total: int
+    used: int
+    psi_some_avg10: float | None = None
+    oom_kill_count: int | None = None
+    at: float = 0.0
+
+
+#: Children in the order a policy would pick them: ``((pid, mem), ...)``, the victim first.
+Ranking = tuple[tuple[int, int], ...]
+#: Extra facts a policy reports with a violation, as ``((key, value), ...)`` (log them with ``dict(detail)``).
+Detail = tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Violation:
-    """A policy's verdict on one child: which action, why, and against which limit."""
+    """A policy's verdict on one child: which action, why, and against which limit.
+
+    ``limit`` is in ``unit``: ``"bytes"`` for memory policies, ``"seconds"`` for
+    the lifetime, ``"tasks"`` for the task count. ``ranking`` is how a pool-level
+    policy ranked the children when it chose this one. A ``hard`` violation is
+    never debounced by strikes nor deferred by the recycle rate limit (a KILL never
+    is either); it does not take part in equality.
+    """
 
     action: Action
     reason: str
     limit: int
+    ranking: Ranking = ()
+    detail: Detail = ()
+    unit: str = "bytes"
+    hard: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An action the master must carry out (or, in dry run, only log)."""
+    """An action the master must carry out (or, in dry run, only log).
+
+    ``reason``, ``limit``, ``unit``, ``ranking`` and ``detail`` are copied from the
+    violation that caused it, so the event logged for it can say why.
+    """
 
     action: Action
     pid: int
@@ -113,3 +180,6 @@ class Decision:
     task_id: str | None
     tasks_run: int
     lifetime: float
+    ranking: Ranking = ()
+    detail: Detail = ()
+    unit: str = "bytes"

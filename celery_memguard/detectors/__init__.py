@@ -8,13 +8,17 @@ the caller logs as ``memguard.*`` events.
 from __future__ import annotations
 
 from .base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Detector, Finding
+from .heavy import HeavyTaskDetector
 from .leak import LeakDetector, LeakEstimate
+from .master import MasterGrowthDetector
 
 __all__ = [
     "Detector",
     "Finding",
     "LeakDetector",
     "LeakEstimate",
+    "HeavyTaskDetector",
+    "MasterGrowthDetector",
     "LEAK_SUSPECTED",
     "LEAK_CLEARED",
     "HEAVY_TASK",

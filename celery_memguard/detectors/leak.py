@@ -28,7 +28,7 @@ failed otherwise. Each suspect is reported once, then again only when its
 per-call estimate moves by more than half or its confidence changes band; a
 reported suspect that stops growing for several analyses is reported cleared.
 
-Memory is bounded (``window`` deltas per series, ``max_children`` series per
+Memory is bounded (``window`` deltas per series, 8 bytes each, ``max_children`` series per
 task, ``max_tasks`` task names, least recently seen evicted) and the per-call
 path is an append; the statistics run on at most ``_POINTS`` points per child,
 every call at first and every ``cadence`` calls of the task later on.
@@ -37,7 +37,8 @@ every call at first and every ``cadence`` calls of the task later on.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..samples import TaskSample
@@ -54,6 +55,8 @@ _POINTS = 32
 #: Confidence bands; a change of band re-reports a suspect.
 _BANDS = (0.5, 0.7, 0.9)
 #: Reasons a reported suspect may be cleared for (not: "still warming up").
+#: A band change re-reports only if confidence also moved this much since the last report.
+_HYSTERESIS = 0.1
 #: Exited pids remembered (only to tell a reused pid from its predecessor).
 _MAX_PIDS = 4096
 _CLEARING = frozenset({"no growth", "no trend", "growth and shrink balanced", "saturating", "not growing lately"})
@@ -71,6 +74,7 @@ class LeakEstimate:
     suspect: bool
     reason: str
     slope: float
+    recent_slope: float
     confidence: float
     calls_observed: int
     calls_analysed: int
@@ -106,18 +110,36 @@ class _ChildStats:
 
 
 class _Series:
-    """One task name in one child: its window of retained deltas and a stats cache."""
+    """One task name in one child: its window of retained deltas and a stats cache.
 
-    __slots__ = ("deltas", "seen", "last_mem_after", "last_seen", "alive", "stats", "stats_seen")
+    The deltas live in a flat array of 8-byte ints (1.6 KiB for a window of 200, against
+    ~7 KiB as a deque of int objects); it is trimmed back to the window when it reaches
+    twice that, so appending stays O(1) amortised.
+    """
+
+    __slots__ = ("deltas", "window", "seen", "last_mem_after", "last_seen", "alive", "stats", "stats_seen")
 
     def __init__(self, window: int) -> None:
-        self.deltas: deque[int] = deque(maxlen=window)
+        self.deltas = array("q")
+        self.window = window
         self.seen = 0
         self.last_mem_after = 0
         self.last_seen = 0.0
         self.alive = True
         self.stats: _ChildStats | None = None
         self.stats_seen = -1
+
+    def append(self, delta: int) -> None:
+        self.deltas.append(delta)
+        if len(self.deltas) >= 2 * self.window:
+            del self.deltas[: -self.window]
+
+    @property
+    def size(self) -> int:
+        return min(len(self.deltas), self.window)
+
+    def latest(self) -> list[int]:
+        return self.deltas[-self.window:].tolist()
 
 
 class _TaskState:
@@ -251,7 +273,7 @@ class LeakDetector(Detector):
         series.last_mem_after = sample.mem_after
         series.last_seen = now
         if series.seen > self.warmup_calls:
-            series.deltas.append(sample.mem_after - sample.mem_before)
+            series.append(sample.mem_after - sample.mem_before)
         state.calls += 1
         state.pending += 1
         if state.pending < self._step(state):
@@ -283,9 +305,9 @@ class LeakDetector(Detector):
     def _child_stats(self, series: _Series) -> _ChildStats | None:
         # Reuse the cached statistics until a sixteenth of the window is new.
         fresh = series.seen - series.stats_seen
-        if series.stats_seen >= 0 and fresh < max(1, len(series.deltas) // 16):
+        if series.stats_seen >= 0 and fresh < max(1, series.size // 16):
             return series.stats
-        deltas = list(series.deltas)
+        deltas = series.latest()
         n = len(deltas)
         stats: _ChildStats | None = None
         if n >= 2:
@@ -337,7 +359,7 @@ class LeakDetector(Detector):
     def _combine(self, task: str, state: _TaskState, stats: list[_ChildStats]) -> LeakEstimate:
         n_total = sum(s.n for s in stats)
         if not stats or n_total < self.min_calls:
-            return LeakEstimate(task, False, "warming up", 0.0, 0.0, state.calls, n_total, len(stats),
+            return LeakEstimate(task, False, "warming up", 0.0, 0.0, 0.0, state.calls, n_total, len(stats),
                                 0.0, 1.0, 1.0, 0.0, 0.0, None, 0.0)
         weights = [float(s.n) for s in stats]
         slope = weighted_median([s.slope for s in stats], weights)
@@ -354,14 +376,20 @@ class LeakDetector(Detector):
         positive_growth = sum(s.positive_growth for s in stats)
         tops = sorted((t for s in stats for t in s.top), reverse=True)
         pooled_share = (tops[0] + tops[1]) / positive_growth if positive_growth > 0 else 1.0
-        child_share = sum(s.top[0] for s in stats) / positive_growth if positive_growth > 0 else 1.0
+        # Within a child: do its two largest calls carry most of its growth? (Only children with
+        # enough calls to tell; pooled over them, weighted by their growth.)
+        long_enough = [s for s in stats if s.n >= 6 and s.positive_growth > 0]
+        child_positive = sum(s.positive_growth for s in long_enough)
+        child_share = sum(s.top[0] + s.top[1] for s in long_enough) / child_positive if child_positive else 0.0
         step_share = max(pooled_share, child_share)
         halves = [s for s in stats if s.first is not None and s.second is not None]
         saturation: float | None = None
+        recent_slope = slope
         if halves:
             half_weights = [float(s.n) for s in halves]
             first = weighted_median([s.first for s in halves if s.first is not None], half_weights)
             second = weighted_median([s.second for s in halves if s.second is not None], half_weights)
+            recent_slope = second
             if first > 0:
                 saturation = second / first
         blocks = sum(s.blocks for s in stats)
@@ -381,12 +409,12 @@ class LeakDetector(Detector):
 
         if slope < self.min_slope:
             reason = "no growth"
+        elif growing < 3 or step_share > self.max_step_share:
+            reason = "one-off step"
         elif trend_p > self.alpha:
             reason = "no trend"
         elif sign_p > self.alpha or efficiency < self.min_efficiency:
             reason = "growth and shrink balanced"
-        elif growing < 3 or step_share > self.max_step_share:
-            reason = "one-off step"
         elif saturation is not None and saturation < self.saturation_ratio:
             reason = "saturating"
         elif block_fraction < self.min_block_fraction:
@@ -402,6 +430,7 @@ class LeakDetector(Detector):
             suspect=reason == "leak",
             reason=reason,
             slope=slope,
+            recent_slope=recent_slope,
             confidence=confidence,
             calls_observed=state.calls,
             calls_analysed=n_total,
@@ -424,12 +453,18 @@ class LeakDetector(Detector):
                 state.reported = (kib, estimate.confidence, estimate.calls_observed)
                 return [self._suspected(state, estimate, since=None)]
             last_kib, last_confidence, first_calls = state.reported
-            changed = abs(kib - last_kib) > 0.5 * last_kib or _band(estimate.confidence) != _band(last_confidence)
+            changed = abs(kib - last_kib) > 0.5 * last_kib or (
+                _band(estimate.confidence) != _band(last_confidence)
+                and abs(estimate.confidence - last_confidence) >= _HYSTERESIS
+            )
             if changed:
                 state.reported = (kib, estimate.confidence, first_calls)
                 return [self._suspected(state, estimate, since=first_calls)]
             return []
-        if state.reported is not None and estimate.reason in _CLEARING:
+        stopped = estimate.reason in _CLEARING and (
+            estimate.reason != "saturating" or estimate.recent_slope < self.min_slope
+        )
+        if state.reported is not None and stopped:
             state.misses += 1
             if state.misses >= self.clear_after:
                 first_calls = state.reported[2]

@@ -1,28 +1,87 @@
-"""The policy interface every built-in (and later, custom) policy implements."""
+"""The two policy interfaces every built-in (and custom) policy implements.
+
+* :class:`Policy` judges one child at a time: ``check(child, now)``.
+* :class:`PoolPolicy` judges the pool as a whole: ``check_pool(children, now,
+  system)`` sees every live child at once (and the system's memory, when the
+  caller measures it) and names the children to act on.
+
+Both are pure: no I/O, no clock (``now`` is passed in), randomness only from an
+injected ``random.Random``. A policy may keep per-child state; the engine calls
+:meth:`child_exited` when a child disappears so that state can be dropped (a later
+child may reuse the pid). Each sample a policy sees carries ``pending``: the order
+the engine has already given that child, so a policy can leave leaving children
+alone.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Sequence, Union
 
-from ..samples import ChildSample, Violation
+from ..samples import ChildSample, SystemSample, Violation
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "PoolPolicy", "AnyPolicy", "Verdict", "is_pool_policy"]
+
+#: What a pool policy returns: the child to act on and the violation it committed.
+Verdict = tuple[int, Violation]
 
 
 class Policy:
-    """Base class: override :meth:`check`; set :attr:`reason`.
+    """Base class for per-child policies: override :meth:`check`; set :attr:`reason`.
 
     ``threshold`` is the smallest memory (in the configured metric) at which the
     policy could act; the prober uses it to decide when a cheap upper bound is not
     enough and an exact reading is needed. ``None`` means "memory is not my input".
+    A policy may change it between polls; the engine reads it after every poll.
+
+    ``debounce`` says whether the engine's strikes apply to this policy's soft
+    actions: keep it for policies reading noisy memory; turn it off for inputs that
+    do not flicker (a lifetime, a task count, an already confirmed leak).
     """
 
     reason: ClassVar[str] = "policy"
+    debounce: ClassVar[bool] = True
     threshold: int | None = None
 
     def check(self, child: ChildSample, now: float) -> Violation | None:  # pragma: no cover
         """Return a violation for ``child`` at ``now``, or ``None``."""
         raise NotImplementedError
 
+    def child_exited(self, pid: int) -> None:
+        """Child ``pid`` is gone; drop whatever was kept about it."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(threshold={self.threshold})"
+
+
+class PoolPolicy:
+    """Base class for policies that look at every child at once: override :meth:`check_pool`.
+
+    ``threshold`` has the same meaning as :attr:`Policy.threshold`; a pool policy
+    that needs exact readings of every child (to add them up) sets it to ``0``
+    until the sum of the cheap upper bounds is back within its budget.
+    ``debounce`` as for :class:`Policy`.
+    """
+
+    reason: ClassVar[str] = "pool_policy"
+    debounce: ClassVar[bool] = True
+    threshold: int | None = None
+
+    def check_pool(
+        self, children: Sequence[ChildSample], now: float, system: SystemSample | None
+    ) -> list[Verdict]:  # pragma: no cover
+        """Return ``[(pid, violation), ...]`` for the children to act on (usually at most one)."""
+        raise NotImplementedError
+
+    def child_exited(self, pid: int) -> None:
+        """Child ``pid`` is gone; drop whatever was kept about it."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+AnyPolicy = Union[Policy, PoolPolicy]
+
+
+def is_pool_policy(policy: object) -> bool:
+    """Whether ``policy`` is judged pool-wide (a :class:`PoolPolicy`, or anything with ``check_pool``)."""
+    return isinstance(policy, PoolPolicy) or callable(getattr(policy, "check_pool", None))

@@ -1,4 +1,8 @@
-"""Per-child memory limits: the soft limit (recycle after the task) and the hard limit (stop it now)."""
+"""Per-child memory limits: the soft limit (recycle after the task) and the hard limit (stop it now).
+
+The hard limit's violations are ``hard``: strikes never debounce them and the
+recycle rate limit never defers them.
+"""
 
 from __future__ import annotations
 
@@ -40,4 +44,4 @@ class HardLimit(Policy):
         if not (child.exact and child.mem > self.limit):
             return None
         action = Action.KILL if child.busy else Action.RECYCLE
-        return Violation(action, self.reason, self.limit)
+        return Violation(action, self.reason, self.limit, hard=True)

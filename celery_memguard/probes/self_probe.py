@@ -54,6 +54,19 @@ class SelfProbe:
             return None
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB
 
+    @staticmethod
+    def age(proc_root: str = "/proc") -> float | None:
+        """Seconds since this process was forked (from its start time in /proc), or None."""
+        try:
+            with open(f"{proc_root}/self/stat", "rb") as f:
+                stat = f.read()
+            with open(f"{proc_root}/uptime", "rb") as f:
+                uptime = float(f.read().split()[0])
+            ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+            return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            return None
+
     def close(self) -> None:
         for fd in (self._statm, self._clear_refs):
             if fd is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "cgroup_limit",
     "memory_cgroup_dirs",
     "oom_kill_count",
+    "read_system",
     "physical_memory",
     "HAVE_PROCFS",
 ]
@@ -131,3 +132,64 @@ def effective_memory(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgrou
     physical = physical_memory(proc_root)
     limit = cgroup_limit(proc_root, cgroup_root)
     return min(physical, limit) if limit else physical
+
+
+def _meminfo(proc_root: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(f"{proc_root}/meminfo", "rb") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2:
+                    out[parts[0].rstrip(b":").decode()] = int(parts[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _psi_some_avg10(path: str) -> float | None:
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"some "):
+                    for field in line.split()[1:]:
+                        if field.startswith(b"avg10="):
+                            return float(field[6:])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def read_system(at: float, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> "SystemSample":
+    """Memory of the worker's cgroup (v2 or v1) and of the host, whichever is tighter, plus PSI.
+
+    ``available`` is the smaller of the host's ``MemAvailable`` and the innermost cgroup's
+    ``limit - usage`` (v1 usage minus ``total_inactive_file``, which the kernel reclaims first).
+    """
+    from ..samples import SystemSample
+
+    info = _meminfo(proc_root)
+    total = info.get("MemTotal") or physical_memory(proc_root)
+    available = info.get("MemAvailable", total)
+    used = total - available
+    psi: float | None = None
+    for version, directory in memory_cgroup_dirs(proc_root, cgroup_root):
+        if version == 2:
+            limit = _read_int(f"{directory}/memory.max")
+            current = _read_int(f"{directory}/memory.current")
+            if psi is None:
+                psi = _psi_some_avg10(f"{directory}/memory.pressure")
+        else:
+            limit = _read_int(f"{directory}/memory.limit_in_bytes")
+            current = _read_int(f"{directory}/memory.usage_in_bytes")
+            if current is not None:
+                inactive = _read_counter(f"{directory}/memory.stat", "total_inactive_file") or 0
+                current = max(0, current - inactive)
+        if limit is not None and current is not None:
+            if limit - current < available:
+                available, total, used = max(0, limit - current), limit, current
+            break
+    if psi is None:
+        psi = _psi_some_avg10(f"{proc_root}/pressure/memory")
+    return SystemSample(available=available, total=total, used=used, psi_some_avg10=psi,
+                        oom_kill_count=oom_kill_count(proc_root, cgroup_root), at=at)

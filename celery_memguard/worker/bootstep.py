@@ -14,6 +14,7 @@ stays idle.
 from __future__ import annotations
 
 import os
+import random
 from typing import Any, Iterator
 
 import click
@@ -29,7 +30,7 @@ from ..exceptions import ConfigError
 from ..monitor import Monitor
 from ..policies import build_policies
 from ..probes import effective_memory
-from ..probes.system import oom_kill_count
+from ..probes.system import oom_kill_count, read_system
 from ..samples import MiB
 from . import child
 
@@ -69,6 +70,13 @@ class MemGuard(bootsteps.StartStopStep):
             # The worker does not start; `celery worker` prints "Error: invalid memguard_...: expected ..."
             # and exits with status 1 instead of a traceback.
             raise WorkerConfigError(exc.key, exc.value, exc.accepted) from None
+        try:
+            build_policies(self.config)  # imports custom policies: a bad path stops the worker here
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise WorkerConfigError(
+                "memguard_policies", list(self.config.policies),
+                f"importable policy classes with check(child, now) or check_pool(children, now, system) ({exc})",
+            ) from None
         self.monitor: Monitor | None = None
         self.board: Board | None = None
         self.prefork = False
@@ -114,7 +122,7 @@ class MemGuard(bootsteps.StartStopStep):
                         cannot=_UNSUPPORTED["cannot"].format(pool=pool_name))
             return
         try:
-            engine = Engine(build_policies(cfg), kill_grace=cfg.kill_grace, poll_interval=cfg.poll_interval)
+            engine = Engine.from_config(cfg, rng=random.Random())
             actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
             procs: dict[int, Any] = {}
             try:
@@ -136,6 +144,8 @@ class MemGuard(bootsteps.StartStopStep):
                 oom_kills=oom_kill_count,
                 hard_limit=cfg.hard_limit,
                 effective_memory=cfg.effective_memory,
+                system=read_system if (cfg.min_available is not None or cfg.psi_threshold is not None) else None,
+                leak_rates=_leak_rates(detectors),
             )
             self.monitor.start()
         except Exception as exc:
@@ -184,6 +194,15 @@ def build_detectors(cfg: MemGuardConfig) -> list[Any]:
     if hasattr(d, "MasterGrowthDetector") and cfg.master_growth_threshold is not None:
         detectors.append(d.MasterGrowthDetector(threshold=cfg.master_growth_threshold))
     return detectors
+
+
+def _leak_rates(detectors: list[Any]) -> Any:
+    """A callable giving (leak bytes per call, calls per second) for a child, from the leak detector."""
+    for detector in detectors:
+        rates = getattr(detector, "child_leak_rates", None)
+        if callable(rates):
+            return rates
+    return None
 
 
 def _mib(value: int | None) -> float | None:

@@ -69,6 +69,7 @@ class ChildRuntime:
         self.started = 0.0
         self.rss_before = 0
         self.last_order = 0
+        self.ready_reported = False
         self._wait_code: object = None
         self.tracer = LeakSiteTracer(diagnostics) if diagnostics != "off" else None
         self.trace_gen = 0
@@ -157,6 +158,8 @@ class ChildRuntime:
         def wait_for_job() -> Any:
             if self.recycle_requested:
                 self._exit()
+            if not self.ready_reported:
+                self._report_ready()
             # While waiting for a job the order signal interrupts the blocking read (so an idle child
             # can leave); while a task runs it restarts interrupted system calls, so C code in the
             # task never sees EINTR because of MemGuard.
@@ -172,6 +175,15 @@ class ChildRuntime:
         worker.wait_for_job = wait_for_job
         self._wait_code = wait_for_job.__code__
         return True
+
+    def _report_ready(self) -> None:
+        self.ready_reported = True
+        try:
+            age = SelfProbe.age()
+            if age is not None:
+                self.board.set_spawn_time(self.index, age)
+        except Exception as exc:
+            events.error("child.spawn_time", exc)
 
     def _exit(self) -> None:
         # billiard replaced sys.exit in the child to record the exit code it reports.

@@ -91,9 +91,9 @@ class SpyEngine(Engine):
         super().__init__(*args, **kwargs)
         self.seen: list[list[ChildSample]] = []
 
-    def decide(self, children: Sequence[ChildSample], now: float) -> list[Decision]:
+    def decide(self, children: Sequence[ChildSample], now: float, *, system: Any = None) -> list[Decision]:
         self.seen.append(list(children))
-        return super().decide(children, now)
+        return super().decide(children, now, system=system)
 
     def last(self, pid: int) -> ChildSample | None:
         return next((c for c in self.seen[-1] if c.pid == pid), None)

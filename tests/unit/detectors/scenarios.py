@@ -151,12 +151,16 @@ def bounded_cache(entries: int = 16, size: int = 256 * KiB) -> Model:
     return run
 
 
-def spike(peak: int = 250 * MiB, first_step: int = 24 * MiB) -> Model:
-    """Builds ``peak`` bytes of small objects and drops them; fragmentation keeps one step the first time."""
+def spike(peak: int = 250 * MiB, first_step: int = 24 * MiB, every: int = 30) -> Model:
+    """Usually a small call; about one call in ``every`` gets a huge payload and builds ``peak`` bytes of
+    small objects, then drops them. The first such call in a child leaves a high-watermark step of
+    ``first_step`` (fragmented arenas the later huge calls reuse)."""
 
     def run(rng: random.Random, child: Child, task: str) -> tuple[int, int]:
-        key = task + ".seen"
         retained = _page_jitter(rng)
+        if rng.random() >= 1 / every:
+            return retained, pages(512 * KiB)
+        key = task + ".seen"
         if not child.state.get(key):
             child.state[key] = 1
             retained += pages(first_step * rng.uniform(0.5, 1.5))
@@ -165,11 +169,32 @@ def spike(peak: int = 250 * MiB, first_step: int = 24 * MiB) -> Model:
     return run
 
 
-def single_buffer(size: int = 600 * MiB) -> Model:
-    """Allocates one ``size``-byte buffer (mmap'd, so freed back to the OS at once)."""
+def single_buffer(size: int = 600 * MiB, every: int = 30) -> Model:
+    """Usually a small call; about one call in ``every`` allocates one ``size``-byte buffer (mmap'd, freed at once)."""
 
     def run(rng: random.Random, child: Child, task: str) -> tuple[int, int]:
+        if rng.random() >= 1 / every:
+            return _page_jitter(rng), pages(256 * KiB)
         return _page_jitter(rng), pages(size)
+
+    return run
+
+
+def watermark_steps(steps: tuple[int, ...] = (24 * MiB, 12 * MiB), within: int = 60) -> Model:
+    """Each child's high-watermark rises a few times (bigger inputs arrive), at random calls, then stays."""
+
+    def run(rng: random.Random, child: Child, task: str) -> tuple[int, int]:
+        key = task + ".at"
+        if key not in child.state:
+            for index, at in enumerate(sorted(rng.sample(range(3, within), len(steps)))):
+                child.state[f"{key}{index}"] = at
+            child.state[key] = 1
+        call = child.calls.get(task, 0)
+        retained = _page_jitter(rng)
+        for index, size in enumerate(steps):
+            if child.state[f"{key}{index}"] == call:
+                retained += pages(size)
+        return retained, max(retained, 0) + pages(2 * MiB)
 
     return run
 
@@ -303,6 +328,8 @@ SCENARIOS: list[Scenario] = [
              heavy=frozenset({"app.tasks.spike"})),
     Scenario("600 MiB single buffer", {"app.tasks.big": (1, single_buffer(600 * MiB)), **CLEAN_MIX}, calls=1500,
              heavy=frozenset({"app.tasks.big"})),
+    Scenario("high-watermark steps", {"app.tasks.import_csv": (1, watermark_steps()), **CLEAN_MIX}, calls=1200,
+             heavy=frozenset({"app.tasks.import_csv"})),
     Scenario("fragmentation", {"app.tasks.frag": (1, fragmentation(768 * KiB))}, calls=1500),
     Scenario("fragmentation, independent deltas", {"app.tasks.frag": (1, fragmentation(768 * KiB, iid=True))},
              calls=1500),

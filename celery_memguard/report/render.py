@@ -1,0 +1,188 @@
+"""Renderers for a :class:`~.model.Report`: plain text for people, JSON for machines.
+
+Both read only the model; the text layout is fixed-width and colourless so it
+survives e-mail, tickets and ``less``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+from typing import Any
+
+from .model import HostReport, Report
+
+__all__ = ["render_text", "render_json", "to_dict"]
+
+_WIDTH = 100
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-compatible data (the ``--format json`` document)."""
+    data = dataclasses.asdict(report)
+    data["readable_sources"] = report.readable_sources
+    schema = data.pop("schema")
+    return {"schema": schema, **data}
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2, sort_keys=False) + "\n"
+
+
+def _n(value: float | int | None, digits: int = 1) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _wrap(text: str, indent: str, bullet: str = "") -> list[str]:
+    return textwrap.wrap(text, width=_WIDTH, initial_indent=indent + bullet,
+                         subsequent_indent=indent + " " * len(bullet)) or [indent + bullet]
+
+
+def _table(rows: list[list[str]], header: list[str], indent: str, right: set[int]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        return (indent + "  ".join(cells)).rstrip()
+
+    return [line(header), *(line(r) for r in rows)]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _host(host: HostReport) -> list[str]:
+    out: list[str] = []
+    span = f"{host.first_seen or '?'} .. {host.last_seen or '?'}"
+    out.append(f"{host.hostname}  ({_plural(host.events, 'event')}, {span})")
+    if host.config or host.starts:
+        c = host.config
+        parts = [_plural(host.starts, "start")]
+        if "pool" in c:
+            parts.append(f"pool {c.get('pool')} x{c.get('concurrency', '?')}")
+        if "metric" in c:
+            parts.append(f"metric {c.get('metric')}")
+        if c.get("soft_limit_mib") is not None:
+            parts.append(f"soft limit {c.get('soft_limit_mib')} MiB")
+        if c.get("hard_limit_mib") is not None:
+            parts.append(f"hard limit {c.get('hard_limit_mib')} MiB")
+        if c.get("dry_run"):
+            parts.append("DRY RUN")
+        out.append("  " + ", ".join(parts))
+
+    out.append("")
+    suspects = host.suspects
+    if suspects:
+        out.append("  Leak suspects (ranked by KiB/call x confidence)")
+        rows = []
+        for rank, s in enumerate(suspects, 1):
+            state = f"cleared ({s.cleared_reason})" if s.cleared else ""
+            rows.append([str(rank), s.task, _n(s.kib_per_call), _n(s.confidence, 2), _n(s.calls_observed),
+                         _n(s.children), _n(s.projected_calls_to_soft_limit), state])
+        table = _table(rows, ["#", "task", "KiB/call", "confidence", "calls", "children", "calls to soft limit", ""],
+                       "    ", right={0, 2, 3, 4, 5, 6})
+        out.append(table[0])
+        for s, row in zip(suspects, table[1:]):
+            out.append(row)
+            for i, site in enumerate(s.sites[:5]):
+                label = "sites:" if i == 0 else ""
+                where = f"{site.file}:{site.line if site.line is not None else '?'}"
+                count = f" in {_plural(site.count, 'block')}" if site.count is not None else ""
+                out.append(f"         {label:6s} {where}  +{_n(site.size_kib)} KiB{count}")
+            for i, kind in enumerate(s.types[:5]):
+                label = "types:" if i == 0 else ""
+                count = f" ({_plural(kind.count, 'object')})" if kind.count is not None else ""
+                out.append(f"         {label:6s} {kind.type}  +{_n(kind.size_kib)} KiB{count}")
+    else:
+        out.append("  Leak suspects: none")
+
+    if host.heavy:
+        out.append("  Heavy tasks")
+        rows = [[h.task, _n(h.occurrences), _n(h.max_peak_mib), _n(h.max_retained_mib),
+                 str(h.last_pid) if h.last_pid is not None else "?", h.last_task_id or "?"] for h in host.heavy]
+        out.extend(_table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
+                          "    ", right={1, 2, 3, 4}))
+    else:
+        out.append("  Heavy tasks: none")
+
+    i = host.interventions
+    out.append(f"  Recycles by reason: {_counts(i.recycled) or 'none'}")
+    kills = _counts(i.killed) or "none"
+    if i.killed_tasks:
+        kills += f"  (tasks: {_counts(i.killed_tasks)})"
+    out.append(f"  Kills by reason:    {kills}")
+    if i.would_recycle or i.would_kill:
+        out.append(f"  Dry run, would recycle: {_counts(i.would_recycle) or 'none'}; "
+                   f"would kill: {_counts(i.would_kill) or 'none'}")
+
+    m = host.master
+    if m is None:
+        out.append("  Master growth: none")
+    else:
+        out.append(f"  Master growth: +{_n(m.growth_mib)} MiB over {_duration(m.since_s)} "
+                   f"({_n(m.mib_per_hour)} MiB/h), now {_n(m.mem_mib)} MiB"
+                   + (f", {m.reserved:,} messages reserved" if m.reserved is not None else ""))
+        if m.note:
+            out.extend(_wrap(m.note, "    "))
+
+    if host.errors:
+        out.append(f"  Errors: {sum(e.count for e in host.errors):,}")
+        for e in host.errors:
+            out.extend(_wrap(f"{e.where}: {e.error} (x{e.count:,})", "    ", "- "))
+    else:
+        out.append("  Errors: none")
+    if host.unsupported_pools:
+        out.append(f"  Unsupported pools: {', '.join(host.unsupported_pools)}")
+    if host.other_events:
+        out.append(f"  Other events: {_counts(host.other_events)}")
+    return out
+
+
+def render_text(report: Report) -> str:
+    out: list[str] = ["MemGuard report", "==============="]
+    readable = [s for s in report.sources if s.readable]
+    out.append(
+        f"Read {_plural(len(readable), 'file')}, {_plural(report.lines, 'line')}: "
+        f"{_plural(report.events, 'MemGuard event')}, {_plural(report.foreign, 'foreign line')} and "
+        f"{_plural(report.corrupt, 'corrupt line')} skipped"
+        + (f", {_plural(report.console, 'console-format event')} not readable" if report.console else "")
+        + "."
+    )
+    for source in report.sources:
+        if source.error:
+            state = "unreadable" if not source.readable else "partly read"
+            out.extend(_wrap(f"{source.path}: {state}: {source.error}", "  ", "! "))
+    out.append("")
+    v = report.verdict
+    out.append(f"Verdict: {v.headline}")
+    for finding in v.findings:
+        out.extend(_wrap(finding, "  ", "- "))
+    if v.advice:
+        out.append("Advice:")
+        for item in v.advice:
+            out.extend(_wrap(item, "  ", "- "))
+    for host in report.hosts:
+        out.append("")
+        out.append("-" * min(_WIDTH, max(20, len(host.hostname) + 4)))
+        out.extend(_host(host))
+    return "\n".join(out).rstrip() + "\n"
