@@ -112,6 +112,9 @@ class LeakSiteTracer:
             after = tracemalloc.take_snapshot().filter_traces(ignored)
             before = self._snapshot.filter_traces(ignored)
             stats = [s for s in after.compare_to(before, "lineno") if s.size_diff > 0][: self.top]
+            if stats:  # drop crumbs: sites under 1% of the largest (and under 64 KiB)
+                floor = min(64 * 1024, stats[0].size_diff // 100)
+                stats = [s for s in stats if s.size_diff >= floor]
             sites = [
                 {
                     "file": s.traceback[0].filename,

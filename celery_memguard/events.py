@@ -58,6 +58,18 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     WOULD_KILL: ("task", "task_id", "pid", "mem_mib", "limit_mib", "metric", "reason", "signal"),
     ERROR: ("where", "error"),
     STOPPED: ("polls", "decisions"),
+    "memguard.leak_suspected": ("task", "kib_per_call", "confidence", "calls_observed", "children",
+                                "projected_calls_to_soft_limit", "since_calls"),
+    "memguard.leak_cleared": ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
+    "memguard.heavy_task": ("task", "task_id", "peak_mib", "retained_mib", "pid", "occurrences",
+                            "typical_peak_mib", "advice"),
+    "memguard.master_growth": ("mem_mib", "mib_per_hour", "since_s", "growth_mib", "reserved", "note"),
+    "memguard.leak_sites": ("task", "task_id", "pid", "calls_traced", "sites"),
+    "memguard.leak_types": ("task", "task_id", "pid", "calls_traced", "types"),
+    "memguard.child_lost": ("pid", "signal", "exitcode", "task", "task_id", "last_mem_mib", "last_rss_mib",
+                            "growth_mib_per_s", "oom_kill_delta", "likely_oom", "reason", "hard_limit_mib"),
+    "memguard.recycle_storm": ("spawn_time_s", "recycles_per_minute", "max_recycles_per_minute",
+                               "throughput_lost", "concurrency", "deferred", "reasons", "cause"),
 }
 
 

@@ -63,6 +63,7 @@ class Monitor:
         effective_memory: int = 0,
         system: Callable[[float], SystemSample] | None = None,
         leak_rates: Callable[[int], tuple[float, float]] | None = None,
+        shutting_down: Callable[[], bool] | None = None,
     ) -> None:
         self.children = children
         self.engine = engine
@@ -84,6 +85,7 @@ class Monitor:
         self.hard_limit = hard_limit
         self.effective_memory = effective_memory
         self.system = system
+        self.shutting_down = shutting_down
         self.leak_rates = leak_rates
         self._system: SystemSample | None = None
         self._spawn_seen: set[int] = set()
@@ -305,6 +307,8 @@ class Monitor:
         if self.exit_code is None or pid in self._killed:
             self._killed.discard(pid)
             return
+        if self.shutting_down is not None and self.shutting_down():
+            return  # the worker is stopping its children
         try:
             exitcode = self.exit_code(pid)
             if exitcode is None or exitcode in (0, EX_RECYCLE):

@@ -1,6 +1,6 @@
 """The demo's Celery app: kombu's filesystem transport (no broker server) and a file result backend.
 
-Tasks: ``work`` (well-behaved), ``leaky`` (keeps 40 MiB per call in a module-level list, so its child
+Tasks: ``work`` (well-behaved), ``leaky`` (keeps 8 MiB per call in a module-level list, so its child
 grows until memguard's soft limit recycles it) and ``runaway`` (grows ~400 MiB/s until memguard's hard
 limit stops it with MemoryLimitExceeded).
 """
@@ -56,9 +56,9 @@ def work(n: int) -> int:
 
 @app.task
 def leaky() -> dict[str, int]:
-    """Keeps 40 MiB per call: a leak."""
-    _kept.append(_touched(40 << 20))
-    return {"pid": os.getpid(), "kept_mib": 40 * len(_kept)}
+    """Keeps 8 MiB per call: a leak."""
+    _kept.append(_touched(8 << 20))
+    return {"pid": os.getpid(), "kept_mib": 8 * len(_kept)}
 
 
 @app.task

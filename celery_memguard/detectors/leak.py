@@ -117,13 +117,15 @@ class _Series:
     twice that, so appending stays O(1) amortised.
     """
 
-    __slots__ = ("deltas", "window", "seen", "last_mem_after", "last_seen", "alive", "stats", "stats_seen")
+    __slots__ = ("deltas", "window", "seen", "last_mem_after", "first_seen", "last_seen", "alive", "stats",
+                 "stats_seen")
 
     def __init__(self, window: int) -> None:
         self.deltas = array("q")
         self.window = window
         self.seen = 0
         self.last_mem_after = 0
+        self.first_seen: float | None = None
         self.last_seen = 0.0
         self.alive = True
         self.stats: _ChildStats | None = None
@@ -242,6 +244,26 @@ class LeakDetector(Detector):
         state = self._tasks.get(task)
         return state.estimate if state is not None else None
 
+    def child_leak_rates(self, pid: int) -> tuple[float, float]:
+        """``(leak bytes per call, calls per second)`` of child ``pid`` over the suspected tasks it runs.
+
+        Their product is the child's expected growth per second from confirmed leaks (the input of
+        the leak-projection policy); ``(0.0, 0.0)`` when the child runs no suspect.
+        """
+        key = (pid, self._generation.get(pid, 0))
+        growth = rate = 0.0
+        for state in self._tasks.values():
+            estimate = state.estimate
+            if state.reported is None or estimate is None or estimate.slope <= 0:
+                continue
+            series = state.series.get(key)
+            if series is None or series.first_seen is None or series.last_seen <= series.first_seen:
+                continue
+            task_rate = (series.seen - 1) / (series.last_seen - series.first_seen)
+            growth += estimate.slope * task_rate
+            rate += task_rate
+        return (growth / rate, rate) if rate > 0 else (0.0, 0.0)
+
     def child_exited(self, pid: int) -> None:
         """Keep the child's history as evidence, but start a new series if the pid comes back."""
         generation = self._generation.get(pid, 0)
@@ -271,6 +293,8 @@ class LeakDetector(Detector):
             state.series.move_to_end(key)
         series.seen += 1
         series.last_mem_after = sample.mem_after
+        if series.first_seen is None:
+            series.first_seen = now
         series.last_seen = now
         if series.seen > self.warmup_calls:
             series.append(sample.mem_after - sample.mem_before)

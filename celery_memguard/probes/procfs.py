@@ -72,10 +72,13 @@ class ProcfsProbe:
         return data
 
     def cheap(self) -> tuple[int, int]:
-        return parse_statm_rss(self._read(self._statm, 256)), parse_stat_minflt(self._read(self._stat, 1024))
+        return self.rss(), parse_stat_minflt(self._read(self._stat, 1024))
 
     def rss(self) -> int:
-        return parse_statm_rss(self._read(self._statm, 256))
+        rss = parse_statm_rss(self._read(self._statm, 256))
+        if rss == 0:  # a zombie: it has exited and released its memory, not yet reaped
+            raise ProcessGone(errno.ESRCH, f"process {self.pid} exited")
+        return rss
 
     def exact(self, metric: str) -> int:
         if metric == "rss":

@@ -17,7 +17,6 @@ from .model import (
     ErrorItem,
     HeavyTask,
     HostReport,
-    Interventions,
     MasterGrowth,
     Report,
     Site,
@@ -353,16 +352,16 @@ def _hosts_text(names: list[str]) -> str:
 def verdict(report: Report) -> Verdict:
     """The conclusion and advice for ``report``."""
     if report.events == 0:
-        advice = []
+        hints: list[str] = []
         if report.console:
-            advice.append(
+            hints.append(
                 f"{report.console} MemGuard events were logged in console format; set "
                 f'memguard_log_format = "json" (and memguard_log_file) so they can be read.'
             )
         elif report.readable_sources:
-            advice.append("Is MemGuard installed (app.steps['worker'].add(MemGuard)) and logging JSON to this file?")
+            hints.append("Is MemGuard installed (app.steps['worker'].add(MemGuard)) and logging JSON to this file?")
         lines = f"{report.lines:,} line{'' if report.lines == 1 else 's'}"
-        return Verdict("no-data", f"No MemGuard events found in {lines}.", [], advice)
+        return Verdict("no-data", f"No MemGuard events found in {lines}.", [], hints)
 
     findings: list[str] = []
     advice: list[str] = []
@@ -401,11 +400,11 @@ def verdict(report: Report) -> Verdict:
     for host in report.hosts:
         for item in host.heavy:
             heavy.setdefault(item.task, []).append((host.hostname, item))
-    for task, found in sorted(heavy.items(), key=lambda item: -max(h.max_peak_mib for _, h in item[1])):
-        peak = max(h.max_peak_mib for _, h in found)
-        count = sum(h.occurrences for _, h in found)
+    for task, calls in sorted(heavy.items(), key=lambda item: -max(h.max_peak_mib for _, h in item[1])):
+        peak = max(h.max_peak_mib for _, h in calls)
+        count = sum(h.occurrences for _, h in calls)
         findings.append(f"{task} is memory-heavy: one call peaked at {_fmt(peak)} MiB "
-                        f"({count} heavy call{'s' if count != 1 else ''}) on {_hosts_text([h for h, _ in found])}.")
+                        f"({count} heavy call{'s' if count != 1 else ''}) on {_hosts_text([h for h, _ in calls])}.")
     if heavy:
         advice.append("Heavy tasks: chunk the work (smaller inputs per call, stream instead of loading whole "
                       "payloads) or route them to their own queue served by a dedicated worker with low "

@@ -125,15 +125,15 @@ def _host(host: HostReport) -> list[str]:
     else:
         out.append("  Heavy tasks: none")
 
-    i = host.interventions
-    out.append(f"  Recycles by reason: {_counts(i.recycled) or 'none'}")
-    kills = _counts(i.killed) or "none"
-    if i.killed_tasks:
-        kills += f"  (tasks: {_counts(i.killed_tasks)})"
+    acts = host.interventions
+    out.append(f"  Recycles by reason: {_counts(acts.recycled) or 'none'}")
+    kills = _counts(acts.killed) or "none"
+    if acts.killed_tasks:
+        kills += f"  (tasks: {_counts(acts.killed_tasks)})"
     out.append(f"  Kills by reason:    {kills}")
-    if i.would_recycle or i.would_kill:
-        out.append(f"  Dry run, would recycle: {_counts(i.would_recycle) or 'none'}; "
-                   f"would kill: {_counts(i.would_kill) or 'none'}")
+    if acts.would_recycle or acts.would_kill:
+        out.append(f"  Dry run, would recycle: {_counts(acts.would_recycle) or 'none'}; "
+                   f"would kill: {_counts(acts.would_kill) or 'none'}")
 
     m = host.master
     if m is None:

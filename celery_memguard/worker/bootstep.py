@@ -146,6 +146,7 @@ class MemGuard(bootsteps.StartStopStep):
                 effective_memory=cfg.effective_memory,
                 system=read_system if (cfg.min_available is not None or cfg.psi_threshold is not None) else None,
                 leak_rates=_leak_rates(detectors),
+                shutting_down=_shutting_down,
             )
             self.monitor.start()
         except Exception as exc:
@@ -238,6 +239,16 @@ def _exit_code(procs: dict[int, Any], pid: int) -> int | None:
     """The exit code billiard recorded when it reaped ``pid`` (never reaps it ourselves)."""
     popen = getattr(procs.get(pid), "_popen", None)
     return getattr(popen, "returncode", None)
+
+
+def _shutting_down() -> bool:
+    """Whether the worker has been told to stop (its children then die by signals on purpose)."""
+    try:
+        from celery.worker import state
+
+        return state.should_stop is not None or state.should_terminate is not None
+    except Exception:
+        return False
 
 
 def _reserved_count() -> int | None:

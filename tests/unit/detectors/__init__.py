@@ -1,0 +1,1 @@
+"""Tests for celery_memguard.detectors (synthetic, labelled workloads; no processes)."""

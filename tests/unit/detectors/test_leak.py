@@ -170,7 +170,7 @@ class TestReporting:
         for a, b in zip(child_a, child_b):
             found += detector.observe_task(a, a.started) + detector.observe_task(b, b.started)
         finding = next(f for f in found if f.event == LEAK_SUSPECTED)
-        calls = int(finding.fields["calls_observed"])  # type: ignore[arg-type]
+        calls = int(str(finding.fields["calls_observed"]))
         fullest = 300 * MiB + (calls // 2) * 2 * MiB
         assert finding.fields["projected_calls_to_soft_limit"] == math.ceil((600 * MiB - fullest) / (2 * MiB))
 

@@ -27,10 +27,9 @@ def _feed(detector: MasterGrowthDetector, hours: float, mem, reserved=None, step
     return found
 
 
-def detector(**kw) -> MasterGrowthDetector:  # type: ignore[no-untyped-def]
-    settings = {"threshold": 64 * MiB, "min_span": 1800.0, "grace": 60.0}
-    settings.update(kw)
-    return MasterGrowthDetector(**settings)
+def detector(*, threshold: int = 64 * MiB, min_span: float = 1800.0, grace: float = 60.0,
+             max_points: int = 240) -> MasterGrowthDetector:
+    return MasterGrowthDetector(threshold=threshold, min_span=min_span, grace=grace, max_points=max_points)
 
 
 class TestGrowth:
