@@ -7,8 +7,10 @@ cheap upper bound could be above a limit (see :mod:`celery_memguard.estimate`),
 reads each child's current task from the board, and hands the samples to the
 :class:`~celery_memguard.engine.Engine`. Finished-task records drained from the
 board, and readings of the master itself, go to the detectors; their findings
-are logged (and leak suspects are published for leak-site tracing). It sleeps for the delay the engine
-chose: ``memguard_poll_interval``, shorter while a child grows towards its hard
+are logged (and leak suspects are published for leak-site tracing). A child
+that leaves the pool by a signal MemGuard did not send is explained as
+``memguard.child_lost`` (see :mod:`celery_memguard.forensics`). It sleeps for
+the delay the engine chose: ``memguard_poll_interval``, shorter while a child grows towards its hard
 limit. Anything that goes wrong is logged as ``memguard.error`` and the loop
 carries on.
 """
@@ -42,6 +44,8 @@ SYSTEM_EVERY = 0.5
 
 
 class Monitor:
+    """Polls the pool children (and the master) and carries out the engine's decisions."""
+
     def __init__(
         self,
         *,
@@ -112,6 +116,9 @@ class Monitor:
         for probe in self._probes.values():
             probe.close()
         self._probes.clear()
+        if self._master_probe is not None:
+            self._master_probe.close()
+            self._master_probe = None
 
     def _run(self) -> None:
         delay = self.engine.poll_interval
