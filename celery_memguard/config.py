@@ -97,10 +97,13 @@ def _choice(*choices: str) -> Callable[[str, Any, int], str]:
     return parse
 
 
-def _seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float]:
-    accepted = f"a number of seconds in [{minimum}, {maximum}]"
+def _number(low: float, high: float, noun: str, *, optional: bool) -> Callable[[str, Any, int], Any]:
+    """A parser for a finite number (or numeric string) in ``[low, high]``, optionally ``None``."""
+    accepted = f"{noun} in [{low}, {high}]" + (" or None" if optional else "")
 
-    def parse(key: str, value: Any, _mem: int) -> float:
+    def parse(key: str, value: Any, _mem: int) -> float | None:
+        if value is None and optional:
+            return None
         number: Any = value
         if isinstance(value, str):
             try:
@@ -109,11 +112,23 @@ def _seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float]
                 raise ConfigError(key, value, accepted) from None
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ConfigError(key, value, accepted)
-        if not math.isfinite(number) or not minimum <= number <= maximum:
+        if not math.isfinite(number) or not low <= number <= high:
             raise ConfigError(key, value, accepted)  # the value as configured, not as converted
         return float(number)
 
     return parse
+
+
+def _seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], Any]:
+    return _number(minimum, maximum, "a number of seconds", optional=False)
+
+
+def _optional_seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], Any]:
+    return _number(minimum, maximum, "a number of seconds", optional=True)
+
+
+def _fraction(low: float, high: float, optional: bool) -> Callable[[str, Any, int], Any]:
+    return _number(low, high, "a number", optional=optional)
 
 
 _MULTIPLE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*$")
@@ -136,15 +151,6 @@ def _size_or_multiple(key: str, value: Any, effective_memory: int) -> tuple[int 
         raise ConfigError(key, value, 'None, a multiple of the typical task peak like "10x", or ' + SIZE_ACCEPTED) from None
 
 
-def _optional_seconds(minimum: float, maximum: float) -> Callable[[str, Any, int], float | None]:
-    inner = _seconds(minimum, maximum)
-
-    def parse(key: str, value: Any, mem: int) -> float | None:
-        return None if value is None else inner(key, value, mem)
-
-    return parse
-
-
 def _count(minimum: int, optional: bool) -> Callable[[str, Any, int], int | None]:
     accepted = f"a whole number >= {minimum}" + (" or None" if optional else "")
 
@@ -157,27 +163,6 @@ def _count(minimum: int, optional: bool) -> Callable[[str, Any, int], int | None
         if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
             raise ConfigError(key, value, accepted)
         return number
-
-    return parse
-
-
-def _fraction(low: float, high: float, optional: bool) -> Callable[[str, Any, int], float | None]:
-    accepted = f"a number in [{low}, {high}]" + (" or None" if optional else "")
-
-    def parse(key: str, value: Any, _mem: int) -> float | None:
-        if value is None and optional:
-            return None
-        number: Any = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise ConfigError(key, value, accepted) from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise ConfigError(key, value, accepted)
-        if not low <= number <= high:
-            raise ConfigError(key, value, accepted)
-        return float(number)
 
     return parse
 

@@ -244,13 +244,8 @@ class Monitor:
             self.on_tasks(records)
         for detector in self.detectors:
             for record in records:
-                try:
-                    findings = detector.observe_task(record, now)
-                except Exception as exc:
-                    events.error(f"detector.{detector.name}", exc)
+                if not self._feed(detector, detector.observe_task, record, now):
                     break
-                for finding in findings:
-                    self._found(finding)
 
     def _observe_master(self, now: float) -> None:
         """Sample the master: RSS every poll, the exact metric at most every MASTER_EXACT_EVERY seconds."""
@@ -270,13 +265,18 @@ class Monitor:
             return
         sample = MasterSample(pid=self.master_pid, mem=self._master_exact, rss=rss, at=now)
         for detector in self.detectors:
-            try:
-                findings = detector.observe_master(sample, reserved)
-            except Exception as exc:
-                events.error(f"detector.{detector.name}", exc)
-                continue
-            for finding in findings:
-                self._found(finding)
+            self._feed(detector, detector.observe_master, sample, reserved)
+
+    def _feed(self, detector: Detector, hook: Callable[..., list[Finding]], *args: object) -> bool:
+        """Call one detector hook and log its findings; False (and memguard.error) if it raised."""
+        try:
+            findings = hook(*args)
+        except Exception as exc:
+            events.error(f"detector.{detector.name}", exc)
+            return False
+        for finding in findings:
+            self._found(finding)
+        return True
 
     def _found(self, finding: Finding) -> None:
         try:
