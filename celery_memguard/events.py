@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 
 import structlog
 
@@ -91,7 +91,7 @@ class _FdLogger:
     log = debug = info = warning = warn = error = critical = msg
 
 
-def _iso_utc(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _iso_utc(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     import datetime as _dt
 
     event_dict.setdefault("ts", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"))
@@ -122,7 +122,7 @@ class EventLog:
         self._seen_errors: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _add_origin(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def _add_origin(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event_dict.setdefault("source_pid", os.getpid())
         if self.hostname:
             event_dict.setdefault("hostname", self.hostname)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from .base import ProcessProbe
+
+if TYPE_CHECKING:
+    from ..samples import SystemSample
 from .procfs import ProcfsProbe
 from .psutil_probe import PsutilProbe
 

@@ -216,7 +216,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     if rt is None:
         return
     try:
-        rt.before(getattr(task, "name", None) or getattr(sender, "name", "?"), task_id or "")
+        rt.before(str(getattr(task, "name", None) or getattr(sender, "name", None) or "?"), task_id or "")
     except Exception as exc:
         events.error("child.task_prerun", exc)
 
