@@ -59,8 +59,8 @@ POLICY_ERROR = "memguard.error"
 HEADROOM_FRACTION = 0.25
 #: Seconds until the second look at a child seen for the first time (its growth rate is unknown).
 FIRST_LOOK = 0.1
-#: Growth rate (bytes/s) assumed for a busy child that has not grown yet, when a hard limit is set:
-#: such a child is looked at again before it could use a quarter of its headroom at this rate.
+#: Growth rate (bytes/s) assumed for a child that has not been seen growing faster, when a hard limit
+#: is set: every child is looked at again before it could use a quarter of its headroom at this rate.
 ASSUMED_TASK_GROWTH = 1024 * 1024 * 1024
 
 
@@ -233,6 +233,21 @@ class Engine:
                     _merge(worst, pid, violation, debounce)
         return worst
 
+    def threshold_for(self, pid: int) -> int | None:
+        """The memory above which an exact reading of ``pid`` could still change a decision.
+
+        A child already told to recycle can only be escalated by a hard limit (or a pool policy
+        asking for exact readings with threshold 0); a child already told to stop needs none.
+        """
+        order = self._orders.get(pid)
+        if order is None:
+            return self.threshold
+        if order.action is not Action.RECYCLE:
+            return None
+        hard = [p.threshold for p in self.policies
+                if p.threshold is not None and (isinstance(p, HardLimit) or p.threshold == 0)]
+        return min(hard) if hard else None
+
     def _threshold(self) -> int | None:
         thresholds = [t for t in (getattr(p, "threshold", None) for p in self.policies) if t is not None]
         return min(thresholds) if thresholds else None
@@ -319,11 +334,10 @@ class Engine:
         if dt > 0:
             last.rate = max(0.0, (child.rss - last.rss) / dt)
             last.rss, last.at = child.rss, now
-        rate = last.rate
-        if child.busy:
-            # A running task may start growing right after this poll: plan for the fastest growth we
-            # promise to catch, so a child flat until now cannot overshoot by a whole poll interval.
-            rate = max(rate, ASSUMED_TASK_GROWTH)
+        # Any child may start a task that grows right after this poll (an idle one may be handed a job
+        # a moment later): plan for the fastest growth we promise to catch, so no child can overshoot
+        # the hard limit by a whole poll interval.
+        rate = max(last.rate, ASSUMED_TASK_GROWTH)
         if self.hard_limit is None or rate <= 0 or self.pending(child.pid) is Action.FORCE_KILL:
             return self.poll_interval
         headroom = self.hard_limit - child.mem

@@ -10,7 +10,10 @@ exact readings a child's private memory can only grow by pages it newly maps
 
 is an upper bound, and RSS itself always is one. Pages can also become private
 without a fault in the child, when every other sharer drops or copies them; an
-exact reading every ``refresh`` seconds bounds how long that can go unseen.
+exact reading every ``refresh`` seconds bounds how long that can go unseen. That
+refresh is stretched to ``cost_ratio`` times the last exact reading's cost (40,000:
+a 3.4 ms reading of a 300 MiB child is refreshed every 136 s), so it averages
+under 25 µs per child per second.
 Pure: no I/O, no clock.
 """
 
@@ -26,10 +29,12 @@ PAGE_SIZE = 4096
 class MetricEstimate:
     """Tracks one child's last exact reading and bounds the metric from cheap readings."""
 
-    __slots__ = ("refresh", "exact", "rss_then", "faults_then", "at")
+    __slots__ = ("refresh", "cost_ratio", "exact", "rss_then", "faults_then", "at", "refresh_after")
 
-    def __init__(self, *, refresh: float = 60.0) -> None:
+    def __init__(self, *, refresh: float = 60.0, cost_ratio: float = 40_000.0) -> None:
         self.refresh = refresh
+        self.cost_ratio = cost_ratio
+        self.refresh_after = refresh
         self.exact: int | None = None
         self.rss_then = 0
         self.faults_then = 0
@@ -46,7 +51,9 @@ class MetricEstimate:
         """Whether the prober must take an exact reading now to compare against ``threshold``."""
         if threshold is None or rss <= threshold:
             return False
-        return bound > threshold or now - self.at >= self.refresh
+        return bound > threshold or now - self.at >= self.refresh_after
 
-    def record_exact(self, value: int, rss: int, faults: int, now: float) -> None:
+    def record_exact(self, value: int, rss: int, faults: int, now: float, cost: float = 0.0) -> None:
+        """Remember an exact reading that took ``cost`` seconds; costly readings are refreshed less often."""
         self.exact, self.rss_then, self.faults_then, self.at = value, rss, faults, now
+        self.refresh_after = max(self.refresh, cost * self.cost_ratio)

@@ -34,7 +34,8 @@ from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
 
 __all__ = ["Monitor"]
 
-#: Seconds between exact readings even when the cheap bound says "well below".
+#: Seconds between exact readings even when the cheap bound says "well below" (at least; longer for
+#: children whose exact reading is costly, see MetricEstimate).
 EXACT_REFRESH = 60.0
 _LEAVING = (Action.RECYCLE, Action.KILL)
 #: Seconds between exact readings of the master's own memory (it changes slowly).
@@ -200,10 +201,11 @@ class Monitor:
             if estimate is None:
                 estimate = self._estimates[pid] = MetricEstimate(refresh=EXACT_REFRESH)
             bound = estimate.bound(rss, faults)
-            if estimate.needs_exact(rss, bound, self.engine.threshold, now):
+            if estimate.needs_exact(rss, bound, self.engine.threshold_for(pid), now):
                 try:
+                    started = time.perf_counter()
                     mem, exact = probe.exact(self.metric), True
-                    estimate.record_exact(mem, rss, faults, now)
+                    estimate.record_exact(mem, rss, faults, now, cost=time.perf_counter() - started)
                 except ProcessGone:
                     raise
                 except ProbeError as exc:

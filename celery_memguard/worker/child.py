@@ -1,17 +1,20 @@
 """Pool-child side: per-task measurement and obeying the master's orders.
 
-The master connects these receivers before the pool forks, so every prefork
-child inherits them:
+The master connects a ``worker_process_init`` receiver before the pool forks, so
+every prefork child runs it once at start: it opens the child's own /proc fds,
+claims its board slot, installs the order-signal handler and wraps billiard's
+``wait_for_job``. That one hook serves two purposes:
 
-* ``worker_process_init``: open the child's own /proc fds, claim its board slot,
-  install the order-signal handler and hook billiard's ``wait_for_job`` so a
-  recycle happens exactly where billiard's own ``max_tasks_per_child`` recycle
+* a recycle happens exactly where billiard's own ``max_tasks_per_child`` recycle
   does: after the finished task's result went to the master, before the next job
   is taken. A child that is already idle when the order comes leaves at once if
   it is blocked before the first byte of its next job (the master repeats the
-  signal each poll until it has left); otherwise after the job it is reading.
-* ``task_prerun`` / ``task_postrun``: reset the kernel's peak, read RSS, write the
-  current task and, after it, the finished-task record to the board.
+  signal each poll until it has left); otherwise after the job it is reading;
+* each job's function (Celery's trace function) is wrapped to measure the task:
+  reset the kernel's peak, read RSS, write the current task to the board, run,
+  then read RSS and the peak and append the finished-task record. This costs
+  less than Celery's ``task_prerun``/``task_postrun`` dispatch, which MemGuard
+  therefore does not use (it falls back to them only if the hook is impossible).
 
 Fail-open: each receiver catches everything and reports ``memguard.error`` once
 per cause; a task never fails because of MemGuard's bookkeeping. The only
@@ -70,6 +73,7 @@ class ChildRuntime:
         self.rss_before = 0
         self.last_order = 0
         self.ready_reported = False
+        self._wrappers: dict[Any, Any] = {}
         self._wait_code: object = None
         self.tracer = LeakSiteTracer(diagnostics) if diagnostics != "off" else None
         self.trace_gen = 0
@@ -168,13 +172,51 @@ class ChildRuntime:
                 job = original()
             finally:
                 siginterrupt(ORDER_SIGNAL, False)
-            if job is None and self.recycle_requested:
-                self._exit()
-            return job
+            if job is None:
+                if self.recycle_requested:
+                    self._exit()
+                return job
+            return self._measured(job)
 
         worker.wait_for_job = wait_for_job
         self._wait_code = wait_for_job.__code__
         return True
+
+    def _measured(self, req: Any) -> Any:
+        """The job message with its function wrapped so the task is measured around its whole run."""
+        try:
+            type_, (job, i, fun, args, kwargs) = req
+        except (TypeError, ValueError):
+            return req
+        wrapped = self._wrappers.get(fun)
+        if wrapped is None:
+            wrapped = self._wrappers[fun] = self._wrap(fun)
+        return (type_, (job, i, wrapped, args, kwargs))
+
+    def _wrap(self, fun: Any) -> Any:
+        runtime = self
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            # Celery's trace functions take (task name, task id, request, body, ...) and return
+            # (0, result, runtime) on success, (1, ...) on failure.
+            name = args[0] if args and isinstance(args[0], str) else "?"
+            task_id = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+            try:
+                runtime.before(name, task_id)
+            except Exception as exc:
+                events.error("child.before_task", exc)
+            ok = False
+            try:
+                result = fun(*args, **kwargs)
+                ok = isinstance(result, tuple) and bool(result) and result[0] == 0
+                return result
+            finally:
+                try:
+                    runtime.after(task_id, ok)
+                except Exception as exc:
+                    events.error("child.after_task", exc)
+
+        return measured
 
     def _report_ready(self) -> None:
         self.ready_reported = True
@@ -206,6 +248,12 @@ def _on_process_init(**_: Any) -> None:
             raise LookupError(f"pool index {index!r} has no board slot ({_board.slots} slots)")
         _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None), _diagnostics)
         if not _runtime.hooked:
+            # Measure through Celery's task signals instead (connected in this child only), and say
+            # that recycles cannot happen between tasks here.
+            from celery import signals
+
+            signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="memguard.prerun")
+            signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="memguard.postrun")
             raise RuntimeError("billiard worker has no wait_for_job; soft recycles will not happen")
     except Exception as exc:
         events.error("child.init", exc)
@@ -240,8 +288,6 @@ def install(board: Board, metric: str, diagnostics: str = "off") -> None:
     from celery import signals
 
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="memguard.process_init")
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="memguard.prerun")
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="memguard.postrun")
     _installed = True
 
 

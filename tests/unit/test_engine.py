@@ -184,16 +184,17 @@ class TestEngineNextDelay:
         assert 0.05 == e.next_delay
 
     def test_flat_idle_child_uses_poll_interval(self) -> None:
-        """An idle child whose memory does not grow is polled at poll_interval."""
-        e = engine()
+        """Without a hard limit, a child whose memory does not grow is polled at poll_interval."""
+        e = engine(hard=None)
         e.decide([child(1, 300 * MiB)], 0.0)
         assert [POLL, POLL, POLL] == [(e.decide([child(1, 300 * MiB)], t), e.next_delay)[1] for t in (0.1, 1.1, 2.1)]
 
-    def test_flat_busy_child_assumes_fast_growth(self) -> None:
-        """A busy child that has not grown yet is looked at before it could use a quarter of its headroom at ASSUMED_TASK_GROWTH."""
+    @pytest.mark.parametrize("task_id", ["a", None])
+    def test_flat_child_assumes_fast_growth(self, task_id: str | None) -> None:
+        """With a hard limit, a busy or idle child that has not grown yet is looked at before it could use a quarter of its headroom at ASSUMED_TASK_GROWTH."""
         e = engine(soft=None, hard=1000 * MiB)
-        e.decide([child(1, 300 * MiB, "a")], 0.0)
-        e.decide([child(1, 300 * MiB, "a")], 0.1)
+        e.decide([child(1, 300 * MiB, task_id)], 0.0)
+        e.decide([child(1, 300 * MiB, task_id)], 0.1)
         assert pytest.approx(0.25 * 700 * MiB / ASSUMED_TASK_GROWTH) == e.next_delay
 
     def test_flat_busy_child_without_hard_limit_uses_poll_interval(self) -> None:
@@ -204,8 +205,8 @@ class TestEngineNextDelay:
         assert POLL == e.next_delay
 
     def test_idle_shrinking_child_uses_poll_interval(self) -> None:
-        """An idle child giving memory back is polled at poll_interval."""
-        e = engine()
+        """Without a hard limit, an idle child giving memory back is polled at poll_interval."""
+        e = engine(hard=None)
         e.decide([child(1, 300 * MiB)], 0.0)
         e.decide([child(1, 200 * MiB)], 0.1)
         assert POLL == e.next_delay
@@ -233,10 +234,10 @@ class TestEngineNextDelay:
 
     def test_delay_uses_fastest_growing_child(self) -> None:
         """The delay is the minimum over children, so a quiet child does not slow a growing one's polls."""
-        e = engine(soft=None, hard=1000 * MiB)
+        e = engine(soft=None, hard=2000 * MiB)
         e.decide([child(1, 100 * MiB), child(2, 900 * MiB)], 0.0)
-        e.decide([child(1, 100 * MiB), child(2, 950 * MiB)], 0.5)  # idle but growing 100 MiB/s, 50 MiB left
-        assert pytest.approx(0.25 * 50 / 100) == e.next_delay
+        e.decide([child(1, 100 * MiB), child(2, 1000 * MiB)], 0.05)  # 2000 MiB/s, 1000 MiB left
+        assert pytest.approx(0.25 * 1000 / 2000) == e.next_delay
 
     def test_delay_floor_is_min_interval(self) -> None:
         """However fast the growth, the delay never drops below min_interval."""

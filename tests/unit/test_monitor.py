@@ -17,7 +17,7 @@ import pytest
 
 from celery_memguard import events
 from celery_memguard.board import Board
-from celery_memguard.engine import Engine
+from celery_memguard.engine import ASSUMED_TASK_GROWTH, Engine
 from celery_memguard.estimate import PAGE_SIZE
 from celery_memguard.monitor import EXACT_REFRESH, Monitor
 from celery_memguard.policies import HardLimit, SoftLimit
@@ -240,8 +240,8 @@ class TestMonitorExactReadings:
         probe = h.world.add(FakeProbe(11, rss=300 * MiB), 0)
         probe.exact_error = ProbeError(13, "smaps_rollup not permitted")
         h.poll()
-        h.poll()
         assert ChildSample(pid=11, mem=300 * MiB, exact=True, rss=300 * MiB) == h.engine.last(11)
+        h.poll()
         assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
         assert [("memguard.error", "monitor.exact_reading")] == [
             (r["event"], r["where"]) for r in event_records(logged)]
@@ -412,11 +412,11 @@ class TestMonitorDecisions:
         assert [11, 11] == h.actuator.reminded
 
     def test_poll_returns_engine_delay(self, logged: Path) -> None:
-        """poll() returns the engine's next delay: soon for a new child, the interval once flat."""
+        """poll() returns the engine's next delay: soon for a new child, then paced by its headroom to the hard limit."""
         h = Harness()
         h.world.add(FakeProbe(11, rss=100 * MiB), 0)
         assert 0.1 == h.poll()
-        assert 1.0 == h.poll()
+        assert pytest.approx(0.25 * (HARD - 100 * MiB) / ASSUMED_TASK_GROWTH) == h.poll()
 
     def test_on_tasks_receives_drained_records(self, logged: Path) -> None:
         """Finished-task records on the board reach on_tasks once each, and restart for a new pid in the slot."""
