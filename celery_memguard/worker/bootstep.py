@@ -24,6 +24,7 @@ from .. import events
 from ..actions import Actuator
 from ..board import TRACE_MAX, Board
 from ..config import MemGuardConfig
+from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
 from ..detectors.base import LEAK_CLEARED, LEAK_SUSPECTED, Finding
 from ..engine import Engine
 from ..exceptions import ConfigError
@@ -105,6 +106,11 @@ class MemGuard(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         cfg = self.config
         pool_name = _pool_name(parent)
+        engine: Engine | None = None
+        try:
+            engine = Engine.from_config(cfg, rng=random.Random())
+        except Exception as exc:
+            events.error("bootstep.engine", exc)
         events.emit(
             events.STARTED,
             pool=pool_name,
@@ -116,13 +122,15 @@ class MemGuard(bootsteps.StartStopStep):
             dry_run=cfg.dry_run,
             kill_grace=cfg.kill_grace,
             effective_memory_mib=_mib(cfg.effective_memory),
+            policies=[getattr(p, "reason", type(p).__name__) for p in engine.policies] if engine else [],
         )
         if not self.prefork:
             events.emit(events.POOL_UNSUPPORTED, "warning", pool=pool_name, can=_UNSUPPORTED["can"],
                         cannot=_UNSUPPORTED["cannot"].format(pool=pool_name))
             return
+        if engine is None:
+            return
         try:
-            engine = Engine.from_config(cfg, rng=random.Random())
             actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
             procs: dict[int, Any] = {}
             try:
@@ -165,8 +173,7 @@ class MemGuard(bootsteps.StartStopStep):
 
     def _on_finding(self, finding: Finding) -> None:
         """Log a detector's finding; publish leak suspects so children trace their allocation sites."""
-        level = "warning"
-        events.emit(finding.event, level, **finding.fields)
+        events.emit(finding.event, "error" if finding.event == events.ERROR else "warning", **finding.fields)
         if finding.task is None or self.board is None or self.config.diagnostics == "off":
             return
         if finding.event == LEAK_SUSPECTED and finding.task not in self._suspects:
@@ -186,14 +193,12 @@ def build_detectors(cfg: MemGuardConfig) -> list[Any]:
     detectors: list[Any] = []
     if not cfg.leak_detection:
         return detectors
-    from .. import detectors as d
-
-    detectors.append(d.LeakDetector(soft_limit=cfg.soft_limit))
+    detectors.append(LeakDetector(soft_limit=cfg.soft_limit))
     heavy_size, heavy_multiple = cfg.heavy_task_threshold
-    if hasattr(d, "HeavyTaskDetector") and (heavy_size is not None or heavy_multiple is not None):
-        detectors.append(d.HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
-    if hasattr(d, "MasterGrowthDetector") and cfg.master_growth_threshold is not None:
-        detectors.append(d.MasterGrowthDetector(threshold=cfg.master_growth_threshold))
+    if heavy_size is not None or heavy_multiple is not None:
+        detectors.append(HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
+    if cfg.master_growth_threshold is not None:
+        detectors.append(MasterGrowthDetector(threshold=cfg.master_growth_threshold))
     return detectors
 
 
