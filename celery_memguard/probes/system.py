@@ -168,8 +168,10 @@ def _psi_some_avg10(path: str) -> float | None:
 def read_system(at: float, proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> "SystemSample":
     """Memory of the worker's cgroup (v2 or v1) and of the host, whichever is tighter, plus PSI.
 
-    ``available`` is the smaller of the host's ``MemAvailable`` and the innermost cgroup's
-    ``limit - usage`` (v1 usage minus ``total_inactive_file``, which the kernel reclaims first).
+    ``available`` is the smaller of the host's ``MemAvailable`` and the innermost limited cgroup's
+    ``limit - working set``, the working set being usage minus inactive page cache, which the
+    kernel reclaims first (v2 ``memory.current - inactive_file``, v1 ``usage_in_bytes -
+    total_inactive_file``).
     """
     from ..samples import SystemSample
 
@@ -182,6 +184,9 @@ def read_system(at: float, proc_root: str = "/proc", cgroup_root: str = "/sys/fs
         if version == 2:
             limit = _read_int(f"{directory}/memory.max")
             current = _read_int(f"{directory}/memory.current")
+            if current is not None:  # the working set, as kubelet counts it: minus reclaimable page cache
+                inactive = _read_counter(f"{directory}/memory.stat", "inactive_file") or 0
+                current = max(0, current - inactive)
             if psi is None:
                 psi = _psi_some_avg10(f"{directory}/memory.pressure")
         else:
