@@ -38,6 +38,8 @@ __all__ = ["Monitor"]
 #: children whose exact reading is costly, see MetricEstimate).
 EXACT_REFRESH = 60.0
 _LEAVING = (Action.RECYCLE, Action.KILL)
+#: Seconds from the monitor's start to its first poll.
+FIRST_POLL = 0.02
 #: Seconds between exact readings of the master's own memory (it changes slowly).
 MASTER_EXACT_EVERY = 10.0
 #: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
@@ -122,7 +124,8 @@ class Monitor:
             self._master_probe = None
 
     def _run(self) -> None:
-        delay = self.engine.poll_interval
+        # The children exist already and may have picked up a backlog: look at them at once.
+        delay = min(FIRST_POLL, self.engine.poll_interval)
         while not self._stop.wait(delay):
             try:
                 delay = self.poll()
