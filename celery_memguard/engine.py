@@ -59,6 +59,8 @@ POLICY_ERROR = "memguard.error"
 HEADROOM_FRACTION = 0.25
 #: Seconds until the second look at a child seen for the first time (its growth rate is unknown).
 FIRST_LOOK = 0.1
+#: A strike counts once per poll interval (with this tolerance for timer jitter).
+STRIKE_SPACING = 0.9
 #: Growth rate (bytes/s) assumed for a child that has not been seen growing faster, when a hard limit
 #: is set: every child is looked at again before it could use a quarter of its headroom at this rate.
 ASSUMED_TASK_GROWTH = 1024 * 1024 * 1024
@@ -108,6 +110,7 @@ class Engine:
         self._orders: dict[int, _Order] = {}
         self._last: dict[int, _Last] = {}
         self._strikes: dict[int, int] = {}
+        self._strike_at: dict[int, float] = {}
         self._deferred_since: dict[int, float] = {}
         self._seen: set[int] = set()
         self._findings: list[Finding] = []
@@ -184,9 +187,10 @@ class Engine:
                     continue
             if violation is None:
                 self._strikes.pop(child.pid, None)  # a clean reading resets the strikes
+                self._strike_at.pop(child.pid, None)
                 self._deferred_since.pop(child.pid, None)
                 continue
-            strikes = self._strikes[child.pid] = self._strikes.get(child.pid, 0) + 1
+            strikes = self._strike(child.pid, now)
             if self._already_ordered(order, violation, child):
                 continue
             if _is_hard(violation):
@@ -233,6 +237,16 @@ class Engine:
                     _merge(worst, pid, violation, debounce)
         return worst
 
+    def _strike(self, pid: int, now: float) -> int:
+        """Count a violating poll as a strike, at most one per poll interval (polls come faster near a
+        hard limit, but strikes measure how long a violation lasts, in configured intervals)."""
+        count = self._strikes.get(pid, 0)
+        last = self._strike_at.get(pid)
+        if last is None or now - last >= self.poll_interval * STRIKE_SPACING:
+            count += 1
+            self._strikes[pid], self._strike_at[pid] = count, now
+        return count
+
     def threshold_for(self, pid: int) -> int | None:
         """The memory above which an exact reading of ``pid`` could still change a decision.
 
@@ -257,6 +271,7 @@ class Engine:
         self._orders.pop(pid, None)
         self._last.pop(pid, None)
         self._strikes.pop(pid, None)
+        self._strike_at.pop(pid, None)
         self._deferred_since.pop(pid, None)
         for policy in self.policies:
             exited = getattr(policy, "child_exited", None)  # optional for duck-typed custom policies

@@ -150,7 +150,9 @@ class MaxTasks(Policy):
             entry = (child.spawned_at, limit, child.tasks_run)
         self._children[child.pid] = (entry[0], entry[1], child.tasks_run)
         limit = entry[1]
-        if child.tasks_run < limit:
+        # A busy child is running its next task already: count it, so the recycle comes after the
+        # limit-th task, not one later.
+        if child.tasks_run + (1 if child.busy else 0) < limit:
             return None
         detail = (("tasks_run", child.tasks_run), ("max_tasks", self.max_tasks))
         return Violation(Action.RECYCLE, self.reason, limit, detail=detail, unit="tasks")

@@ -77,6 +77,8 @@ class SystemPressure(PoolPolicy):
         if trigger is None or system is None:
             self._victim = None
             return []
+        if self._victim is None and self._gone_at is not None and system.at < self._gone_at:
+            return []  # a reading from before the last victim left: wait for one that shows its relief
         if self._victim is None:
             if trigger == "psi" and self._gone_at is not None and now - self._gone_at < self.psi_settle:
                 return []  # PSI still reflects the pressure the last recycle relieved

@@ -56,7 +56,7 @@ class TestSystemPressure:
         policy = SystemPressure(min_available=MIN)
         policy.check_pool(mixed(), 0.0, system(100))
         without_2 = [c for c in mixed() if c.pid != 2] + [child(5, 60)]
-        assert [3] == [pid for pid, _ in policy.check_pool(without_2, 1.0, system(200))]
+        assert [3] == [pid for pid, _ in policy.check_pool(without_2, 1.0, system(200, at=1.0))]
 
     def test_leaving_children_skipped(self) -> None:
         """A child the engine already ordered out is not chosen again."""
@@ -77,16 +77,24 @@ class TestSystemPressure:
         policy.check_pool(mixed(), 0.0, system(3000, psi=40.0))
         policy.child_exited(2)
         rest = [c for c in mixed() if c.pid != 2]
-        assert [] == policy.check_pool(rest, 1.0, system(3000, psi=40.0))
-        assert [] == policy.check_pool(rest, 10.9, system(3000, psi=40.0))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 11.0, system(3000, psi=40.0))]
+        assert [] == policy.check_pool(rest, 1.0, system(3000, psi=40.0, at=1.0))
+        assert [] == policy.check_pool(rest, 10.9, system(3000, psi=40.0, at=10.9))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 11.0, system(3000, psi=40.0, at=11.0))]
 
     def test_low_available_does_not_wait(self) -> None:
         """Low available memory picks the next victim at once, settle or not."""
         policy = SystemPressure(min_available=MIN, psi_threshold=20.0)
         policy.check_pool(mixed(), 0.0, system(100, psi=40.0))
         rest = [c for c in mixed() if c.pid != 2]
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.0, system(100, psi=40.0))]
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.0, system(100, psi=40.0, at=1.0))]
+
+    def test_stale_reading_does_not_pick_the_next_victim(self) -> None:
+        """A system reading taken before the last victim left cannot name the next one."""
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
+        rest = [c for c in mixed() if c.pid != 2]
+        assert [] == policy.check_pool(rest, 1.0, system(100, at=0.0))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.5, system(100, at=1.5))]
 
     @pytest.mark.parametrize(("min_available", "psi"), [(None, None), (0, None), (None, 0.0), (None, 100.0)])
     def test_invalid_options_rejected(self, min_available: int | None, psi: float | None) -> None:
@@ -104,7 +112,7 @@ class TestSystemPressureInEngine:
         both = [child(1, 900, "a"), child(2, 300)]
         assert [(Action.RECYCLE, 2, "pressure")] == acts(e.decide(both, 0.0, system=system(100)))
         assert [] == e.decide(both, 1.0, system=system(100))
-        assert [(Action.RECYCLE, 1, "pressure")] == acts(e.decide([child(1, 900, "a")], 2.0, system=system(100)))
+        assert [(Action.RECYCLE, 1, "pressure")] == acts(e.decide([child(1, 900, "a")], 2.0, system=system(100, at=2.0)))
 
     def test_pressure_gone_nothing_more(self) -> None:
         """When the pressure is relieved no further child is recycled."""

@@ -1,0 +1,161 @@
+"""A real worker inside a memory-limited cgroup: memguard relieves the pressure before the kernel's OOM killer acts.
+
+The test creates a child cgroup (v1 memory controller) under this process's own memory
+cgroup, with ``memory.limit_in_bytes`` = 600 MiB, and starts the worker inside it: the
+harness's worker command is wrapped by a ``sh`` that writes its own pid to the cgroup's
+``cgroup.procs`` and then ``exec``\\s celery, so the master and every child it forks are
+charged there from the first byte. Inside, memguard's effective memory is the cgroup
+limit (``memguard.started`` says ``effective_memory_mib`` 600), and
+``memguard_min_available="25%"`` means 150 MiB.
+
+Three children then run tasks that each keep 8 MiB for good: 90 of them would hold 720 MiB
+on top of the worker's own baseline, well past the limit, so without memguard the kernel
+OOM-kills a child (``benchmarks/bench_pressure.py`` shows it). With memguard the pressure
+policy recycles the largest idle (else busy) child each time available memory drops
+below 150 MiB: every task succeeds, the cgroup's ``oom_kill`` counter does not move, and
+no ``memguard.child_lost`` blames an OOM.
+
+Skipped, with the reason, where a memory cgroup cannot be created (no v1 memory
+controller, not root, read-only cgroupfs). The cgroup is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from celery_memguard.probes.system import memory_cgroup_dirs
+
+from . import conftest
+from .conftest import StartWorker, wait_until
+from .policy_tasks import MODULE
+
+MiB = 1024 * 1024
+LIMIT_MIB = 600
+KEEP_MIB = 8
+TASKS = 90
+CONCURRENCY = 3
+
+
+def _read_counter(path: Path, name: str) -> int:
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return int(value)
+    raise AssertionError(f"no {name} in {path}")
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A fresh v1 memory cgroup with a 600 MiB limit under this process's own; removed afterwards."""
+    dirs = memory_cgroup_dirs()
+    if not dirs:
+        pytest.skip("no memory cgroup found for this process (/proc/self/cgroup)")
+    version, parent = dirs[0]
+    if version != 1:
+        pytest.skip(f"this test drives the cgroup v1 memory controller; {parent} is cgroup v{version}")
+    path = Path(parent) / f"mg-it-{uuid.uuid4().hex[:10]}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup under {parent}: {exc}")
+    try:
+        (path / "memory.limit_in_bytes").write_text(str(LIMIT_MIB * MiB))
+        if int((path / "memory.limit_in_bytes").read_text()) != LIMIT_MIB * MiB:
+            pytest.skip(f"{path} did not take a {LIMIT_MIB} MiB limit")
+        yield path
+    finally:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """rmdir the cgroup once its processes are gone (the harness stops the worker before this runs)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def in_cgroup(memory_cgroup: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the harness start its workers inside ``memory_cgroup`` (a sh wrapper joins it, then execs celery)."""
+    original: Callable[..., list[str]] = conftest.worker_command
+
+    def command(**kwargs: Any) -> list[str]:
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(memory_cgroup / "cgroup.procs"),
+                *original(**kwargs)]
+
+    monkeypatch.setattr(conftest, "worker_command", command)
+    return memory_cgroup
+
+
+def test_memguard_relieves_cgroup_pressure_before_the_oom_killer(in_cgroup: Path, start_worker: StartWorker,
+                                                                 redis_url: str) -> None:
+    """In a 600 MiB cgroup, children keeping 720 MiB in all: pressure recycles, all tasks succeed, no OOM kill."""
+    oom_before = _read_counter(in_cgroup / "memory.oom_control", "oom_kill")
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf={
+        "imports": [MODULE], "memguard_poll_interval": 0.1, "memguard_min_available": "25%",
+    })
+    members = {int(p) for p in (in_cgroup / "cgroup.procs").read_text().split()}
+    assert worker.proc.pid in members and worker.child_pids() <= members, (members, worker.child_pids())
+    (started,) = worker.events("memguard.started")
+    assert started["effective_memory_mib"] == LIMIT_MIB, started
+
+    outcomes = worker.collect([worker.send("it.retain", KEEP_MIB, 0.3) for _ in range(TASKS)], timeout=180)
+
+    states = [o.state for o in outcomes]
+    assert states == ["SUCCESS"] * TASKS, [(o.state, o.traceback) for o in outcomes if o.state != "SUCCESS"]
+    assert _read_counter(in_cgroup / "memory.oom_control", "oom_kill") == oom_before
+    assert [e for e in worker.events("memguard.child_lost") if e["likely_oom"]] == []
+    recycled = worker.events("memguard.child_recycled")
+    assert recycled, worker.diagnostics()
+    for event in recycled:
+        assert event["reason"] == "pressure" and event["trigger"] == "available", event
+        assert event["min_available"] == LIMIT_MIB * MiB // 4, event
+    peak = int((in_cgroup / "memory.max_usage_in_bytes").read_text())
+    assert peak < LIMIT_MIB * MiB, f"the cgroup reached its limit ({peak} bytes)"
+    assert worker.events("memguard.error") == []
+    wait_until(lambda: len(worker.child_pids()) == CONCURRENCY, 20, what="a full pool at the end")
+    print(f"cgroup peak usage {peak / MiB:.0f} MiB of {LIMIT_MIB}; {len(recycled)} pressure recycles; "
+          f"failcnt {int((in_cgroup / 'memory.failcnt').read_text())}")
+
+
+#: The second scenario: pressure below 250 MiB available, i.e. above 350 MiB used; the worker's own baseline is
+#: ~110 MiB, each ``pt.hold`` keeps 150 MiB, so two holders cause pressure and losing one holder ends it.
+RELIEF_MIN_AVAILABLE_MIB = 250
+HOLD_MIB = 150
+
+
+def test_one_recycle_relieves_pressure_and_no_second_child_is_taken(in_cgroup: Path, start_worker: StartWorker,
+                                                                    redis_url: str) -> None:
+    """When recycling the largest idle child ends the pressure, no second child is recycled (two episodes)."""
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf={
+        "imports": [MODULE], "memguard_poll_interval": 0.1,
+        "memguard_min_available": f"{RELIEF_MIN_AVAILABLE_MIB}MiB",
+    })
+    episodes: list[list[tuple[int, float, int]]] = []
+    for _ in range(2):
+        seen = len(worker.events("memguard.child_recycled"))
+        for _hold in range(3):  # one holder at a time (idle once done) until memguard steps in
+            (held,) = worker.collect([worker.send("pt.hold", HOLD_MIB)])
+            assert held.state == "SUCCESS", held
+            time.sleep(1.0)
+            if len(worker.events("memguard.child_recycled")) > seen:
+                break
+        time.sleep(1.5)  # room for (wrong) further recycles
+        episode = worker.events("memguard.child_recycled")[seen:]
+        assert episode and episode[0]["mem_mib"] > HOLD_MIB, episode  # the first victim is a holder: relief
+        episodes.append([(e["pid"], e["mem_mib"], e["available"]) for e in episode])
+    assert [e for e in worker.events("memguard.child_recycled") if e["reason"] != "pressure"] == []
+    assert all(len(e) == 1 for e in episodes), f"recycles per episode (pid, mem_mib, available): {episodes}"
