@@ -262,6 +262,16 @@ class Engine:
                 if p.threshold is not None and (isinstance(p, HardLimit) or p.threshold == 0)]
         return min(hard) if hard else None
 
+    @property
+    def ceiling(self) -> int | None:
+        """The highest memory threshold of any policy: a child provably above it cannot be judged
+        differently by a new exact reading. None when no policy has one, or when a policy asks for
+        exact readings of every child (threshold 0, e.g. a pool budget being checked)."""
+        thresholds = [p.threshold for p in self.policies if p.threshold is not None]
+        if not thresholds or min(thresholds) == 0:
+            return None
+        return max(thresholds)
+
     def _threshold(self) -> int | None:
         thresholds = [t for t in (getattr(p, "threshold", None) for p in self.policies) if t is not None]
         return min(thresholds) if thresholds else None

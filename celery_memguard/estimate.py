@@ -8,7 +8,9 @@ exact readings a child's private memory can only grow by pages it newly maps
 
     bound = exact + max(0, rss - rss_then) + PAGE * (faults - faults_then)
 
-is an upper bound, and RSS itself always is one. Pages can also become private
+is an upper bound, and RSS itself always is one. Conversely ``exact - max(0,
+rss_then - rss)`` is a lower bound: a child known to be above a limit stays known
+above it without a new exact reading while that bound is above the limit. Pages can also become private
 without a fault in the child, when every other sharer drops or copies them; an
 exact reading every ``refresh`` seconds bounds how long that can go unseen. That
 refresh is stretched to ``cost_ratio`` times the last exact reading's cost (40,000:
@@ -46,6 +48,17 @@ class MetricEstimate:
             return rss
         grown = max(0, rss - self.rss_then) + PAGE_SIZE * max(0, faults - self.faults_then)
         return min(rss, self.exact + grown)
+
+    def known_above(self, rss: int, threshold: int | None, now: float) -> int | None:
+        """A lower bound for the metric if it proves the metric is still above ``threshold``, else None.
+
+        Private pages only stop being private when the process frees them (RSS falls), so
+        ``exact - max(0, rss_then - rss)`` is a lower bound until the next refresh is due.
+        """
+        if self.exact is None or threshold is None or now - self.at >= self.refresh_after:
+            return None
+        low = self.exact - max(0, self.rss_then - rss)
+        return low if low > threshold else None
 
     def needs_exact(self, rss: int, bound: int, threshold: int | None, now: float) -> bool:
         """Whether the prober must take an exact reading now to compare against ``threshold``."""

@@ -204,7 +204,12 @@ class Monitor:
             if estimate is None:
                 estimate = self._estimates[pid] = MetricEstimate(refresh=EXACT_REFRESH)
             bound = estimate.bound(rss, faults)
-            if estimate.needs_exact(rss, bound, self.engine.threshold_for(pid), now):
+            threshold = self.engine.threshold_for(pid)
+            # Provably still above every limit: a lower bound is evidence enough, no exact reading.
+            known_above = estimate.known_above(rss, self.engine.ceiling, now) if threshold is not None else None
+            if known_above is not None:
+                mem, exact = known_above, True
+            elif estimate.needs_exact(rss, bound, threshold, now):
                 try:
                     started = time.perf_counter()
                     mem, exact = probe.exact(self.metric), True

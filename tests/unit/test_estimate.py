@@ -215,3 +215,28 @@ class TestMetricEstimateNeedsExact:
         assert bound < child.uss  # the documented blind spot
         assert False is est.needs_exact(child.rss, bound, threshold, 30.0)
         assert True is est.needs_exact(child.rss, bound, threshold, 60.0)
+
+
+class TestMetricEstimateKnownAbove:
+    """The lower bound that keeps a child known above a limit without new exact readings."""
+
+    def test_lower_bound_proves_above(self) -> None:
+        """exact minus any RSS drop since the reading stays above the threshold."""
+        e = MetricEstimate(refresh=60.0)
+        e.record_exact(500 * MiB, 600 * MiB, 10, 0.0)
+        assert 450 * MiB == e.known_above(550 * MiB, 400 * MiB, 1.0)
+
+    def test_rss_growth_does_not_raise_the_lower_bound(self) -> None:
+        """Growth since the reading is not credited: the lower bound is the reading itself."""
+        e = MetricEstimate(refresh=60.0)
+        e.record_exact(500 * MiB, 600 * MiB, 10, 0.0)
+        assert 500 * MiB == e.known_above(900 * MiB, 400 * MiB, 1.0)
+
+    def test_not_known_when_freed_below_or_stale_or_unread(self) -> None:
+        """A large RSS drop, a due refresh, no threshold or no reading at all prove nothing."""
+        e = MetricEstimate(refresh=60.0)
+        assert None is e.known_above(600 * MiB, 400 * MiB, 0.0)
+        e.record_exact(500 * MiB, 600 * MiB, 10, 0.0)
+        assert None is e.known_above(450 * MiB, 400 * MiB, 1.0)
+        assert None is e.known_above(600 * MiB, 400 * MiB, 60.0)
+        assert None is e.known_above(600 * MiB, None, 1.0)

@@ -171,6 +171,28 @@ class TestMonitorExactReadings:
         assert ChildSample(pid=11, mem=150 * MiB, exact=False, rss=150 * MiB) == h.engine.last(11)
         assert [] == h.actuator.applied
 
+    def test_child_above_every_limit_is_not_reread(self, logged: Path) -> None:
+        """An idle child proven above the hard limit (told to recycle) is judged on its lower bound, not re-read each poll."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=600 * MiB, uss=500 * MiB), 0)
+        for _ in range(4):
+            h.poll(advance=0.5)
+        assert ["uss"] == probe.exact_calls
+        assert (500 * MiB, True) == (h.engine.last(11).mem, h.engine.last(11).exact)
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
+
+    def test_child_between_limits_is_reread_when_it_may_cross_the_hard_limit(self, logged: Path) -> None:
+        """A child above the soft limit only is read exactly again once its upper bound passes the hard limit."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=260 * MiB, uss=250 * MiB), 0)
+        h.poll(advance=0.5)
+        probe.rss, probe.values["uss"] = 420 * MiB, 410 * MiB  # grew past the hard limit (400 MiB)
+        h.poll(advance=0.5)
+        assert ["uss", "uss"] == probe.exact_calls
+        assert (410 * MiB, True) == (h.engine.last(11).mem, h.engine.last(11).exact)
+        # Idle, so the pending recycle already covers it; a busy child would now get a KILL.
+        assert ["soft_limit"] == [d.reason for d, _index in h.actuator.applied]
+
     def test_exact_only_when_bound_exceeds_threshold(self, logged: Path) -> None:
         """RSS above the threshold triggers one exact reading; while the bound stays below, no more are taken."""
         h = Harness()
