@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_detection.py           # full run, ~10 minutes
-    .venv/bin/python benchmarks/bench_detection.py --quick   # smoke test, ~2 minutes
+    .venv/bin/python benchmarks/bench_detection.py --quick   # smoke test, ~2.5 minutes
 
 It prints Markdown tables for:
 
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one run per scenario, 2,000 clean tasks (~2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="one run per scenario, 2,000 clean tasks (~2.5 minutes)")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     parser.add_argument("--scenario", action="append", choices=sorted(d.SCENARIOS),
                         help="run only this scenario in section 1 (repeatable)")

@@ -12,8 +12,10 @@ list. A child that then starts ``T`` traces the next few calls of ``T`` only:
 Then tracing stops. Nothing is traced while no task is suspected; a task is
 traced at most once per child per suspicion. Costs (documented in docs/detection.md):
 tracemalloc slows allocations in traced calls by roughly 2-4x and holds ~40 bytes
-per live traced block; a pympler summary walks every live object (tens to hundreds
-of ms for large heaps) twice per traced task per child.
+per live traced block; a pympler summary walks every live object twice per traced
+task per child (0.3 s for a 200k-object heap, seconds for millions of objects).
+Known limit: allocations of other tasks the child runs between the first and last
+traced call are included in the sites.
 """
 
 from __future__ import annotations
