@@ -178,41 +178,32 @@ class Aggregator:
             host.suspect(task).cleared_reason = reason
 
     def _leak_sites(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        task = _str(event, "task", required=True) or ""
-        raw = event.get("sites")
-        if not isinstance(raw, list):
-            raise _Invalid("sites")
-        sites = []
-        for item in raw[:_TOP]:
-            if not isinstance(item, dict):
-                raise _Invalid("sites")
-            sites.append(Site(
-                file=_str(item, "file", required=True) or "?",
-                line=_int(item, "line"),
-                size_kib=_num(item, "size_kib") or 0.0,
-                count=_int(item, "count"),
-            ))
-        if task not in host.sites_ts or _later(ts, host.sites_ts[task]):
-            host.sites_ts[task] = ts
-            host.suspect(task).sites = sites
+        self._latest_list(host, event, ts, "sites", host.sites_ts, lambda item: Site(
+            file=_str(item, "file", required=True) or "?",
+            line=_int(item, "line"),
+            size_kib=_num(item, "size_kib") or 0.0,
+            count=_int(item, "count"),
+        ))
 
     def _leak_types(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
+        self._latest_list(host, event, ts, "types", host.types_ts, lambda item: TypeGrowth(
+            type=_str(item, "type", required=True) or "?",
+            count=_int(item, "count"),
+            size_kib=_num(item, "size_kib") or 0.0,
+        ))
+
+    @staticmethod
+    def _latest_list(host: _Host, event: dict[str, Any], ts: str | None, key: str,
+                     seen: dict[str, str | None], build: Any) -> None:
+        """Keep the newest ``key`` list (sites or types) of a suspect's diagnostics events."""
         task = _str(event, "task", required=True) or ""
-        raw = event.get("types")
-        if not isinstance(raw, list):
-            raise _Invalid("types")
-        types = []
-        for item in raw[:_TOP]:
-            if not isinstance(item, dict):
-                raise _Invalid("types")
-            types.append(TypeGrowth(
-                type=_str(item, "type", required=True) or "?",
-                count=_int(item, "count"),
-                size_kib=_num(item, "size_kib") or 0.0,
-            ))
-        if task not in host.types_ts or _later(ts, host.types_ts[task]):
-            host.types_ts[task] = ts
-            host.suspect(task).types = types
+        raw = event.get(key)
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw[:_TOP]):
+            raise _Invalid(key)
+        items = [build(item) for item in raw[:_TOP]]
+        if task not in seen or _later(ts, seen[task]):
+            seen[task] = ts
+            setattr(host.suspect(task), key, items)
 
     def _heavy_task(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         task = _str(event, "task", required=True) or ""
