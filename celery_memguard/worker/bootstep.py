@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import click
 from celery import bootsteps
@@ -132,14 +132,14 @@ class MemGuard(bootsteps.StartStopStep):
             return
         try:
             actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
-            procs: dict[int, Any] = {}
+            view = _PoolView(parent)
             try:
                 detectors = build_detectors(cfg)
             except Exception as exc:  # limits still apply without detection
                 events.error("bootstep.detectors", exc)
                 detectors = []
             self.monitor = Monitor(
-                children=lambda: _pool_children(parent, procs),
+                children=view.children,
                 engine=engine,
                 actuator=actuator,
                 board=self.board,
@@ -148,7 +148,7 @@ class MemGuard(bootsteps.StartStopStep):
                 master_pid=os.getpid(),
                 reserved=_reserved_count,
                 on_finding=self._on_finding,
-                exit_code=lambda pid: _exit_code(procs, pid),
+                exit_code=view.exit_code,
                 oom_kills=oom_kill_count,
                 hard_limit=cfg.hard_limit,
                 effective_memory=cfg.effective_memory,
@@ -221,29 +221,28 @@ def _pool_name(parent: Any) -> str:
     return module.rsplit(".", 1)[-1] or str(pool_cls)
 
 
-def _pool_children(parent: Any, procs: dict[int, Any]) -> Iterator[tuple[int, int | None]]:
-    """(pid, pool index) of each live prefork child; remembers the process objects in ``procs``."""
-    pool = getattr(getattr(parent, "pool", None), "_pool", None)
-    listed = list(getattr(pool, "_pool", None) or ())
-    live = set()
-    for proc in listed:
-        pid = getattr(proc, "pid", None)
-        if pid:
-            live.add(pid)
-            procs[pid] = proc
-            yield pid, getattr(proc, "index", None)
-    # Keep a gone child's object one listing longer so its exit code can still be read.
-    for pid in [p for p, proc in procs.items() if p not in live and getattr(proc, "_memguard_gone", False)]:
-        del procs[pid]
-    for pid, proc in procs.items():
-        if pid not in live:
-            proc._memguard_gone = True
+class _PoolView:
+    """The prefork pool's children as the monitor sees them, and the exit codes of those that left.
 
+    It keeps the process objects of the latest two listings: a child that left since the previous
+    listing still has its exit code (recorded by billiard when it reaped the child) readable.
+    """
 
-def _exit_code(procs: dict[int, Any], pid: int) -> int | None:
-    """The exit code billiard recorded when it reaped ``pid`` (never reaps it ourselves)."""
-    popen = getattr(procs.get(pid), "_popen", None)
-    return getattr(popen, "returncode", None)
+    def __init__(self, parent: Any) -> None:
+        self.parent = parent
+        self._current: dict[int, Any] = {}
+        self._previous: dict[int, Any] = {}
+
+    def children(self) -> list[tuple[int, int | None]]:
+        pool = getattr(getattr(self.parent, "pool", None), "_pool", None)
+        listed = list(getattr(pool, "_pool", None) or ())
+        self._previous, self._current = self._current, {p.pid: p for p in listed if getattr(p, "pid", None)}
+        return [(pid, getattr(proc, "index", None)) for pid, proc in self._current.items()]
+
+    def exit_code(self, pid: int) -> int | None:
+        """The exit code billiard recorded for ``pid`` (never reaps it ourselves)."""
+        proc = self._current.get(pid) or self._previous.get(pid)
+        return getattr(getattr(proc, "_popen", None), "returncode", None)
 
 
 def _shutting_down() -> bool:
