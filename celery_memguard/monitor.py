@@ -46,6 +46,25 @@ MASTER_EXACT_EVERY = 10.0
 SYSTEM_EVERY = 0.5
 
 
+class _Tracked:
+    """What the monitor keeps about one child between polls."""
+
+    __slots__ = ("probe", "estimate", "history", "spawn_seen")
+
+    def __init__(self, probe: ProcessProbe) -> None:
+        self.probe = probe
+        self.estimate = MetricEstimate(refresh=EXACT_REFRESH)
+        self.history = ChildHistory()
+        self.spawn_seen = False
+
+    def close(self) -> None:
+        self.probe.close()
+
+
+def _history_of(tracked: _Tracked | None) -> ChildHistory | None:
+    return tracked.history if tracked is not None else None
+
+
 class Monitor:
     """Polls the pool children (and the master) and carries out the engine's decisions."""
 
@@ -95,14 +114,11 @@ class Monitor:
         self.shutting_down = shutting_down
         self.leak_rates = leak_rates
         self._system: SystemSample | None = None
-        self._spawn_seen: set[int] = set()
-        self._history: dict[int, ChildHistory] = {}
+        self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
         self._oom_baseline = self._read_oom_kills()
         self.polls = 0
         self.decisions = 0
-        self._probes: dict[int, ProcessProbe] = {}
-        self._estimates: dict[int, MetricEstimate] = {}
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,9 +132,9 @@ class Monitor:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for probe in self._probes.values():
-            probe.close()
-        self._probes.clear()
+        for tracked in self._tracked.values():
+            tracked.close()
+        self._tracked.clear()
         if self._master_probe is not None:
             self._master_probe.close()
             self._master_probe = None
@@ -152,18 +168,15 @@ class Monitor:
                 events.error("monitor.sample", exc)
                 # Keep the child known to the engine (so its pending orders and grace timers survive)
                 # with its last sample, marked inexact so no new decision is taken on stale data.
-                history = self._history.get(pid)
-                if history is not None and history.last is not None:
-                    samples.append(dataclasses.replace(history.last, exact=False))
+                tracked = self._tracked.get(pid)
+                if tracked is not None and tracked.history.last is not None:
+                    samples.append(dataclasses.replace(tracked.history.last, exact=False))
                 index_of[pid] = index
                 continue
             samples.append(sample)
             index_of[pid] = index
-            history = self._history.get(pid)
-            if history is None:
-                history = self._history[pid] = ChildHistory()
-            history.add(now, sample)
-        for pid in [p for p in {**self._history, **self._probes} if p not in index_of]:
+            self._tracked[pid].history.add(now, sample)
+        for pid in [p for p in self._tracked if p not in index_of]:
             self._lost(pid)
             self._forget(pid)
         try:
@@ -193,16 +206,15 @@ class Monitor:
         return self.engine.next_delay
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:
-        probe = self._probes.get(pid)
-        if probe is None:
-            probe = self._probes[pid] = self.open_probe(pid)
+        tracked = self._tracked.get(pid)
+        if tracked is None:
+            tracked = self._tracked[pid] = _Tracked(self.open_probe(pid))
+        probe = tracked.probe
         rss, faults = probe.cheap()
         if self.metric == "rss":
             mem, exact = rss, True
         else:
-            estimate = self._estimates.get(pid)
-            if estimate is None:
-                estimate = self._estimates[pid] = MetricEstimate(refresh=EXACT_REFRESH)
+            estimate = tracked.estimate
             bound = estimate.bound(rss, faults)
             threshold = self.engine.threshold_for(pid)
             # Provably still above every limit: a lower bound is evidence enough, no exact reading.
@@ -228,10 +240,10 @@ class Monitor:
             current = self.board.current(index)
             if current is not None and current.pid == pid:
                 task, task_id, tasks_run, spawned_at = current.task, current.task_id, current.tasks_run, current.spawned_at
-                if pid not in self._spawn_seen:
+                if not tracked.spawn_seen:
                     spawn = self.board.spawn_time(index)
                     if spawn > 0:
-                        self._spawn_seen.add(pid)
+                        tracked.spawn_seen = True
                         self.engine.observe_spawn(spawn)
         leak_per_call, calls_per_second = self.leak_rates(pid) if self.leak_rates is not None else (0.0, 0.0)
         return ChildSample(pid=pid, mem=mem, exact=exact, rss=rss, task=task, task_id=task_id,
@@ -331,7 +343,7 @@ class Monitor:
             if exitcode is None or exitcode in (0, EX_RECYCLE):
                 return
             oom_now = self._read_oom_kills()
-            report = explain_loss(pid, exitcode, self._history.get(pid), oom_kills_before=self._oom_baseline,
+            report = explain_loss(pid, exitcode, _history_of(self._tracked.get(pid)), oom_kills_before=self._oom_baseline,
                                   oom_kills_now=oom_now, hard_limit=self.hard_limit,
                                   effective_memory=self.effective_memory)
             self._oom_baseline = oom_now
@@ -341,12 +353,9 @@ class Monitor:
             events.error("monitor.child_lost", exc)
 
     def _forget(self, pid: int) -> None:
-        probe = self._probes.pop(pid, None)
-        if probe is not None:
-            probe.close()
-        self._estimates.pop(pid, None)
-        self._history.pop(pid, None)
-        self._spawn_seen.discard(pid)
+        tracked = self._tracked.pop(pid, None)
+        if tracked is not None:
+            tracked.close()
         for detector in self.detectors:
             try:
                 detector.child_exited(pid)
