@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 from .samples import ChildSample, MiB
 
-__all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CHILD_LOST"]
+__all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CLEAN_EXITS", "CHILD_LOST"]
 
 CHILD_LOST = "memguard.child_lost"
 #: billiard's exit code for a planned recycle; 0 is a clean exit.
 EX_RECYCLE = 0x9B
-_CLEAN_EXITS = (0, EX_RECYCLE)
+CLEAN_EXITS = (0, EX_RECYCLE)
 
 
 class ChildHistory:
@@ -75,7 +75,7 @@ def explain_loss(
     available: int | None = None,
 ) -> LossReport | None:
     """A ``memguard.child_lost`` report, or None for a clean exit or an unknown one."""
-    if exitcode is None or exitcode in _CLEAN_EXITS:
+    if exitcode is None or exitcode in CLEAN_EXITS:
         return None
     signum = -exitcode if exitcode < 0 else None
     last = history.last if history is not None else None

@@ -27,7 +27,7 @@ from .actions import Actuator
 from .board import Board
 from .engine import Engine
 from .estimate import MetricEstimate
-from .forensics import EX_RECYCLE, ChildHistory, explain_loss
+from .forensics import CLEAN_EXITS, ChildHistory, explain_loss
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .detectors.base import Detector, Finding
 from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
@@ -340,7 +340,7 @@ class Monitor:
             return  # the worker is stopping its children
         try:
             exitcode = self.exit_code(pid)
-            if exitcode is None or exitcode in (0, EX_RECYCLE):
+            if exitcode is None or exitcode in CLEAN_EXITS:
                 return
             oom_now = self._read_oom_kills()
             report = explain_loss(pid, exitcode, _history_of(self._tracked.get(pid)), oom_kills_before=self._oom_baseline,

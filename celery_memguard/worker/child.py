@@ -35,12 +35,11 @@ from .. import events
 from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
 from ..diagnostics import LeakSiteTracer
 from ..exceptions import MemoryLimitExceeded
+from ..forensics import EX_RECYCLE
 from ..probes import SelfProbe
 
 __all__ = ["install", "ChildRuntime", "runtime"]
 
-#: billiard's exit code for a planned recycle (billiard.pool.EX_RECYCLE).
-EX_RECYCLE = 0x9B
 
 siginterrupt = getattr(signal, "siginterrupt", lambda _sig, _flag: None)
 
