@@ -24,6 +24,9 @@ It prints Markdown tables for:
    the current code with diagnostics off, with the default diagnostics and an empty
    trace list, and with another task on the trace list; each in a fresh process,
    interleaved round by round.
+4. **Share of tasks measured with the heap probe**: the clean, cache and fragmenting
+   tasks of section 2 replayed in one process through the child runtime; how many
+   of them followed an RSS growth and so were measured.
 
 Needs Redis on 127.0.0.1:6379; uses DB 11 (``--broker``) for broker and results and
 flushes it before and after. Sections can be picked with ``--only``.
@@ -53,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import export_commit, flush_db, fmt, machine, median, redis_up, source_description, table  # noqa: E402
 
-SECTIONS = ("scenarios", "fp", "overhead")
+SECTIONS = ("scenarios", "fp", "overhead", "armed")
 #: The last commit of issue 2 (the foundation), before leak detection and leak-site tracing.
 BASELINE_COMMIT = "b42fad3"
 POLL_INTERVAL = 0.2
@@ -425,15 +428,20 @@ def section_fp(quick: bool, run_dir: Path, broker: str, tasks: int) -> None:
 _CHILD_COST = r"""
 import gc, json, signal, statistics, sys, time, uuid
 variant, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import celery.app.trace, celery.worker.consumer  # a pool child's heap: the heap probe's cost grows with it
 from celery_memguard.board import ORDER_SIGNAL, Board
+from celery_memguard.probes import heap_probe
 from celery_memguard.worker.child import ChildRuntime
 board = Board(4)
 if variant == "baseline":
     rt = ChildRuntime(board, 0, None)
 else:
-    rt = ChildRuntime(board, 0, None, diagnostics="off" if variant == "off" else "tracemalloc")
+    rt = ChildRuntime(board, 0, None, diagnostics="off" if variant == "off" else "tracemalloc", heap=heap_probe())
     if variant == "other-suspect":
         board.set_trace(["other.task"])
+    if variant == "heap-armed":  # every task measured with the heap probe (as in a child whose RSS grows)
+        import celery_memguard.worker.child as child_module
+        child_module.HEAP_ARMED_TASKS = rt.heap_armed = 1 << 62
 tid, name = str(uuid.uuid4()), "bench.noop"
 def both():
     rt.before(name, tid)
@@ -450,7 +458,7 @@ for _ in range(reps):
 signal.signal(ORDER_SIGNAL, signal.SIG_DFL)
 import celery_memguard
 print(json.dumps({"median": statistics.median(out), "min": min(out), "tracer": getattr(rt, "tracer", None) is not None,
-                  "source": celery_memguard.__file__}))
+                  "source": celery_memguard.__file__, "heap_armed": getattr(rt, "heap_armed", 0)}))
 """
 
 OVERHEAD_VARIANTS = {
@@ -458,6 +466,7 @@ OVERHEAD_VARIANTS = {
     "off": "current code, memguard_diagnostics='off'",
     "default-empty": "current code, default diagnostics ('tracemalloc'), trace list empty",
     "other-suspect": "current code, default diagnostics, another task on the trace list",
+    "heap-armed": "current code, default diagnostics, every task measured with the heap probe (after RSS growth)",
 }
 
 
@@ -494,6 +503,68 @@ def section_overhead(quick: bool, run_dir: Path, baseline: str) -> None:
         rows.append([label.format(commit=sha[:10]), fmt(median(values), 2), fmt(min(values), 2),
                      "-" if variant == "baseline" else f"{median(values) - base:+.2f}"])
     say(table(["variant", "µs median", "µs min", "vs. issue 2 (µs)"], rows))
+    say("")
+
+
+_ARMED = r"""
+import json, random, sys, uuid
+from collections import Counter
+from celery_memguard.board import Board
+from celery_memguard.probes import heap_probe
+from celery_memguard.worker.child import ChildRuntime
+from tests.integration import detect_tasks as d
+names, calls, seed = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+bodies = {
+    d.CLEAN_A: lambda: d.clean_parse.run(), d.CLEAN_B: lambda: d.clean_render.run(),
+    d.CLEAN_C: lambda: d.clean_hash.run(), d.CLEAN_D: lambda: d.clean_sort.run(20_000, rng.randrange(10**6)),
+    d.BOUNDED_CACHE: lambda: d.bounded_cache.run(rng.randrange(10_000)),
+    d.FRAGMENT: lambda: d.fragment.run(rng.randrange(1 << 30)),
+}
+rt = ChildRuntime(Board(1), 0, None, heap=heap_probe())
+measured, total = Counter(), Counter()
+for i in range(calls):
+    name, tid = rng.choice(names), str(uuid.uuid4())
+    armed = rt.heap_armed > 0
+    rt.before(name, tid)
+    bodies[name]()
+    rt.after(tid, True)
+    if i >= calls // 10:  # after warm-up
+        total[name] += 1
+        measured[name] += armed
+print(json.dumps({"measured": measured, "total": total}))
+"""
+
+ARMED_MIXES = {
+    "4 clean names": "det.clean_parse,det.clean_render,det.clean_hash,det.clean_sort",
+    "4 clean + bounded cache + fragmenting": ("det.clean_parse,det.clean_render,det.clean_hash,det.clean_sort,"
+                                             "det.bounded_cache,det.fragment"),
+    "fragmenting only": "det.fragment",
+}
+
+
+def section_armed(quick: bool, run_dir: Path) -> None:
+    calls, seeds = (1000, 1) if quick else (3000, 3)
+    say("## 4. Share of tasks a child measures with the heap probe\n")
+    say(f"Method: the tasks of section 2 run in one process through `ChildRuntime.before()` / `after()` with heap "
+        f"accounting on ({calls:,} calls per mix, names drawn at random, seeds 0..{seeds - 1}, fresh process each); "
+        f"a task is measured when the child's RSS grew by {64} KiB within its previous 32 tasks. Counted after the "
+        f"first tenth of the calls (warm-up).\n")
+    rows = []
+    for label, names in ARMED_MIXES.items():
+        measured = total = 0
+        for seed in range(seeds):
+            progress(f"armed share: {label}, seed {seed}")
+            env = dict(os.environ, PYTHONPATH=str(REPO))
+            out = subprocess.run([sys.executable, "-c", _ARMED, names, str(calls), str(seed)], env=env, cwd=run_dir,
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode != 0:
+                raise RuntimeError(f"armed-share run failed:\n{out.stderr}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            measured += sum(result["measured"].values())
+            total += sum(result["total"].values())
+        rows.append([label, f"{total:,}", f"{measured:,}", f"{100 * measured / total:.1f} %"])
+    say(table(["mix", "calls after warm-up", "measured", "share"], rows))
     say("")
 
 
@@ -540,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             section_fp(args.quick, run_dir, args.broker, fp_tasks)
         if "overhead" in sections:
             section_overhead(args.quick, run_dir, args.baseline)
+        if "armed" in sections:
+            section_armed(args.quick, run_dir)
     finally:
         if "scenarios" in sections or "fp" in sections:
             try:

@@ -37,8 +37,10 @@ _SEQ = struct.Struct("<Q")
 _HEAD = struct.Struct("<qBxxxxxxxdqQd40s128s")
 # order_seq, action, mem, limit, task_id, reason
 _ORDER = struct.Struct("<QBxxxxxxxqq40s24s")
-# pid, started, duration, rss_before, rss_after, peak, ok, task_id, task_name
-_REC = struct.Struct("<qddqqqBxxxxxxx40s128s")
+# pid, started, duration, rss_before, rss_after, peak, heap_retained, ok, task_id, task_name
+_REC = struct.Struct("<qddqqqqBxxxxxxx40s128s")
+#: ``heap_retained`` of a task the child did not measure it for.
+_NOT_MEASURED = -(1 << 63)
 _COUNT = struct.Struct("<Q")
 #: Trace list (after the slots): generation, number of names, names of suspected tasks to trace.
 TRACE_MAX = 8
@@ -125,7 +127,7 @@ class Board:
 
     def task_finished(self, index: int, pid: int, task: str, task_id: str, started: float, duration: float,
                       rss_before: int, rss_after: int, peak: int | None, ok: bool, tasks_run: int,
-                      spawned_at: float) -> None:
+                      spawned_at: float, heap_retained: int | None = None) -> None:
         base = self._base(index)
         m = self._map
         self._bump(base + _RING_SEQ)
@@ -133,7 +135,8 @@ class Board:
         name = self._name(task)
         tid = task_id.encode()[:40]
         _REC.pack_into(m, base + _RING_AT + (count % RING_SIZE) * _REC.size, pid, started, duration, rss_before,
-                       rss_after, -1 if peak is None else peak, 1 if ok else 0, tid, name)
+                       rss_after, -1 if peak is None else peak,
+                       _NOT_MEASURED if heap_retained is None else heap_retained, 1 if ok else 0, tid, name)
         _COUNT.pack_into(m, base + _COUNT_AT, count + 1)
         self._bump(base + _RING_SEQ)
         self._bump(base + _HEAD_SEQ)
@@ -185,8 +188,8 @@ class Board:
             if s1 == s2:
                 return count, [
                     TaskSample(pid, _text(name), _text(tid), started, duration, before, after,
-                               None if peak < 0 else peak, bool(ok))
-                    for pid, started, duration, before, after, peak, ok, tid, name in raw
+                               None if peak < 0 else peak, bool(ok), None if heap == _NOT_MEASURED else heap)
+                    for pid, started, duration, before, after, peak, heap, ok, tid, name in raw
                 ]
         return since, []
 

@@ -217,6 +217,8 @@ class MemGuardConfig:
     leak_detection: bool = True
     heavy_task_threshold: tuple[int | None, float | None] = (None, 10.0)
     master_growth_threshold: int | None = 64 * MiB
+    master_growth_grace: float = 60.0
+    master_growth_min_span: float = 600.0
     diagnostics: str = "tracemalloc"
     pool_limit: int | None = None
     pool_hard_limit: int | None = None
@@ -302,6 +304,8 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "leak_detection": _bool,
     "heavy_task_threshold": _size_or_multiple,
     "master_growth_threshold": _optional_size,
+    "master_growth_grace": _seconds(0.0, 86400.0),
+    "master_growth_min_span": _seconds(0.0, 7 * 86400.0),
     "diagnostics": _choice("off", "tracemalloc", "pympler", "both"),
     "pool_limit": _optional_size,
     "pool_hard_limit": _optional_size,
@@ -331,6 +335,8 @@ DEFAULTS: dict[str, Any] = {
     "leak_detection": True,
     "heavy_task_threshold": "10x",
     "master_growth_threshold": "64MiB",
+    "master_growth_grace": 60.0,
+    "master_growth_min_span": 600.0,
     "diagnostics": "tracemalloc",
     "pool_limit": None,
     "pool_hard_limit": None,

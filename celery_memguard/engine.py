@@ -200,8 +200,14 @@ class Engine:
         if soft:
             decisions.extend(self._admit(soft, now, len(view)))
         decisions.sort(key=lambda item: item[0])
+        previous, self.threshold = self.threshold, self._threshold()
+        if self.threshold is not None and (previous is None or self.threshold < previous) and any(
+            not c.exact and c.mem > self.threshold for c in view
+        ):
+            # A policy just lowered the bar below a child's upper bound (a pool budget now asks for exact
+            # readings): read that child exactly at once instead of a poll later.
+            delay = 0.0
         self._next_delay = delay
-        self.threshold = self._threshold()
         return [d for _, d in decisions]
 
     # -- policies -------------------------------------------------------

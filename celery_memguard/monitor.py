@@ -40,7 +40,8 @@ EXACT_REFRESH = 60.0
 _LEAVING = (Action.RECYCLE, Action.KILL)
 #: Seconds from the monitor's start to its first poll.
 FIRST_POLL = 0.02
-#: Seconds between exact readings of the master's own memory (it changes slowly).
+#: Longest spacing of exact readings of the master's own memory (it changes slowly); a detector
+#: that needs readings more often says so with its ``sample_interval``.
 MASTER_EXACT_EVERY = 10.0
 #: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
 SYSTEM_EVERY = 0.5
@@ -100,6 +101,9 @@ class Monitor:
         self.clock = clock
         self.on_tasks = on_tasks
         self.detectors = list(detectors)
+        self.master_every = min([MASTER_EXACT_EVERY] + [
+            d.sample_interval for d in self.detectors if d.sample_interval is not None
+        ])
         self.on_finding = on_finding
         self.master_pid = master_pid
         self.reserved = reserved
@@ -270,13 +274,13 @@ class Monitor:
                     break
 
     def _observe_master(self, now: float) -> None:
-        """Sample the master: RSS every poll, the exact metric at most every MASTER_EXACT_EVERY seconds."""
+        """Sample the master: RSS every poll, the exact metric every ``master_every`` seconds."""
         assert self.master_pid is not None
         try:
             if self._master_probe is None:
                 self._master_probe = self.open_probe(self.master_pid)
             rss, _faults = self._master_probe.cheap()
-            if now - self._master_exact_at >= MASTER_EXACT_EVERY:
+            if now - self._master_exact_at >= self.master_every:
                 self._master_exact = self._master_probe.exact(self.metric)
                 self._master_exact_at = now
             else:

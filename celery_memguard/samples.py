@@ -90,7 +90,10 @@ class TaskSample:
 
     ``per_task_peak`` is the child's resident high-watermark reached during this task
     (the kernel's peak is reset before the task starts), or ``None`` where that
-    reset is not permitted.
+    reset is not permitted. ``heap_retained`` is the change, across the task, of the
+    bytes the child's allocators hold in use (malloc and pymalloc, see
+    :mod:`celery_memguard.probes.heap`), or ``None`` when the child did not measure
+    it for this task.
     """
 
     pid: int
@@ -102,6 +105,7 @@ class TaskSample:
     mem_after: int
     per_task_peak: int | None
     succeeded: bool
+    heap_retained: int | None = None
 
     @property
     def retained(self) -> int:

@@ -37,6 +37,11 @@ class Detector:
 
     name: ClassVar[str] = "detector"
 
+    @property
+    def sample_interval(self) -> float | None:
+        """Longest spacing of master readings this detector can work with (None: it takes what comes)."""
+        return None
+
     def observe_task(self, sample: TaskSample, now: float) -> list[Finding]:
         """A pool child finished a task; ``now`` is the master's monotonic clock."""
         return []

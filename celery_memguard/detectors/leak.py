@@ -1,11 +1,21 @@
 """Leak detection with per-task attribution, aggregated over every pool child.
 
-The master sees, for every finished task, the child's RSS before and after it.
-The *retained delta* ``mem_after - mem_before`` is charged to that task name in
-that child only, so a clean task that shares a child with a leaking one keeps a
-flat series of its own. Per ``(task, child)`` the detector keeps a fixed window
-of the latest retained deltas (after a per-child warm-up) and, every few calls of
-the task, recomputes:
+The master sees, for every finished task, what the task retained in its child,
+and charges it to that task name in that child only. Which measure that is:
+
+* **heap** (``heap_deltas=True``, where the C library has ``mallinfo2``): the
+  change of the bytes the child's allocators hold in use across the task
+  (:attr:`TaskSample.heap_retained`). The child measures it around the tasks that
+  follow a growth of its RSS; tasks it did not measure are not in the series. A
+  clean task that shares a child with a leaking one keeps a flat series even when
+  it is the one that touches fresh pages.
+* **rss** (elsewhere): ``mem_after - mem_before``. Memory a task frees stays
+  resident, a leaking task refills it without RSS growing, and a clean task that
+  runs next is charged the fresh pages: with interleaved task names the growth can
+  be named on the wrong task (see docs/detection.md).
+
+Per ``(task, child)`` the detector keeps a fixed window of the latest retained
+deltas (after a per-child warm-up) and, every few calls of the task, recomputes:
 
 * the **Theil–Sen slope** of the task's cumulative retained memory against its
   call number, per child, combined as the call-weighted median over children;
@@ -168,10 +178,12 @@ class LeakDetector(Detector):
     * ``warmup_calls`` – calls of a task ignored in each new child (imports, lazy init).
     * ``min_calls`` – post-warm-up calls of the task, over all children, before any verdict.
     * ``soft_limit`` – when set, findings project how many more calls the fullest child can take.
+    * ``heap_deltas`` – attribute by the allocators' in-use bytes (``TaskSample.heap_retained``) instead of RSS.
     * ``window`` – retained deltas kept per (task, child).
     * ``min_kib_per_call`` – slopes below this are not leaks worth naming.
     * ``min_growth`` – memory a suspect must have retained per child in the window …
-    * ``long_calls`` – … unless the typical child has run the task this many times.
+    * ``long_calls`` – … unless the typical child has run the task this many times and retained
+      at least a quarter of ``min_growth``.
     * ``alpha`` – significance level of the trend and sign tests.
     * ``saturation_ratio`` – second-half slope below this fraction of the first half = saturating.
     * ``max_step_share`` – largest two calls carrying more than this share of all growth = one-off step.
@@ -192,6 +204,7 @@ class LeakDetector(Detector):
         warmup_calls: int = 2,
         min_calls: int = 12,
         soft_limit: int | None = None,
+        heap_deltas: bool = False,
         window: int = 200,
         min_kib_per_call: float = 8.0,
         min_growth: int = 8 * MiB,
@@ -215,6 +228,7 @@ class LeakDetector(Detector):
         self.warmup_calls = warmup_calls
         self.min_calls = min_calls
         self.soft_limit = soft_limit
+        self.heap_deltas = heap_deltas
         self.window = window
         self.min_slope = min_kib_per_call * KiB
         self.min_growth = min_growth
@@ -297,7 +311,10 @@ class LeakDetector(Detector):
             series.first_seen = now
         series.last_seen = now
         if series.seen > self.warmup_calls:
-            series.append(sample.mem_after - sample.mem_before)
+            if not self.heap_deltas:
+                series.append(sample.mem_after - sample.mem_before)
+            elif sample.heap_retained is not None:
+                series.append(sample.heap_retained)
         state.calls += 1
         state.pending += 1
         if state.pending < self._step(state):
@@ -443,7 +460,9 @@ class LeakDetector(Detector):
             reason = "saturating"
         elif block_fraction < self.min_block_fraction:
             reason = "not growing lately"
-        elif growth_per_child < self.min_growth and typical_n < self.long_calls:
+        elif growth_per_child < self.min_growth and (
+            typical_n < self.long_calls or growth_per_child < self.min_growth / 4
+        ):
             reason = "too little growth yet"
         elif confidence < self.min_confidence:
             reason = "weak evidence"

@@ -9,7 +9,7 @@ travels with the violation so the log can show why this child was picked.
 
 Only exact readings are evidence: while the sum of the children's cheap upper
 bounds exceeds the budget the policy asks for exact readings of every child
-(``threshold = 0``) and acts once they confirm the excess. Children the engine has
+(``threshold = 0``; the engine then polls again at once) and acts once they confirm the excess. Children the engine has
 already ordered out count as leaving: if the pool fits the budget without them, no
 new victim is chosen. With ``hard_limit``, a total that stays above it for
 ``grace`` seconds turns the victim's recycle into a kill of its running task.

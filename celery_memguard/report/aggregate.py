@@ -37,6 +37,15 @@ class _Invalid(Exception):
     """An event field is missing or of the wrong type."""
 
 
+def _count(by_reason: dict[str, int], event: dict[str, Any], by_task: dict[str, int] | None = None) -> None:
+    """Count one intervention event under its reason (and, with ``by_task``, under its task)."""
+    reason = _str(event, "reason") or "unknown"
+    by_reason[reason] = by_reason.get(reason, 0) + 1
+    task = _str(event, "task")
+    if by_task is not None and task:
+        by_task[task] = by_task.get(task, 0) + 1
+
+
 def _str(event: dict[str, Any], key: str, required: bool = False) -> str | None:
     value = event.get(key)
     if value is None:
@@ -226,30 +235,18 @@ class Aggregator:
             heavy.advice = advice or heavy.advice
 
     def _recycled(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        reason = _str(event, "reason") or "unknown"
-        task = _str(event, "task")
         counts = host.report.interventions
-        counts.recycled[reason] = counts.recycled.get(reason, 0) + 1
-        if task:
-            counts.recycled_during[task] = counts.recycled_during.get(task, 0) + 1
+        _count(counts.recycled, event, counts.recycled_during)
 
     def _killed(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        reason = _str(event, "reason") or "unknown"
-        task = _str(event, "task")
         counts = host.report.interventions
-        counts.killed[reason] = counts.killed.get(reason, 0) + 1
-        if task:
-            counts.killed_tasks[task] = counts.killed_tasks.get(task, 0) + 1
+        _count(counts.killed, event, counts.killed_tasks)
 
     def _would_recycle(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        reason = _str(event, "reason") or "unknown"
-        counts = host.report.interventions
-        counts.would_recycle[reason] = counts.would_recycle.get(reason, 0) + 1
+        _count(host.report.interventions.would_recycle, event)
 
     def _would_kill(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        reason = _str(event, "reason") or "unknown"
-        counts = host.report.interventions
-        counts.would_kill[reason] = counts.would_kill.get(reason, 0) + 1
+        _count(host.report.interventions.would_kill, event)
 
     def _master_growth(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         growth = MasterGrowth(

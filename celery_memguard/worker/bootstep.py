@@ -13,6 +13,7 @@ stays idle.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -30,7 +31,7 @@ from ..engine import Engine
 from ..exceptions import ConfigError
 from ..monitor import Monitor
 from ..policies import build_policies
-from ..probes import effective_memory
+from ..probes import HeapProbe, effective_memory, heap_probe
 from ..probes.system import oom_kill_count, read_system
 from ..samples import MiB
 from . import child
@@ -97,7 +98,7 @@ class MemGuard(bootsteps.StartStopStep):
             if self.prefork:
                 concurrency = max(int(parent.concurrency or 1), int(getattr(parent, "max_concurrency", 0) or 0))
                 self.board = Board(concurrency + 1)
-                child.install(self.board, cfg.metric, cfg.diagnostics)
+                child.install(self.board, cfg.metric, cfg.diagnostics, heap=heap_attribution(cfg))
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
@@ -123,6 +124,7 @@ class MemGuard(bootsteps.StartStopStep):
             kill_grace=cfg.kill_grace,
             effective_memory_mib=_mib(cfg.effective_memory),
             policies=[getattr(p, "reason", type(p).__name__) for p in engine.policies] if engine else [],
+            leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
         )
         if not self.prefork:
             events.emit(events.POOL_UNSUPPORTED, "warning", pool=pool_name, can=_UNSUPPORTED["can"],
@@ -188,17 +190,32 @@ class MemGuard(bootsteps.StartStopStep):
         self.stop(parent)
 
 
+def heap_attribution(cfg: MemGuardConfig) -> HeapProbe | None:
+    """The probe the children attribute leaks with (allocator counters), or None: RSS deltas.
+
+    The children are forks of this process, so the probe found (and checked) here serves them too.
+    """
+    return _heap_probe() if cfg.leak_detection else None
+
+
+@functools.cache
+def _heap_probe() -> HeapProbe | None:
+    return heap_probe()
+
+
 def build_detectors(cfg: MemGuardConfig) -> list[Any]:
     """The detectors the configuration enables (leaks, heavy tasks, master growth)."""
     detectors: list[Any] = []
     if not cfg.leak_detection:
         return detectors
-    detectors.append(LeakDetector(soft_limit=cfg.soft_limit))
+    detectors.append(LeakDetector(soft_limit=cfg.soft_limit, heap_deltas=heap_attribution(cfg) is not None))
     heavy_size, heavy_multiple = cfg.heavy_task_threshold
     if heavy_size is not None or heavy_multiple is not None:
         detectors.append(HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
     if cfg.master_growth_threshold is not None:
-        detectors.append(MasterGrowthDetector(threshold=cfg.master_growth_threshold))
+        detectors.append(MasterGrowthDetector(threshold=cfg.master_growth_threshold,
+                                              grace=cfg.master_growth_grace,
+                                              min_span=cfg.master_growth_min_span))
     return detectors
 
 

@@ -16,6 +16,13 @@ claims its board slot, installs the order-signal handler and wraps billiard's
   less than Celery's ``task_prerun``/``task_postrun`` dispatch, which MemGuard
   therefore does not use (it falls back to them only if the hook is impossible).
 
+With leak detection on, a child whose RSS has grown by :data:`HEAP_ARM_GROWTH`
+since it last looked also measures what its allocators hold in use
+(:mod:`celery_memguard.probes.heap`) around each of its next
+:data:`HEAP_ARMED_TASKS` tasks, whatever their names: the leak detector charges
+each task what it really retained, not the RSS growth it happened to trigger. A
+child whose RSS is steady pays nothing for this.
+
 Fail-open: each receiver catches everything and reports ``memguard.error`` once
 per cause; a task never fails because of MemGuard's bookkeeping. The only
 exception MemGuard raises inside a task is :class:`MemoryLimitExceeded`, and only
@@ -28,6 +35,7 @@ import os
 import signal
 import sys
 import time
+import tracemalloc
 from types import FrameType
 from typing import Any
 
@@ -36,7 +44,7 @@ from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
 from ..diagnostics import LeakSiteTracer
 from ..exceptions import MemoryLimitExceeded
 from ..forensics import EX_RECYCLE
-from ..probes import SelfProbe
+from ..probes import HeapProbe, SelfProbe
 
 __all__ = ["install", "ChildRuntime", "runtime"]
 
@@ -46,7 +54,13 @@ siginterrupt = getattr(signal, "siginterrupt", lambda _sig, _flag: None)
 _board: Board | None = None
 _metric = "uss"
 _diagnostics = "off"
+_heap: HeapProbe | None = None
 _installed = False
+
+#: RSS growth of a child (since it last armed) that makes it measure its allocators around the next tasks.
+HEAP_ARM_GROWTH = 64 * 1024
+#: Tasks measured with the heap probe after each such growth.
+HEAP_ARMED_TASKS = 32
 _runtime: "ChildRuntime | None" = None
 
 
@@ -58,7 +72,8 @@ def runtime() -> "ChildRuntime | None":
 class ChildRuntime:
     """Everything one pool child keeps between tasks."""
 
-    def __init__(self, board: Board, index: int, worker: Any, diagnostics: str = "off") -> None:
+    def __init__(self, board: Board, index: int, worker: Any, diagnostics: str = "off",
+                 heap: HeapProbe | None = None) -> None:
         self.board = board
         self.index = index
         self.pid = os.getpid()
@@ -77,6 +92,11 @@ class ChildRuntime:
         self.tracer = LeakSiteTracer(diagnostics) if diagnostics != "off" else None
         self.trace_gen = 0
         self.trace_tasks: frozenset[str] = frozenset()
+        self.heap = heap  # found (and checked) once in the master; its ctypes binding survives the fork
+        self.heap_armed = 0  # tasks left to measure with the heap probe
+        self.heap_mark = 0  # RSS when the heap probe was last armed
+        self.heap_before: int | None = None
+        self.tracer_mem_before = 0
         board.claim(index, self.pid, self.spawned_at)
         signal.signal(ORDER_SIGNAL, self._on_order)
         siginterrupt(ORDER_SIGNAL, False)
@@ -96,10 +116,13 @@ class ChildRuntime:
         self.started = now = time.monotonic()
         self.task, self.task_id = task, task_id
         self.board.task_started(self.index, self.pid, task, task_id, now, rss, self.tasks_run, self.spawned_at)
+        if self.heap_armed and self.heap is not None:
+            self._heap_start()
 
     def after(self, task_id: str, ok: bool) -> None:
         if task_id != self.task_id or self.task is None:
             return
+        heap_retained = self._heap_retained() if self.heap_before is not None else None
         probe = self.probe
         rss = probe.rss()
         peak = probe.peak()
@@ -107,9 +130,39 @@ class ChildRuntime:
         self.task = self.task_id = None
         self.tasks_run += 1
         self.board.task_finished(self.index, self.pid, task, task_id, self.started, time.monotonic() - self.started,
-                                 self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at)
+                                 self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at, heap_retained)
+        if self.heap is not None and rss >= self.heap_mark + HEAP_ARM_GROWTH:
+            self.heap_mark = rss
+            self.heap_armed = HEAP_ARMED_TASKS
         if self.tracer is not None and self.tracer.task == task:
             self.tracer.after(task, self.pid, task_id)
+
+    # -- heap accounting (armed by RSS growth) ---------------------------------
+    def _heap_start(self) -> None:
+        try:
+            # tracemalloc's own bookkeeping (a traced call of a suspect) is not the task's.
+            self.tracer_mem_before = tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0
+            self.heap_before = self.heap.in_use()  # type: ignore[union-attr]
+        except Exception as exc:
+            self._heap_failed(exc)
+
+    def _heap_retained(self) -> int | None:
+        before, self.heap_before = self.heap_before, None
+        try:
+            retained = self.heap.in_use() - before  # type: ignore[union-attr, operator]
+            if tracemalloc.is_tracing() or self.tracer_mem_before:
+                retained -= tracemalloc.get_tracemalloc_memory() - self.tracer_mem_before
+            self.heap_armed -= 1
+            return retained
+        except Exception as exc:
+            self._heap_failed(exc)
+            return None
+
+    def _heap_failed(self, exc: Exception) -> None:
+        self.heap = None
+        self.heap_before = None
+        self.heap_armed = 0
+        events.error("child.heap_probe", exc)
 
     def _refresh_trace_list(self) -> None:
         names = self.board.trace_tasks()
@@ -245,7 +298,7 @@ def _on_process_init(**_: Any) -> None:
         index = getattr(proc, "index", None)
         if index is None or not 0 <= index < _board.slots:
             raise LookupError(f"pool index {index!r} has no board slot ({_board.slots} slots)")
-        _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None), _diagnostics)
+        _runtime = ChildRuntime(_board, index, getattr(proc, "_target", None), _diagnostics, _heap)
         if not _runtime.hooked:
             # Measure through Celery's task signals instead (connected in this child only), and say
             # that recycles cannot happen between tasks here.
@@ -278,10 +331,13 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, state: str | Non
         events.error("child.task_postrun", exc)
 
 
-def install(board: Board, metric: str, diagnostics: str = "off") -> None:
-    """Connect the child-side receivers (call in the master, before the pool forks)."""
-    global _board, _metric, _diagnostics, _installed
-    _board, _metric, _diagnostics = board, metric, diagnostics
+def install(board: Board, metric: str, diagnostics: str = "off", heap: HeapProbe | None = None) -> None:
+    """Connect the child-side receivers (call in the master, before the pool forks).
+
+    ``heap``: measure the allocators with it around tasks after RSS growth (for the leak detector).
+    """
+    global _board, _metric, _diagnostics, _heap, _installed
+    _board, _metric, _diagnostics, _heap = board, metric, diagnostics, heap
     if _installed:
         return
     from celery import signals

@@ -162,19 +162,24 @@ LEAK_MIB_PER_CALL = 2
 
 def test_leak_projection_recycles_the_leaking_child_while_idle_before_its_soft_limit(
         start_worker: StartWorker, redis_url: str) -> None:
-    """A child leaking 2 MiB per call is recycled at an idle moment, far below its 400 MiB soft limit."""
+    """A child leaking 2 MiB per call is recycled at an idle moment, far below its 400 MiB soft limit.
+
+    Only children that ran the leaking task are recycled. The recycle is decided at a poll during a pause,
+    which can fall after the test's check and before its next burst: the replacement child then runs leaking
+    calls too and is (rightly) recycled at its own idle moment, so one recycle or more is correct here.
+    """
     worker = start_worker(redis_url, concurrency=1, conf=conf(soft_limit=f"{LEAK_SOFT_LIMIT_MIB}MiB",
                                                               recycle_on_leak=True))
-    outcomes: list[Outcome] = []
+    leak_outcomes: list[Outcome] = []
     for _batch in range(12):  # bursts of calls with idle pauses between them
-        outcomes += worker.collect([worker.send("pt.leak", LEAK_MIB_PER_CALL, 0.02) for _ in range(10)])
+        leak_outcomes += worker.collect([worker.send("pt.leak", LEAK_MIB_PER_CALL, 0.02) for _ in range(10)])
         time.sleep(0.5)
         if worker.events("memguard.child_recycled"):
             break
     event = worker.wait_for_event("memguard.child_recycled", timeout=10)
     leaker = event["pid"]
     wait_until(lambda: leaker not in worker.child_pids(), 20, what="the leaking child to leave")
-    outcomes += pings(worker, 5)
+    outcomes = leak_outcomes + pings(worker, 5)
 
     all_succeeded(outcomes)
     assert worker.events("memguard.leak_suspected"), worker.diagnostics()
@@ -184,7 +189,9 @@ def test_leak_projection_recycles_the_leaking_child_while_idle_before_its_soft_l
     assert event["mem_mib"] < LEAK_SOFT_LIMIT_MIB and event["limit_mib"] == LEAK_SOFT_LIMIT_MIB, event
     assert event["leak_bytes_per_second"] > 0 and event["eta_s"] > 0 and event["horizon_s"] == 300.0, event
     assert max(o.value["kept_mib"] for o in outcomes if o.value.__class__ is dict) < LEAK_SOFT_LIMIT_MIB
-    assert len(worker.events("memguard.child_recycled")) == 1
+    recycled = worker.events("memguard.child_recycled")
+    assert {e["pid"] for e in recycled} <= set(pids_of(leak_outcomes)), recycled  # only children that leaked
+    assert all(e["reason"] == "leak_projection" and e["task_id"] is None for e in recycled), recycled
     assert worker.events("memguard.error") == []
 
 

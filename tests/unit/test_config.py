@@ -214,6 +214,17 @@ class TestMemGuardConfigFromMapping:
             ("memguard_log_format", None, "'console', 'json'"),
             ("memguard_log_file", "", "file path"),
             ("memguard_log_file", 3, "file path"),
+            ("memguard_master_growth_grace", -1, "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_grace", 86401, "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_grace", "soon", "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_grace", None, "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_grace", True, "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_grace", math.nan, "seconds in [0.0, 86400.0]"),
+            ("memguard_master_growth_min_span", -0.5, "seconds in [0.0, 604800.0]"),
+            ("memguard_master_growth_min_span", math.inf, "seconds in [0.0, 604800.0]"),
+            ("memguard_master_growth_min_span", "10m", "seconds in [0.0, 604800.0]"),
+            ("memguard_master_growth_min_span", None, "seconds in [0.0, 604800.0]"),
+            ("memguard_master_growth_min_span", [600], "seconds in [0.0, 604800.0]"),
         ],
     )
     def test_invalid_values(self, key: str, value: Any, accepted: str) -> None:
@@ -300,3 +311,40 @@ class TestMemGuardConfigFromMapping:
         assert MEM == public["effective_memory"]
         assert set(DEFAULTS) | {"effective_memory"} == set(public)
         assert pick(config, tuple(public)) == public
+
+
+class TestMasterGrowthWindow:
+    """memguard_master_growth_grace and memguard_master_growth_min_span: seconds, like the other time keys."""
+
+    def test_defaults(self) -> None:
+        """60 s of start-up ignored and 600 s of history before a finding, as documented."""
+        config = MemGuardConfig.from_mapping({}, MEM)
+        assert (60.0, 600.0) == (config.master_growth_grace, config.master_growth_min_span)
+        assert (60.0, 600.0) == (DEFAULTS["master_growth_grace"], DEFAULTS["master_growth_min_span"])
+        assert {"memguard_master_growth_grace", "memguard_master_growth_min_span"} <= set(KEYS)
+
+    @pytest.mark.parametrize(("value", "expected"), [(2, 2.0), (0, 0.0), ("20", 20.0), (" 7.5 ", 7.5), (86400, 86400.0)])
+    def test_accepted(self, value: Any, expected: float) -> None:
+        """Ints, floats and numeric strings are seconds; 0 turns the grace or the minimum span off."""
+        config = MemGuardConfig.from_mapping(
+            {"memguard_master_growth_grace": value, "memguard_master_growth_min_span": value}, MEM)
+        assert (expected, expected) == (config.master_growth_grace, config.master_growth_min_span)
+
+    def test_min_span_up_to_a_week(self) -> None:
+        config = MemGuardConfig.from_mapping({"memguard_master_growth_min_span": 7 * 86400}, MEM)
+        assert 7 * 86400.0 == config.master_growth_min_span
+
+    def test_celery_app_conf(self) -> None:
+        """Read from a real app.conf, next to the threshold."""
+        app = Celery("x")
+        app.conf.update(memguard_master_growth_threshold="16MiB", memguard_master_growth_grace=2,
+                        memguard_master_growth_min_span=20)
+        config = MemGuardConfig.from_mapping(app.conf, MEM)
+        assert (16 * MiB, 2.0, 20.0) == (config.master_growth_threshold, config.master_growth_grace,
+                                         config.master_growth_min_span)
+
+    def test_misspelt_key_rejected(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            MemGuardConfig.from_mapping({"memguard_master_growth_minspan": 20}, MEM)
+        assert "memguard_master_growth_minspan" == info.value.key
+        assert "memguard_master_growth_min_span" in str(info.value)

@@ -321,3 +321,32 @@ class TestEngineOvershoot:
         """400 MiB/s growth starting just after a flat poll stays within 10% of a 256 MiB limit with defaults."""
         ratio, polls = simulate(limit=256 * MiB, rate_mib_s=400, base=50 * MiB, start=2.1 + 0.001)
         assert ratio <= 1.10, (ratio, polls)
+
+
+class TestExactReadingAtOnce:
+    """A pool budget asking for exact readings gets them in the same instant, not a poll later."""
+
+    def test_pool_budget_over_on_upper_bounds_polls_again_at_once(self) -> None:
+        from celery_memguard.policies import PoolLimit
+
+        e = Engine([PoolLimit(limit=1000 * MiB)], kill_grace=GRACE, poll_interval=POLL)
+        bounds = [child(1, 600 * MiB, exact=False), child(2, 500 * MiB, exact=False)]
+        assert [] == e.decide(bounds, 0.0)  # upper bounds are no evidence
+        assert 0 == e.threshold and 0.0 == e.next_delay
+        exact = [child(1, 580 * MiB), child(2, 480 * MiB)]
+        assert [(Action.RECYCLE, 1, None)] == actions(e.decide(exact, 0.001))
+        assert POLL == e.next_delay  # the bar stayed where it was: back to the normal pace
+
+    def test_no_immediate_poll_when_the_bounds_fit(self) -> None:
+        from celery_memguard.policies import PoolLimit
+
+        e = Engine([PoolLimit(limit=1000 * MiB)], kill_grace=GRACE, poll_interval=POLL)
+        assert [] == e.decide([child(1, 400 * MiB, exact=False), child(2, 500 * MiB, exact=False)], 0.0)
+        assert e.threshold is None and e.next_delay == FIRST_LOOK  # new children: the usual first look
+
+    def test_exact_readings_over_the_budget_need_no_second_look(self) -> None:
+        from celery_memguard.policies import PoolLimit
+
+        e = Engine([PoolLimit(limit=1000 * MiB)], kill_grace=GRACE, poll_interval=POLL)
+        assert [(Action.RECYCLE, 1, None)] == actions(e.decide([child(1, 600 * MiB), child(2, 500 * MiB)], 0.0))
+        assert e.next_delay == FIRST_LOOK  # new children: the usual first look, no immediate poll

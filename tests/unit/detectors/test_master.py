@@ -6,8 +6,11 @@ import random
 
 import pytest
 
+from celery_memguard.config import MemGuardConfig
 from celery_memguard.detectors import MASTER_GROWTH, Finding, MasterGrowthDetector
+from celery_memguard.detectors.master import MAX_SAMPLE_INTERVAL, MIN_SAMPLE_INTERVAL
 from celery_memguard.samples import MasterSample
+from celery_memguard.worker.bootstep import build_detectors
 
 MiB = 1024 * 1024
 HOUR = 3600.0
@@ -105,3 +108,79 @@ class TestReservedNote:
         found = _feed(detector(), 3, lambda t: 200 * MiB + 40 * MiB * t / HOUR)
         assert "not measured" in str(found[0].fields["note"])
         assert "reserved" not in found[0].fields
+
+
+def _first_finding_at(master: MasterGrowthDetector, step: float, mib_per_s: float, until: float = 600.0
+                      ) -> tuple[float, Finding] | None:
+    """Feed readings every ``step`` s of a master growing ``mib_per_s`` (±0.3 MiB noise); the first finding."""
+    rng = random.Random(1)
+    t = 0.0
+    while t <= until:
+        value = int(80 * MiB + mib_per_s * MiB * t + rng.uniform(-0.3, 0.3) * MiB)
+        found = master.observe_master(MasterSample(pid=1, mem=value, rss=value, at=t), 0)
+        if found:
+            return t, found[0]
+        t += step
+    return None
+
+
+class TestShortWindow:
+    """A short grace and span (what ``memguard_master_growth_grace``/``_min_span`` set) and the reading spacing."""
+
+    def test_short_span_reported_soon_with_frequent_readings(self) -> None:
+        """grace 2 s, min_span 20 s, 16 MiB, readings every second: reported ~20 s after the baseline."""
+        master = MasterGrowthDetector(threshold=16 * MiB, grace=2.0, min_span=20.0)
+        first = _first_finding_at(master, 1.0, 2.0)
+        assert first is not None
+        at, finding = first
+        assert 20.0 <= at <= 30.0
+        assert float(finding.fields["since_s"]) >= 20.0  # type: ignore[arg-type]
+        assert float(finding.fields["mib_per_hour"]) == pytest.approx(2.0 * 3600, rel=0.1)  # type: ignore[arg-type]
+
+    def test_ten_second_readings_need_about_two_minutes(self) -> None:
+        """With readings 10 s apart the trend tests need ~11 readings after the grace, whatever min_span says."""
+        master = MasterGrowthDetector(threshold=16 * MiB, grace=2.0, min_span=20.0)
+        first = _first_finding_at(master, 10.0, 2.0)
+        assert first is not None and first[0] >= 100.0
+
+    def test_grace_is_ignored(self) -> None:
+        """Readings within ``grace`` seconds of the first are neither baseline nor history."""
+        master = MasterGrowthDetector(threshold=16 * MiB, grace=30.0, min_span=20.0)
+        for t in range(0, 30):
+            assert master.observe_master(MasterSample(pid=1, mem=(100 + t) * MiB, rss=0, at=float(t)), 0) == []
+        assert master.baseline is None
+
+    @pytest.mark.parametrize(("min_span", "interval"), [
+        (600.0, MAX_SAMPLE_INTERVAL), (3600.0, MAX_SAMPLE_INTERVAL), (150.0, 5.0), (20.0, 20.0 / 30),
+        (1.0, MIN_SAMPLE_INTERVAL), (0.0, MIN_SAMPLE_INTERVAL)])
+    def test_sample_interval_follows_min_span(self, min_span: float, interval: float) -> None:
+        """The spacing of readings the detector asks for: min_span / 30, between 0.5 s and 10 s."""
+        master = MasterGrowthDetector(threshold=MiB, min_span=min_span)
+        assert master.sample_interval == pytest.approx(interval)
+
+
+class TestBuildDetectors:
+    """build_detectors passes the memguard_master_growth_* settings to the detector."""
+
+    @staticmethod
+    def master_of(conf: dict[str, object]) -> MasterGrowthDetector | None:
+        cfg = MemGuardConfig.from_mapping(conf, 8 * 1024 * MiB)
+        found = [d for d in build_detectors(cfg) if isinstance(d, MasterGrowthDetector)]
+        assert len(found) <= 1
+        return found[0] if found else None
+
+    def test_defaults(self) -> None:
+        master = self.master_of({})
+        assert master is not None
+        assert (master.threshold, master.grace, master.min_span) == (64 * MiB, 60.0, 600.0)
+
+    def test_configured(self) -> None:
+        master = self.master_of({"memguard_master_growth_threshold": "16MiB", "memguard_master_growth_grace": 2,
+                                 "memguard_master_growth_min_span": "20"})
+        assert master is not None
+        assert (master.threshold, master.grace, master.min_span) == (16 * MiB, 2.0, 20.0)
+
+    def test_off(self) -> None:
+        """No threshold, or no detection at all: no master detector."""
+        assert self.master_of({"memguard_master_growth_threshold": None}) is None
+        assert self.master_of({"memguard_leak_detection": False, "memguard_master_growth_grace": 1}) is None

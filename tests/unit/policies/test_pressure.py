@@ -52,11 +52,11 @@ class TestSystemPressure:
         assert [2] == [pid for pid, _ in policy.check_pool(bigger_idle, 1.0, system(100))]
 
     def test_next_victim_after_the_first_left(self) -> None:
-        """Still under pressure once the victim is gone, the next idle child is chosen."""
+        """Still under pressure once a reading shows the victim's memory freed, the next idle child is chosen."""
         policy = SystemPressure(min_available=MIN)
-        policy.check_pool(mixed(), 0.0, system(100))
+        policy.check_pool(mixed(), 0.0, system(50))
         without_2 = [c for c in mixed() if c.pid != 2] + [child(5, 60)]
-        assert [3] == [pid for pid, _ in policy.check_pool(without_2, 1.0, system(200, at=1.0))]
+        assert [3] == [pid for pid, _ in policy.check_pool(without_2, 1.0, system(300, at=1.0))]
 
     def test_leaving_children_skipped(self) -> None:
         """A child the engine already ordered out is not chosen again."""
@@ -82,25 +82,107 @@ class TestSystemPressure:
         assert [3] == [pid for pid, _ in policy.check_pool(rest, 11.0, system(3000, psi=40.0, at=11.0))]
 
     def test_low_available_does_not_wait(self) -> None:
-        """Low available memory picks the next victim at once, settle or not."""
+        """Low available memory picks the next victim at once, PSI settle or not."""
         policy = SystemPressure(min_available=MIN, psi_threshold=20.0)
-        policy.check_pool(mixed(), 0.0, system(100, psi=40.0))
+        policy.check_pool(mixed(), 0.0, system(50, psi=40.0))
         rest = [c for c in mixed() if c.pid != 2]
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.0, system(100, psi=40.0, at=1.0))]
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.0, system(300, psi=40.0, at=1.0))]
 
     def test_stale_reading_does_not_pick_the_next_victim(self) -> None:
-        """A system reading taken before the last victim left cannot name the next one."""
+        """A system reading taken before the last victim left cannot name the next one, even if it shows a drop."""
         policy = SystemPressure(min_available=MIN)
-        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
+        policy.check_pool(mixed(), 0.0, system(50, at=0.0))
         rest = [c for c in mixed() if c.pid != 2]
-        assert [] == policy.check_pool(rest, 1.0, system(100, at=0.0))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.5, system(100, at=1.5))]
+        assert [] == policy.check_pool(rest, 1.0, system(460, at=0.9))  # other memory freed, the victim's not yet
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.5, system(460, at=1.5))]  # taken after: all shown
 
     @pytest.mark.parametrize(("min_available", "psi"), [(None, None), (0, None), (None, 0.0), (None, 100.0)])
     def test_invalid_options_rejected(self, min_available: int | None, psi: float | None) -> None:
         """At least one trigger, a positive minimum and a PSI percentage strictly inside (0, 100)."""
         with pytest.raises(ValueError):
             SystemPressure(min_available=min_available, psi_threshold=psi)
+
+    def test_negative_relief_settle_rejected(self) -> None:
+        """relief_settle is a duration: >= 0."""
+        with pytest.raises(ValueError):
+            SystemPressure(min_available=MIN, relief_settle=-1.0)
+
+
+class TestExpectedRelief:
+    """After a victim leaves, readings that do not show its memory freed yet are credited with it.
+
+    Victim 2 (400 MiB) is chosen at 100 MiB available (MIN is 500 MiB) and seen gone at t=1.0.
+    """
+
+    @staticmethod
+    def after_first_victim(**options: float) -> tuple[SystemPressure, list]:
+        policy = SystemPressure(min_available=MIN, **options)
+        assert [2] == [pid for pid, _ in policy.check_pool(mixed(), 0.0, system(100, at=0.0))]
+        return policy, [c for c in mixed() if c.pid != 2]
+
+    def test_reading_taken_as_the_victim_exits_takes_no_second_child(self) -> None:
+        """The flaky case: a reading taken at the poll that sees the exit, before the kernel freed the pages."""
+        policy, rest = self.after_first_victim()
+        assert [] == policy.check_pool(rest, 1.0, system(100, at=1.0))  # 100 + 400 credited: no pressure
+        assert [] == policy.check_pool(rest, 1.5, system(500, at=1.5))  # the relief shows: pressure is over
+        assert [] == policy.check_pool(rest + [child(5, 60)], 3.0, system(520, at=3.0))
+
+    def test_pressure_that_outlasts_the_relief_acts_at_once(self) -> None:
+        """A reading under pressure even with the victim's memory credited needs no waiting."""
+        policy, rest = self.after_first_victim()
+        [(pid, violation)] = policy.check_pool(rest, 1.0, system(50, at=1.0))  # 50 + 400 < 500
+        assert 3 == pid
+        assert 50 * MiB == dict(violation.detail)["available"]  # the event shows the reading, not the credit
+
+    def test_partly_freed_reading_is_credited_with_the_rest(self) -> None:
+        """The cgroup's usage falls gradually as the exited victim is unmapped: only the part shown is not credited."""
+        policy, rest = self.after_first_victim()
+        assert [] == policy.check_pool(rest, 1.0, system(350, at=1.0))  # 250 of 400 MiB shown: 150 credited
+        assert [] == policy.check_pool(rest, 1.1, system(420, at=1.1))  # 320 shown: 80 credited
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.2, system(300, at=1.2))]  # others grew: 380 < 500
+
+    def test_pressure_hidden_only_by_the_credit_acts_after_relief_settle(self) -> None:
+        """The victim's sampled memory may overstate what it frees (shared pages): the credit ends at relief_settle."""
+        policy, rest = self.after_first_victim(relief_settle=1.0)
+        assert [] == policy.check_pool(rest, 1.0, system(480, at=1.0))  # 380 of 400 MiB freed: 20 credited
+        assert [] == policy.check_pool(rest, 1.5, system(480, at=1.5))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(480, at=2.0))]
+
+    def test_drop_hidden_by_growth_counts_after_relief_settle(self) -> None:
+        """If others used the freed memory (no drop shows), the reading counts as is relief_settle after the exit."""
+        policy, rest = self.after_first_victim(relief_settle=1.0)
+        assert [] == policy.check_pool(rest, 1.0, system(150, at=1.0))
+        assert [] == policy.check_pool(rest, 1.9, system(150, at=1.9))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(150, at=2.0))]
+
+    def test_relief_settle_zero_takes_readings_after_the_exit_as_they_are(self) -> None:
+        """relief_settle=0 credits only readings taken before the exit was seen (the old stale-reading rule)."""
+        policy, rest = self.after_first_victim(relief_settle=0.0)
+        assert [] == policy.check_pool(rest, 1.0, system(100, at=0.5))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.1, system(100, at=1.1))]
+
+    def test_leaving_victim_stays_expected_through_a_pressure_free_reading(self) -> None:
+        """A victim already ordered out is still expected to free its memory after pressure briefly lifted."""
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
+        ordered = [replace(c, pending=Action.RECYCLE) if c.pid == 2 else c for c in mixed()]
+        assert [] == policy.check_pool(ordered, 0.5, system(600, at=0.5))  # e.g. page cache reclaimed
+        rest = [c for c in mixed() if c.pid != 2]
+        assert [] == policy.check_pool(rest, 1.0, system(300, at=1.0))  # 300 + 400 credited
+
+    def test_victim_not_ordered_out_is_chosen_afresh(self) -> None:
+        """A victim named but never ordered out is dropped when pressure ends; the next pressure re-ranks."""
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
+        assert [] == policy.check_pool(mixed(), 0.5, system(600, at=0.5))
+        bigger_idle = [child(1, 900), child(2, 400), child(3, 300), child(4, 200, "d")]
+        assert [1] == [pid for pid, _ in policy.check_pool(bigger_idle, 1.0, system(100, at=1.0))]
+
+    def test_relief_is_credited_once(self) -> None:
+        """After the relief has shown, a later drop in available memory is pressure again at once."""
+        policy, rest = self.after_first_victim()
+        assert [] == policy.check_pool(rest, 1.0, system(500, at=1.0))
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 5.0, system(400, at=5.0))]
 
 
 class TestSystemPressureInEngine:
@@ -124,3 +206,18 @@ class TestSystemPressureInEngine:
         """decide() without a system sample (the old call form) never triggers pressure."""
         e = engine([SystemPressure(min_available=MIN)])
         assert [] == e.decide(mixed(), 0.0)
+
+    def test_victim_exit_seen_before_its_memory_is_freed_takes_no_second_child(self) -> None:
+        """The poll that first misses the victim reads the system before the kernel freed its pages: no decision.
+
+        Two children hold 150 MiB each; recycling one ends the pressure. Then permanent pressure (more memory used
+        elsewhere) still takes the next child once a reading has shown the relief.
+        """
+        e = engine([SystemPressure(min_available=250 * MiB)])
+        holders = [child(1, 200), child(2, 197), child(3, 48)]
+        assert [(Action.RECYCLE, 1, "pressure")] == acts(e.decide(holders, 0.0, system=system(190, at=0.0)))
+        assert [] == e.decide(holders, 0.1, system=system(190, at=0.0))  # the victim is leaving
+        fresh = [child(2, 197), child(3, 48), child(4, 47)]
+        assert [] == e.decide(fresh, 0.5, system=system(190, at=0.5))  # gone, pages not yet uncharged
+        assert [] == e.decide(fresh, 1.0, system=system(345, at=1.0))  # the relief shows: no pressure
+        assert [(Action.RECYCLE, 2, "pressure")] == acts(e.decide(fresh, 5.0, system=system(150, at=5.0)))

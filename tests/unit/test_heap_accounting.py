@@ -1,0 +1,151 @@
+"""Tests for the heap attribution path: the heap probe, the child arming it, the board carrying it.
+
+The probe reads this very process (glibc's ``mallinfo2`` plus pymalloc's live blocks);
+the tests skip where the C library has no ``mallinfo2``. The child runtime is driven
+in-process like bench_detection.py's overhead section drives it: ``before()``, the
+task body, ``after()``; records come back through a real (anonymous, in-process) board.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import uuid
+from typing import Callable, Iterator
+
+import pytest
+
+from celery_memguard.board import ORDER_SIGNAL, Board
+from celery_memguard.probes import heap as heap_module
+from celery_memguard.probes.heap import BLOCK_BYTES, heap_probe
+from celery_memguard.samples import TaskSample
+from celery_memguard.worker import child as child_module
+from celery_memguard.worker.child import HEAP_ARM_GROWTH, HEAP_ARMED_TASKS, ChildRuntime
+
+MiB = 1024 * 1024
+KEPT: list[object] = []
+
+needs_mallinfo2 = pytest.mark.skipif(heap_probe() is None, reason="the C library has no mallinfo2")
+
+
+@pytest.fixture(autouse=True)
+def restore() -> Iterator[None]:
+    handler = signal.getsignal(ORDER_SIGNAL)
+    yield
+    KEPT.clear()
+    signal.signal(ORDER_SIGNAL, handler)
+
+
+@needs_mallinfo2
+class TestHeapProbe:
+    def test_a_kept_buffer_counts_and_a_freed_one_does_not(self) -> None:
+        probe = heap_probe()
+        assert probe is not None
+        before = probe.in_use()
+        KEPT.append(bytes(4 * MiB))
+        kept = probe.in_use() - before
+        temporary = bytes(8 * MiB)
+        del temporary
+        after_temporary = probe.in_use() - before
+        assert 4 * MiB <= kept < 4 * MiB + 64 * 1024
+        assert abs(after_temporary - kept) < 64 * 1024
+
+    def test_small_objects_count_as_blocks(self) -> None:
+        probe = heap_probe()
+        assert probe is not None
+        before = probe.in_use()
+        KEPT.append([str(1_000_000 + i) for i in range(50_000)])  # 50,000 str + a 400 KB list table
+        grown = probe.in_use() - before
+        assert 50_000 * BLOCK_BYTES + 400_000 <= grown < 50_000 * BLOCK_BYTES + 400_000 + 256 * 1024
+
+    def test_no_mallinfo2_means_no_probe(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        class NoMallinfo2:
+            def __init__(self, _name: object) -> None:
+                pass
+
+        monkeypatch.setattr(heap_module.ctypes, "CDLL", NoMallinfo2)
+        assert heap_probe() is None
+
+    def test_a_malloc_the_reading_does_not_see_means_no_probe(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """jemalloc/tcmalloc through LD_PRELOAD: glibc's mallinfo2 stays flat whatever is allocated."""
+        flat = heap_module._MallInfo2()
+
+        class Libc:
+            def __init__(self, _name: object) -> None:
+                self.mallinfo2 = lambda: flat
+
+        monkeypatch.setattr(heap_module.ctypes, "CDLL", Libc)
+        assert heap_probe() is None
+
+    def test_unloadable_libc_means_no_probe(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def broken(_name: object) -> ctypes.CDLL:
+            raise OSError("no libc")
+
+        monkeypatch.setattr(heap_module.ctypes, "CDLL", broken)
+        assert heap_probe() is None
+
+
+def _run(rt: ChildRuntime, board: Board, body: Callable[[], None], name: str = "t.task") -> TaskSample:
+    tid = str(uuid.uuid4())
+    rt.before(name, tid)
+    body()
+    rt.after(tid, True)
+    (record,) = [r for r in board.drain(0, 0)[1] if r.task_id == tid]
+    return record
+
+
+def _noop() -> None:
+    pass
+
+
+@needs_mallinfo2
+class TestChildArming:
+    def test_measures_the_tasks_after_rss_growth_and_only_those(self) -> None:
+        board = Board(1)
+        rt = ChildRuntime(board, 0, None, heap=heap_probe())
+        first = _run(rt, board, _noop)
+        assert first.heap_retained is None  # nothing armed before the first task
+        assert rt.heap_armed == HEAP_ARMED_TASKS  # the first task's RSS is growth from 0
+        measured = [_run(rt, board, _noop).heap_retained for _ in range(HEAP_ARMED_TASKS)]
+        assert all(m is not None and abs(m) < 64 * 1024 for m in measured), measured
+        # Steady RSS: the next tasks are not measured.
+        assert _run(rt, board, _noop).heap_retained is None
+        # A task that grows RSS (a kept buffer, every page written) arms the next ones.
+        grow = _run(rt, board, lambda: KEPT.append(b"x" * (32 * MiB)))
+        assert grow.mem_after - grow.mem_before >= HEAP_ARM_GROWTH
+        kept = _run(rt, board, lambda: KEPT.append(b"y" * MiB))
+        assert kept.heap_retained is not None and MiB <= kept.heap_retained < MiB + 64 * 1024
+
+    def test_off_without_a_heap_probe(self) -> None:
+        board = Board(1)
+        rt = ChildRuntime(board, 0, None)
+        records = [_run(rt, board, lambda: KEPT.append(b"z" * MiB)) for _ in range(3)]
+        assert [r.heap_retained for r in records] == [None, None, None]
+        assert rt.heap is None
+
+    def test_a_failing_probe_is_dropped_and_the_task_still_recorded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        errors: list[str] = []
+        monkeypatch.setattr(child_module.events, "error", lambda where, exc: errors.append(where))
+        board = Board(1)
+        rt = ChildRuntime(board, 0, None, heap=heap_probe())
+        _run(rt, board, _noop)
+        assert rt.heap_armed
+
+        class Broken:
+            def in_use(self) -> int:
+                raise RuntimeError("mallinfo2 went away")
+
+        rt.heap = Broken()  # type: ignore[assignment]
+        record = _run(rt, board, _noop)
+        assert record.heap_retained is None and record.task == "t.task"
+        assert rt.heap is None and errors == ["child.heap_probe"]
+        assert _run(rt, board, _noop).heap_retained is None
+
+
+class TestBoardRecord:
+    def test_heap_retained_round_trips_including_none_and_negative(self) -> None:
+        board = Board(1)
+        board.claim(0, 9, 0.0)
+        for n, value in enumerate([None, 0, 3 * MiB, -5 * MiB]):
+            board.task_finished(0, 9, "t", f"id-{n}", 1.0, 0.1, MiB, MiB, None, True, n + 1, 0.0, value)
+        assert [r.heap_retained for r in board.drain(0, 0)[1]] == [None, 0, 3 * MiB, -5 * MiB]
