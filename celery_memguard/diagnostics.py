@@ -45,6 +45,7 @@ from __future__ import annotations
 import gc
 import os
 import tracemalloc
+import types
 from typing import Any, Callable
 
 __all__ = ["LeakSiteTracer", "MODES"]
@@ -262,10 +263,10 @@ class LeakSiteTracer:
 
     @staticmethod
     def _type_summary() -> list[Any]:
-        from pympler import muppy, summary
+        from pympler import summary
 
         gc.collect()
-        objects = muppy.get_objects()
+        objects = _live_objects()
         try:
             return summary.summarize(objects)
         finally:
@@ -290,3 +291,27 @@ class LeakSiteTracer:
             result.append({"type": str(name), "count": int(count), "size_kib": round(size / 1024, 1)})
         # The tracer's own frames and locals add a few lists/dicts/tuples; report them only if they grew materially.
         return [r for r in result if not (r["type"] in containers and r["size_kib"] < 64)]
+
+
+def _live_objects() -> list[Any]:
+    """Every live object the garbage collector knows, plus the untracked objects they refer to, once each.
+
+    The same walk as ``pympler.muppy.get_objects()`` except that frames are recognised by
+    ``type(o) is FrameType``: muppy asks ``isinstance(o, FrameType)``, which reads ``o.__class__``
+    and so evaluates every lazy proxy it meets (Celery's ``Proxy`` objects, ``shared_task``
+    placeholders), which can finalize an app or run arbitrary code in the middle of a task.
+    """
+    frame_type = types.FrameType
+    containers = [o for o in gc.get_objects() if type(o) is not frame_type]
+    seen: set[int] = set()
+    result: list[Any] = []
+    for obj in containers:
+        for ref in gc.get_referents(obj):
+            if not gc.is_tracked(ref) and id(ref) not in seen:
+                seen.add(id(ref))
+                result.append(ref)
+    for obj in containers:
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            result.append(obj)
+    return result

@@ -159,6 +159,20 @@ def test_pympler_reports_bytes_on_top_after_one_call(events: Events) -> None:
     assert len(events.named("memguard.leak_types")) == 1
 
 
+def test_pympler_walk_never_evaluates_lazy_proxies(events: Events) -> None:
+    """A Celery Proxy met during the heap walk stays unevaluated (evaluating it can finalize an app)."""
+    pytest.importorskip("pympler")
+    from celery.local import Proxy
+
+    evaluated: list[str] = []
+    lazy = Proxy(lambda: evaluated.append("evaluated") or object())
+    holder = [lazy]  # tracked container referring to the proxy
+    tracer = LeakSiteTracer("pympler", calls=1, emit=events)
+    traced_call(tracer, "leaky", leaky)
+    assert events.named("memguard.leak_types"), events
+    assert evaluated == [] and holder[0] is lazy
+
+
 def test_both_keeps_pympler_walks_out_of_tracemalloc(events: Events, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("pympler")
     tracing_during_walks: list[bool] = []
