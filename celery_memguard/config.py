@@ -224,6 +224,7 @@ class MemGuardConfig:
     pool_hard_limit: int | None = None
     min_available: int | None = None
     psi_threshold: float | None = None
+    pressure_min_relief: int | None = 32 * MiB
     recycle_on_leak: bool = False
     leak_horizon: float = 300.0
     max_child_lifetime: float | None = None
@@ -311,6 +312,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "pool_hard_limit": _optional_size,
     "min_available": _optional_size,
     "psi_threshold": _fraction(0.0, 100.0, optional=True),
+    "pressure_min_relief": _optional_size,
     "recycle_on_leak": _bool,
     "leak_horizon": _seconds(1.0, 86400.0),
     "max_child_lifetime": _optional_seconds(1.0, 30 * 86400.0),
@@ -342,6 +344,7 @@ DEFAULTS: dict[str, Any] = {
     "pool_hard_limit": None,
     "min_available": None,
     "psi_threshold": None,
+    "pressure_min_relief": "32MiB",
     "recycle_on_leak": False,
     "leak_horizon": 300.0,
     "max_child_lifetime": None,

@@ -25,7 +25,8 @@ a hard violation pass neither, so a hard limit is never delayed:
   are deferred to a later poll (longest-deferred first, then the largest child),
   and the first deferral of an episode yields a ``memguard.recycle_storm`` finding.
 
-Non-decision output (storm findings, a custom policy that raised) is collected
+Non-decision output (storm findings, a pool policy's own findings such as
+``memguard.pressure_unrelieved``, a custom policy that raised) is collected
 and handed out by :meth:`Engine.findings`. A policy that raises is skipped for
 that poll, never takes the others down.
 
@@ -158,7 +159,7 @@ class Engine:
         self.storm.observe_spawn(seconds)
 
     def findings(self) -> list[Finding]:
-        """Findings collected since the last call (``memguard.recycle_storm``, ``memguard.error``)."""
+        """Findings collected since the last call (``memguard.recycle_storm``, pool policies' own, ``memguard.error``)."""
         found, self._findings = self._findings, []
         return found
 
@@ -241,6 +242,12 @@ class Engine:
             for pid, violation in verdicts:
                 if pid in live and violation is not None:
                     _merge(worst, pid, violation, debounce)
+            findings = getattr(pool_policy, "findings", None)
+            if findings is not None:
+                try:
+                    self._findings.extend(findings())
+                except Exception as exc:
+                    self._error(pool_policy, exc)
         return worst
 
     def _strike(self, pid: int, now: float) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Sequence, Union
 
+from ..detectors.base import Finding
 from ..samples import ChildSample, SystemSample, Violation
 
 __all__ = ["Policy", "PoolPolicy", "AnyPolicy", "Verdict", "is_pool_policy"]
@@ -74,6 +75,10 @@ class PoolPolicy:
 
     def child_exited(self, pid: int) -> None:
         """Child ``pid`` is gone; drop whatever was kept about it."""
+
+    def findings(self) -> list[Finding]:
+        """Things to log that are not orders (collected by the engine after each ``check_pool``)."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -25,6 +25,17 @@ the pressure thus never costs a second child; pressure that persists with the
 relief credited takes the next victim at once, and pressure hidden only by the
 credit does so ``relief_settle`` seconds after the exit.
 
+A recycle relieves only what the child holds beyond what its replacement will
+hold: a child just forked from the master. So only children resident at least
+``min_relief`` bytes more than a fresh child are candidates, where a fresh child's
+RSS is the smallest first reading of the last 8 children seen (RSS, not the limit
+metric: copy-on-write copies of the master's pages do not raise it, and a
+replacement makes them again). Pressure that no child can relieve (it comes from
+the master, other processes in the container, tmpfs or unreclaimable page cache)
+then recycles nothing instead of a fresh child every poll, and yields one
+``memguard.pressure_unrelieved`` finding per episode. ``min_relief=None`` makes
+every child a candidate.
+
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
 has been freed: when PSI alone signals pressure, the next victim is chosen only
 ``psi_settle`` seconds after the previous one has gone. Low available memory does
@@ -33,13 +44,20 @@ not wait for ``psi_settle``.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from ..samples import Action, ChildSample, SystemSample, Violation
+from ..detectors.base import Finding
+from ..samples import MiB, Action, ChildSample, SystemSample, Violation
 from .base import PoolPolicy, Verdict
 
-__all__ = ["SystemPressure", "rank_idle_first"]
+__all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
+
+#: The finding logged once per pressure episode in which no child holds enough to be worth recycling.
+PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
+#: How many of the latest children's first RSS readings a fresh child's RSS is the smallest of.
+FRESH_READINGS = 8
 
 
 def rank_idle_first(children: Sequence[ChildSample]) -> list[ChildSample]:
@@ -82,6 +100,7 @@ class SystemPressure(PoolPolicy):
         psi_threshold: float | None = None,
         psi_settle: float = 10.0,
         relief_settle: float = 1.0,
+        min_relief: int | None = 32 * MiB,
     ) -> None:
         if min_available is None and psi_threshold is None:
             raise ValueError("set min_available, psi_threshold or both")
@@ -91,10 +110,13 @@ class SystemPressure(PoolPolicy):
             raise ValueError("psi_threshold must be a percentage between 0 and 100")
         if relief_settle < 0:
             raise ValueError("relief_settle must be >= 0")
+        if min_relief is not None and min_relief <= 0:
+            raise ValueError("min_relief must be > 0 (or None)")
         self.min_available = min_available
         self.psi_threshold = psi_threshold
         self.psi_settle = psi_settle
         self.relief_settle = relief_settle
+        self.min_relief = min_relief
         self._victim: int | None = None
         self._victim_mem = 0
         self._ranking: tuple[tuple[int, int], ...] = ()
@@ -102,6 +124,24 @@ class SystemPressure(PoolPolicy):
         self._victim_gone = False
         self._relief: _Relief | None = None
         self._last_system: SystemSample | None = None
+        self._first_rss: deque[int] = deque(maxlen=FRESH_READINGS)  # first RSS of the latest children seen
+        self._seen: set[int] = set()
+        self._unrelieved_reported = False
+        self._findings: list[Finding] = []
+
+    @property
+    def fresh_rss(self) -> int | None:
+        """RSS of a child just forked (the smallest first reading of the latest children), None before any."""
+        return min(self._first_rss) if self._first_rss else None
+
+    def worth_recycling(self, child: ChildSample) -> bool:
+        """Whether recycling ``child`` frees at least ``min_relief`` (always, before any child has been seen)."""
+        fresh = self.fresh_rss
+        return self.min_relief is None or fresh is None or child.rss - fresh >= self.min_relief
+
+    def findings(self) -> list[Finding]:
+        found, self._findings = self._findings, []
+        return found
 
     def trigger(self, system: SystemSample | None, relief: int = 0) -> str | None:
         """``"available"`` or ``"psi"`` if ``system`` is under pressure, else ``None``.
@@ -129,6 +169,10 @@ class SystemPressure(PoolPolicy):
 
     def check_pool(self, children: Sequence[ChildSample], now: float, system: SystemSample | None) -> list[Verdict]:
         by_pid = {c.pid: c for c in children}
+        for child in children:
+            if child.pid not in self._seen:
+                self._seen.add(child.pid)
+                self._first_rss.append(child.rss)
         if self._victim is not None and self._victim not in by_pid:
             self.child_exited(self._victim)
         if self._victim is not None:
@@ -142,14 +186,18 @@ class SystemPressure(PoolPolicy):
         relief = self.pending_relief(system) if system is not None else 0
         trigger = self.trigger(system, relief)
         if trigger is None or system is None:
+            self._unrelieved_reported = False
             if self._victim is not None and not by_pid[self._victim].leaving:
                 self._victim = None  # named but not ordered out: choose afresh at the next pressure
             return []  # a victim already leaving stays tracked, so its relief is expected when it goes
         if self._victim is None:
             if trigger == "psi" and self._gone_at is not None and now - self._gone_at < self.psi_settle:
                 return []  # PSI still reflects the pressure the last recycle relieved
-            ranked = rank_idle_first([c for c in children if not c.leaving])
+            staying = [c for c in children if not c.leaving]
+            ranked = rank_idle_first([c for c in staying if self.worth_recycling(c)])
             if not ranked:
+                if staying and not any(c.leaving for c in children):
+                    self._report_unrelieved(staying, system, trigger)
                 return []
             self._victim, self._victim_mem = ranked[0].pid, ranked[0].mem
             self._ranking = tuple((c.pid, c.mem) for c in ranked)
@@ -165,9 +213,34 @@ class SystemPressure(PoolPolicy):
                               detail=detail)
         return [(self._victim, violation)]
 
+    def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample, trigger: str) -> None:
+        """One finding per episode: under pressure, and no child holds ``min_relief`` more than a fresh one."""
+        if self._unrelieved_reported:
+            return
+        self._unrelieved_reported = True
+        fresh = self.fresh_rss or 0
+        largest = max(children, key=lambda c: c.rss)
+        self._findings.append(Finding(PRESSURE_UNRELIEVED, {
+            "trigger": trigger,
+            "available": system.available,
+            "min_available": self.min_available,
+            "psi_some_avg10": system.psi_some_avg10,
+            "psi_threshold": self.psi_threshold,
+            "children": len(children),
+            "children_rss_mib": round(sum(c.rss for c in children) / MiB, 1),
+            "fresh_rss_mib": round(fresh / MiB, 1),
+            "largest_pid": largest.pid,
+            "largest_relief_mib": round((largest.rss - fresh) / MiB, 1),
+            "min_relief_mib": round((self.min_relief or 0) / MiB, 1),
+            "cause": "no pool child holds min_relief more than a freshly forked child: the memory is held "
+                     "outside the children (the master, other processes, tmpfs or page cache)",
+        }))
+
     def child_exited(self, pid: int) -> None:
+        self._seen.discard(pid)
         if pid == self._victim:
             self._victim, self._victim_gone = None, True
 
     def __repr__(self) -> str:
-        return f"SystemPressure(min_available={self.min_available}, psi_threshold={self.psi_threshold})"
+        return (f"SystemPressure(min_available={self.min_available}, psi_threshold={self.psi_threshold}, "
+                f"min_relief={self.min_relief})")

@@ -348,3 +348,27 @@ class TestMasterGrowthWindow:
             MemGuardConfig.from_mapping({"memguard_master_growth_minspan": 20}, MEM)
         assert "memguard_master_growth_minspan" == info.value.key
         assert "memguard_master_growth_min_span" in str(info.value)
+
+
+class TestPressureMinRelief:
+    """memguard_pressure_min_relief: a size (or None) handed to the pressure policy."""
+
+    def test_default_32_mib(self) -> None:
+        assert 32 * MiB == MemGuardConfig.from_mapping({}, MEM).pressure_min_relief
+        assert "memguard_pressure_min_relief" in KEYS
+
+    @pytest.mark.parametrize(("value", "expected"), [("64MiB", 64 * MiB), (1000, 1000), ("1%", MEM // 100), (None, None)])
+    def test_accepted(self, value: Any, expected: int | None) -> None:
+        config = MemGuardConfig.from_mapping({"memguard_pressure_min_relief": value, "memguard_min_available": "1GiB"}, MEM)
+        assert expected == config.pressure_min_relief
+        from celery_memguard.policies import SystemPressure, build_policies
+
+        [pressure] = [p for p in build_policies(config) if isinstance(p, SystemPressure)]
+        assert expected == pressure.min_relief
+
+    @pytest.mark.parametrize("value", [0, -1, "lots", True, "0MiB"])
+    def test_rejected_with_key_value_and_what_is_accepted(self, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            MemGuardConfig.from_mapping({"memguard_pressure_min_relief": value}, MEM)
+        assert "memguard_pressure_min_relief" == info.value.key
+        assert "512MiB" in str(info.value)

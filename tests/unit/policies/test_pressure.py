@@ -32,7 +32,8 @@ class TestSystemPressure:
 
     def test_largest_idle_child_first(self) -> None:
         """Under pressure the largest idle child is chosen over a larger busy one; idle ones rank first."""
-        [(pid, violation)] = SystemPressure(min_available=MIN).check_pool(mixed(), 0.0, system(100))
+        policy = SystemPressure(min_available=MIN, min_relief=None)  # every child a candidate: the ranking alone
+        [(pid, violation)] = policy.check_pool(mixed(), 0.0, system(100))
         assert 2 == pid
         assert (Action.RECYCLE, "pressure", MIN) == (violation.action, violation.reason, violation.limit)
         assert ((2, 400 * MiB), (3, 300 * MiB), (1, 900 * MiB), (4, 200 * MiB)) == violation.ranking
@@ -185,12 +186,74 @@ class TestExpectedRelief:
         assert [3] == [pid for pid, _ in policy.check_pool(rest, 5.0, system(400, at=5.0))]
 
 
+class TestMinRelief:
+    """Only a child holding min_relief more RSS than a freshly forked one is worth recycling under pressure."""
+
+    def test_children_near_fresh_are_not_candidates(self) -> None:
+        """Children first seen at 60 MiB; the one grown to 400 MiB goes, an idle one at 80 MiB is not ranked."""
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool([child(1, 60, "a"), child(2, 61), child(3, 62)], 0.0, system(900))
+        grown = [child(1, 400, "a"), child(2, 80), child(3, 62)]
+        [(pid, violation)] = policy.check_pool(grown, 1.0, system(100))
+        assert (1, ((1, 400 * MiB),)) == (pid, violation.ranking)  # busy, but the only one worth recycling
+        assert policy.fresh_rss == 60 * MiB and policy.findings() == []
+
+    def test_pressure_no_child_can_relieve_recycles_nothing_and_is_reported_once_per_episode(self) -> None:
+        """Permanent pressure from outside the pool: no recycle at any poll, one finding per episode."""
+        policy = SystemPressure(min_available=MIN)
+        lean = [child(1, 60), child(2, 70, "b"), child(3, 85)]
+        for poll in range(5):
+            assert [] == policy.check_pool(lean, float(poll), system(100, at=float(poll)))
+        [finding] = policy.findings()
+        assert finding.event == "memguard.pressure_unrelieved"
+        fields = finding.fields
+        assert (fields["trigger"], fields["available"], fields["min_available"]) == ("available", 100 * MiB, MIN)
+        assert (fields["children"], fields["children_rss_mib"], fields["fresh_rss_mib"]) == (3, 215.0, 60.0)
+        assert (fields["largest_pid"], fields["largest_relief_mib"], fields["min_relief_mib"]) == (3, 25.0, 32.0)
+        assert "outside the children" in str(fields["cause"])
+        assert [] == policy.check_pool(lean, 5.0, system(900, at=5.0)) and policy.findings() == []  # episode over
+        assert [] == policy.check_pool(lean, 6.0, system(100, at=6.0))
+        assert ["memguard.pressure_unrelieved"] == [f.event for f in policy.findings()]  # a new episode
+
+    def test_a_replacement_child_is_fresh(self) -> None:
+        """After the grown victim left, its replacement (first seen small) is not the next victim."""
+        policy = SystemPressure(min_available=MIN, relief_settle=0.0)
+        policy.check_pool([child(1, 60), child(2, 60)], 0.0, system(900, at=0.0))
+        assert [1] == [pid for pid, _ in policy.check_pool([child(1, 300), child(2, 60)], 1.0, system(100, at=1.0))]
+        policy.child_exited(1)
+        after = [child(2, 60), child(3, 61)]
+        for poll in (2.0, 3.0, 4.0):
+            assert [] == policy.check_pool(after, poll, system(100, at=poll))
+        assert ["memguard.pressure_unrelieved"] == [f.event for f in policy.findings()]
+
+    def test_fresh_rss_follows_the_latest_children(self) -> None:
+        """The fresh reference is the smallest first reading of the last 8 children: it rises with the master."""
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool([child(1, 50)], 0.0, system(900))
+        for pid in range(2, 10):
+            policy.child_exited(pid - 1)
+            policy.check_pool([child(pid, 120)], float(pid), system(900))
+        assert policy.fresh_rss == 120 * MiB
+
+    def test_a_leaving_child_defers_the_report(self) -> None:
+        """While another order is on its way out, no unrelieved finding yet (its exit may end the pressure)."""
+        policy = SystemPressure(min_available=MIN)
+        leaving = replace(child(2, 300), pending=Action.RECYCLE)
+        policy.check_pool([child(1, 60), child(2, 60)], 0.0, system(900))
+        assert [] == policy.check_pool([child(1, 60), leaving], 1.0, system(100))
+        assert policy.findings() == []
+
+    def test_min_relief_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="min_relief"):
+            SystemPressure(min_available=MIN, min_relief=0)
+
+
 class TestSystemPressureInEngine:
     """SystemPressure in the Engine, fed with decide(..., system=...)."""
 
     def test_recycles_idle_then_busy_one_at_a_time(self) -> None:
         """Sustained pressure recycles one child per departure: the idle one first, then the busy one."""
-        e = engine([SystemPressure(min_available=MIN)])
+        e = engine([SystemPressure(min_available=MIN, min_relief=None)])
         both = [child(1, 900, "a"), child(2, 300)]
         assert [(Action.RECYCLE, 2, "pressure")] == acts(e.decide(both, 0.0, system=system(100)))
         assert [] == e.decide(both, 1.0, system=system(100))
@@ -201,6 +264,13 @@ class TestSystemPressureInEngine:
         e = engine([SystemPressure(min_available=MIN)])
         e.decide([child(1, 900, "a"), child(2, 300)], 0.0, system=system(100))
         assert [] == e.decide([child(1, 900, "a"), child(3, 60)], 1.0, system=system(900))
+
+    def test_unrelieved_pressure_reaches_engine_findings(self) -> None:
+        """The policy's pressure_unrelieved finding comes out of Engine.findings(); no decision is made."""
+        e = engine([SystemPressure(min_available=MIN)])
+        lean = [child(1, 60), child(2, 62)]
+        assert [] == e.decide(lean, 0.0, system=system(100)) == e.decide(lean, 1.0, system=system(100, at=1.0))
+        assert ["memguard.pressure_unrelieved"] == [f.event for f in e.findings()]
 
     def test_without_system_sample_nothing(self) -> None:
         """decide() without a system sample (the old call form) never triggers pressure."""
