@@ -283,7 +283,9 @@ class LeakSiteTracer:
             for item in row:
                 own[id(item)] = item
         growth = summary.get_diff(summary.summarize(list(own.values())), summary.get_diff(before, after))
-        rows = [r for r in growth if r[2] > 0 and r[1] > 0]
+        # Size, not count: objects of the same type freed during the call (the job's message bytes) can
+        # cancel the count of what it kept.
+        rows = [r for r in growth if r[2] > 0]
         rows.sort(key=lambda r: r[2], reverse=True)
         containers = ("list", "dict", "tuple", "frame", "cell", "function")
         result = []

@@ -17,6 +17,7 @@ from .model import (
     ErrorItem,
     HeavyTask,
     HostReport,
+    LostChildren,
     MasterGrowth,
     Report,
     Site,
@@ -98,6 +99,8 @@ class _Host:
         self.heavy: dict[str, HeavyTask] = {}
         self.errors: dict[tuple[str, str], ErrorItem] = {}
         self.config_ts: str | None = None
+        self.storm_ts: str | None = None
+        self.unrelieved_ts: str | None = None
 
     def suspect(self, task: str) -> Suspect:
         found = self.suspects.get(task)
@@ -248,6 +251,38 @@ class Aggregator:
     def _would_kill(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         _count(host.report.interventions.would_kill, event)
 
+    def _child_lost(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
+        lost: LostChildren = host.report.lost
+        signal = _str(event, "signal") or f"exit code {_int(event, 'exitcode')}"
+        likely = event.get("likely_oom")
+        if likely is not None and not isinstance(likely, bool):
+            raise _Invalid("likely_oom")
+        mem = _num(event, "last_mem_mib")
+        reason = _str(event, "reason")
+        task = _str(event, "task")
+        lost.count += 1
+        lost.likely_oom += bool(likely)
+        lost.by_signal[signal] = lost.by_signal.get(signal, 0) + 1
+        if task:
+            lost.tasks[task] = lost.tasks.get(task, 0) + 1
+        if mem is not None:
+            lost.max_last_mem_mib = mem if lost.max_last_mem_mib is None else max(lost.max_last_mem_mib, mem)
+        if _later(ts, lost.last_seen):
+            lost.last_seen, lost.last_reason = ts, reason or lost.last_reason
+
+    def _recycle_storm(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
+        cause = _str(event, "cause")
+        host.report.recycle_storms += 1
+        if _later(ts, host.storm_ts):
+            host.storm_ts, host.report.recycle_storm_cause = ts, cause or host.report.recycle_storm_cause
+
+    def _pressure_unrelieved(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
+        cause = _str(event, "cause")
+        host.report.pressure_unrelieved += 1
+        if _later(ts, host.unrelieved_ts):
+            host.unrelieved_ts = ts
+            host.report.pressure_unrelieved_cause = cause or host.report.pressure_unrelieved_cause
+
     def _master_growth(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         growth = MasterGrowth(
             mem_mib=_num(event, "mem_mib"),
@@ -323,6 +358,9 @@ _HANDLERS = {
     "memguard.would_recycle": Aggregator._would_recycle,
     "memguard.would_kill": Aggregator._would_kill,
     "memguard.master_growth": Aggregator._master_growth,
+    "memguard.child_lost": Aggregator._child_lost,
+    "memguard.recycle_storm": Aggregator._recycle_storm,
+    "memguard.pressure_unrelieved": Aggregator._pressure_unrelieved,
     "memguard.error": Aggregator._error,
     "memguard.pool_unsupported": Aggregator._pool_unsupported,
     "memguard.stopped": Aggregator._stopped,
@@ -417,6 +455,43 @@ def verdict(report: Report) -> Verdict:
         if killed:
             advice.append("Tasks were stopped at the hard limit: fix the leak or heavy task named above, or give "
                           "the worker more headroom between the soft and the hard limit.")
+    lost_hosts = [h for h in report.hosts if h.lost.count]
+    lost = sum(h.lost.count for h in lost_hosts)
+    if lost:
+        oom = sum(h.lost.likely_oom for h in lost_hosts)
+        running_at_death: dict[str, int] = {}
+        for h in lost_hosts:
+            for task, count in h.lost.tasks.items():
+                running_at_death[task] = running_at_death.get(task, 0) + count
+        running = ", ".join(f"{task} ({count})" for task, count in
+                            sorted(running_at_death.items(), key=lambda kv: (-kv[1], kv[0])))
+        findings.append(
+            f"{lost} pool {'child was' if lost == 1 else 'children were'} killed outside MemGuard "
+            f"({oom} likely by the OOM killer) on {_hosts_text([h.hostname for h in lost_hosts])}"
+            + (f", while running {running}." if running else ".")
+        )
+        if oom:
+            advice.append("Children were OOM-killed before MemGuard acted (Celery shows WorkerLostError: signal 9): "
+                          "set memguard_hard_limit per child, and memguard_min_available or memguard_pool_limit "
+                          "below the container's limit, so MemGuard recycles or stops a task first; the tasks "
+                          "named above were running when the kernel struck.")
+
+    unrelieved = [h for h in report.hosts if h.pressure_unrelieved]
+    if unrelieved:
+        episodes = sum(h.pressure_unrelieved for h in unrelieved)
+        findings.append(f"Memory pressure no pool child could relieve ({episodes} "
+                        f"episode{'s' if episodes != 1 else ''}) on {_hosts_text([h.hostname for h in unrelieved])}.")
+        advice.append("Pressure came from memory held outside the pool children (the master, other processes in "
+                      "the container, tmpfs or page cache that cannot be reclaimed): recycling children cannot "
+                      "free it. Find that process, or lower memguard_pressure_min_relief if your children's "
+                      "normal size is what fills the memory.")
+
+    storms = sum(h.recycle_storms for h in report.hosts)
+    if storms:
+        cause = next((h.recycle_storm_cause for h in report.hosts if h.recycle_storm_cause), None)
+        findings.append(f"Recycles were rate-limited in {storms} storm episode{'s' if storms != 1 else ''}"
+                        + (f": {cause}" if cause else "."))
+
     would = sum(sum(h.interventions.would_recycle.values()) + sum(h.interventions.would_kill.values())
                 for h in report.hosts)
     if would:
@@ -433,7 +508,7 @@ def verdict(report: Report) -> Verdict:
         status = "leak"
         headline = f"LEAK: {len(leaks)} task{'s' if len(leaks) != 1 else ''} retain{'s' if len(leaks) == 1 else ''} " \
                    f"memory on every call."
-    elif heavy or any(h.master for h in report.hosts) or killed:
+    elif heavy or any(h.master for h in report.hosts) or killed or lost or unrelieved or storms:
         status = "attention"
         headline = "ATTENTION: no leaking task, but memory problems were found."
     else:

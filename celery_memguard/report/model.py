@@ -17,6 +17,7 @@ __all__ = [
     "Suspect",
     "HeavyTask",
     "Interventions",
+    "LostChildren",
     "MasterGrowth",
     "ErrorItem",
     "HostReport",
@@ -116,6 +117,19 @@ class Interventions:
 
 
 @dataclass
+class LostChildren:
+    """Pool children killed by a signal MemGuard did not send (``memguard.child_lost``): OOM kills and others."""
+
+    count: int = 0
+    likely_oom: int = 0
+    by_signal: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, int] = field(default_factory=dict)  #: the task each child was running when it died
+    max_last_mem_mib: float | None = None
+    last_reason: str | None = None
+    last_seen: str | None = None
+
+
+@dataclass
 class MasterGrowth:
     """The latest ``memguard.master_growth`` of a host."""
 
@@ -152,6 +166,13 @@ class HostReport:
     suspects: list[Suspect] = field(default_factory=list)
     heavy: list[HeavyTask] = field(default_factory=list)
     interventions: Interventions = field(default_factory=Interventions)
+    lost: LostChildren = field(default_factory=LostChildren)
+    #: ``memguard.recycle_storm`` episodes (recycles held back by the rate limit) and the latest one's cause.
+    recycle_storms: int = 0
+    recycle_storm_cause: str | None = None
+    #: ``memguard.pressure_unrelieved`` episodes (pressure no pool child could relieve) and the latest cause.
+    pressure_unrelieved: int = 0
+    pressure_unrelieved_cause: str | None = None
     master: MasterGrowth | None = None
     errors: list[ErrorItem] = field(default_factory=list)
     unsupported_pools: list[str] = field(default_factory=list)

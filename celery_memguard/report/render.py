@@ -135,6 +135,28 @@ def _host(host: HostReport) -> list[str]:
         out.append(f"  Dry run, would recycle: {_counts(acts.would_recycle) or 'none'}; "
                    f"would kill: {_counts(acts.would_kill) or 'none'}")
 
+    lost = host.lost
+    if lost.count:
+        line = (f"  Children lost outside MemGuard: {lost.count:,} ({lost.likely_oom:,} likely OOM; "
+                f"{_counts(lost.by_signal)})")
+        if lost.max_last_mem_mib is not None:
+            line += f", last memory up to {_n(lost.max_last_mem_mib)} MiB"
+        out.append(line)
+        if lost.tasks:
+            out.append(f"    running: {_counts(lost.tasks)}")
+        if lost.last_reason:
+            out.extend(_wrap(f"latest: {lost.last_reason}", "    "))
+    else:
+        out.append("  Children lost outside MemGuard: none")
+    if host.recycle_storms:
+        out.append(f"  Recycle storms: {host.recycle_storms:,}")
+        if host.recycle_storm_cause:
+            out.extend(_wrap(host.recycle_storm_cause, "    "))
+    if host.pressure_unrelieved:
+        out.append(f"  Pressure no child could relieve: {_plural(host.pressure_unrelieved, 'episode')}")
+        if host.pressure_unrelieved_cause:
+            out.extend(_wrap(host.pressure_unrelieved_cause, "    "))
+
     m = host.master
     if m is None:
         out.append("  Master growth: none")

@@ -134,6 +134,14 @@ class Worker:
         """MemGuard's JSON events so far (optionally only ``name``)."""
         return read_events(self.event_file, name)
 
+    def report(self) -> dict[str, Any]:
+        """``python -m celery_memguard report EVENTS --format json`` on this worker's event log, parsed."""
+        proc = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(self.event_file),
+                               "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        report: dict[str, Any] = json.loads(proc.stdout)
+        return report
+
     def wait_for_event(self, name: str, timeout: float = 30.0,
                        where: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
         """The first ``name`` event matching ``where``, waiting up to ``timeout`` seconds."""

@@ -57,6 +57,13 @@ def test_externally_killed_child_is_reported_with_its_task(start_worker: StartWo
                what="the killed child to be replaced")
     assert worker.events("memguard.error") == []
 
+    report = worker.report()  # the report command counts the loss, with the task it was running
+    (host,) = report["hosts"]
+    assert host["lost"]["count"] == 1 and host["lost"]["likely_oom"] == 0, host["lost"]
+    assert host["lost"]["tasks"] == {"pt.sleep": 1} and host["lost"]["by_signal"] == {"SIGKILL": 1}, host["lost"]
+    assert report["verdict"]["status"] == "attention", report["verdict"]
+    assert any("killed outside MemGuard (0 likely by the OOM killer)" in f for f in report["verdict"]["findings"])
+
 
 def test_a_child_memguard_sigkills_is_not_reported_lost(start_worker: StartWorker, redis_url: str,
                                                         tmp_path: Path) -> None:

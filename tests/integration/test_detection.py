@@ -27,8 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +37,7 @@ import pytest
 from celery_memguard.probes import heap_probe
 
 from . import detect_tasks as dt
-from .conftest import REPO, Outcome, StartWorker, Worker, wait_until
+from .conftest import Outcome, StartWorker, Worker, wait_until
 
 MiB = 1024 * 1024
 POLL_INTERVAL = 0.2
@@ -90,10 +88,7 @@ class Run:
 
     def report(self) -> dict[str, Any]:
         """``python -m celery_memguard report EVENTS --format json``, parsed."""
-        proc = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(self.worker.event_file),
-                               "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        return self.worker.report()
 
     def summary(self) -> str:
         """The detection events of the run, for failure messages."""

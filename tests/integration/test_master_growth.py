@@ -24,8 +24,6 @@ The growth test takes ~25 s here (the event comes ~22 s after the worker starts)
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +32,7 @@ from typing import Any
 import psutil
 from celery.result import AsyncResult
 
-from .conftest import REPO, StartWorker, Worker
+from .conftest import StartWorker, Worker
 
 MiB = 1024 * 1024
 GRACE = 2.0
@@ -103,15 +101,6 @@ def _stream(worker: Worker, seconds: float, *, until_event: bool) -> Stream:
     return stream
 
 
-def _report(worker: Worker) -> dict[str, Any]:
-    """``python -m celery_memguard report EVENTS --format json``, parsed."""
-    proc = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(worker.event_file),
-                           "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    report: dict[str, Any] = json.loads(proc.stdout)
-    return report
-
-
 def _wall_clock(ts: str) -> float:
     """Wall-clock seconds of an event's ISO ``ts``."""
     return datetime.fromisoformat(ts).timestamp()
@@ -151,7 +140,7 @@ def test_growing_master_is_reported(start_worker: StartWorker, redis_url: str) -
     assert isinstance(event["reserved"], int), event
     assert "the master" in event["note"], event
 
-    report = _report(worker)
+    report = worker.report()
     (host,) = report["hosts"]
     master = host["master"]
     assert master is not None, host
@@ -174,6 +163,6 @@ def test_flat_master_is_not_reported(start_worker: StartWorker, redis_url: str) 
     assert growth < THRESHOLD_MIB / 2, growth  # the control's master really stays flat
     assert worker.events(MASTER_GROWTH) == [], worker.diagnostics()
     assert worker.events("memguard.error") == [], worker.diagnostics()
-    report = _report(worker)
+    report = worker.report()
     (host,) = report["hosts"]
     assert host["master"] is None, host["master"]

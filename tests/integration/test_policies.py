@@ -162,6 +162,8 @@ def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it
         assert report["min_relief_mib"] == 32.0 and report["largest_relief_mib"] < 32.0, report
         assert report["children"] == 3 and "outside the children" in report["cause"], report
     assert worker.events("memguard.error") == []
+    (host,) = worker.report()["hosts"]  # the report command counts the episode(s)
+    assert host["pressure_unrelieved"] == len(unrelieved) and host["interventions"]["recycled"] == {"pressure": 1}
     print("pressure_unrelieved (fresh_rss_mib, largest_relief_mib, children_rss_mib):",
           [(r["fresh_rss_mib"], r["largest_relief_mib"], r["children_rss_mib"]) for r in unrelieved],
           "recycled mem_mib:", event["mem_mib"])

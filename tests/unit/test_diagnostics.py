@@ -294,3 +294,12 @@ def test_modes_and_off() -> None:
     tracer = LeakSiteTracer("off")
     tracer.before("leaky")
     assert not tracer.active and not tracemalloc.is_tracing()
+
+
+def test_type_growth_keeps_a_type_whose_size_grew_with_no_net_count() -> None:
+    """A call that keeps a 2 MiB bytes while a message's bytes is freed: bytes grew by size, count 0."""
+    pytest.importorskip("pympler")
+    before = [["<class 'bytes'>", 5, 1000], ["<class 'int'>", 10, 280]]
+    after = [["<class 'bytes'>", 5, 1000 + 2 * 1024 * 1024], ["<class 'int'>", 9, 252]]
+    growth = LeakSiteTracer._type_growth(before, after)
+    assert [("bytes" in g["type"], g["count"], g["size_kib"]) for g in growth] == [(True, 0, 2048.0)]

@@ -75,7 +75,7 @@ class TestFixture:
     def test_counts(self) -> None:
         """The sample log's lines are counted as events, foreign and corrupt lines."""
         report = build_report([str(FIXTURE)])
-        assert (report.lines, report.events, report.foreign, report.corrupt) == (26, 15, 10, 1)
+        assert (report.lines, report.events, report.foreign, report.corrupt) == (27, 16, 10, 1)
         assert [h.hostname for h in report.hosts] == ["celery@web-1", "celery@web-2"]
 
     def test_suspect_with_sites_and_types(self) -> None:
@@ -97,6 +97,9 @@ class TestFixture:
         assert web2.master is not None and "likely account" in (web2.master.note or "")
         assert web2.master.reports == 2
         assert [(e.where, e.count) for e in web2.errors] == [("monitor.exact_reading", 1)]
+        assert (web1.lost.count, web2.lost.count, web2.lost.likely_oom) == (0, 1, 1)
+        assert web2.lost.tasks == {"app.tasks.render_pdf": 1} and web2.lost.by_signal == {"SIGKILL": 1}
+        assert web2.lost.max_last_mem_mib == 702.4 and "oom_kill" in (web2.lost.last_reason or "")
 
     def test_verdict(self) -> None:
         """The verdict names the leak first and gives advice for each finding."""
@@ -105,6 +108,9 @@ class TestFixture:
         assert verdict.findings[0].startswith("app.tasks.export_report retains ~2,048.0 KiB per call")
         assert any("reports.py:88" in a for a in verdict.advice)
         assert any("own queue" in a for a in verdict.advice)
+        assert any("killed outside MemGuard (1 likely by the OOM killer)" in f and "app.tasks.render_pdf (1)" in f
+                   for f in verdict.findings), verdict.findings
+        assert any("OOM-killed before MemGuard acted" in a for a in verdict.advice)
 
     def test_docs_show_the_real_output(self) -> None:
         """docs/detection.md's worked example is exactly what the renderer prints for the sample log."""
@@ -254,6 +260,37 @@ class TestAggregation:
         assert host.interventions.would_kill == {"hard_limit": 1}
         assert host.other_events == {"memguard.from_the_future": 1}
 
+    def test_storms_and_unrelieved_pressure(self) -> None:
+        """recycle_storm and pressure_unrelieved episodes are counted per host with the latest cause."""
+        aggregator = Aggregator()
+        aggregator.feed(json.loads(event("memguard.recycle_storm", cause="old cause")))
+        aggregator.feed(json.loads(event("memguard.recycle_storm", ts="2026-11-21T14:00:00.000+00:00",
+                                         cause="12 recycles a minute for soft_limit")))
+        aggregator.feed(json.loads(event("memguard.pressure_unrelieved", cause="held outside the children")))
+        report = aggregator.build([])
+        host = report.hosts[0]
+        assert (host.recycle_storms, host.recycle_storm_cause) == (2, "12 recycles a minute for soft_limit")
+        assert (host.pressure_unrelieved, host.pressure_unrelieved_cause) == (1, "held outside the children")
+        assert report.verdict.status == "attention"
+        assert any("no pool child could relieve (1 episode)" in f for f in report.verdict.findings)
+        assert any("storm episodes: 12 recycles" in f for f in report.verdict.findings)
+        text = render_text(report)
+        assert "Recycle storms: 2" in text and "Pressure no child could relieve: 1 episode" in text
+
+    def test_child_lost_without_oom_and_with_bad_fields(self) -> None:
+        """A child killed by an operator is counted, not called an OOM; a non-boolean likely_oom is corrupt."""
+        aggregator = Aggregator()
+        assert aggregator.feed(json.loads(event("memguard.child_lost", signal="SIGTERM", exitcode=-15,
+                                                task=None, likely_oom=False, reason="not killed by SIGKILL")))
+        assert not aggregator.feed(json.loads(event("memguard.child_lost", signal="SIGKILL", likely_oom="yes")))
+        assert aggregator.feed(json.loads(event("memguard.child_lost", exitcode=3, likely_oom=False)))
+        report = aggregator.build([])
+        lost = report.hosts[0].lost
+        assert (lost.count, lost.likely_oom, lost.tasks) == (2, 0, {})
+        assert lost.by_signal == {"SIGTERM": 1, "exit code 3": 1}
+        assert (aggregator.corrupt, report.verdict.status) == (1, "attention")
+        assert not any("OOM-killed" in a for a in report.verdict.advice)
+
     def test_heavy_occurrences_add_up(self) -> None:
         """Heavy-task events add their occurrences and keep the largest peak."""
         aggregator = Aggregator()
@@ -268,10 +305,11 @@ class TestRendering:
     def test_text_sections(self) -> None:
         """The text report has the counts line, the verdict, and every section per host."""
         text = render_text(build_report([str(FIXTURE)]))
-        for needle in ("Read 1 file, 26 lines: 15 MemGuard events, 10 foreign lines and 1 corrupt line skipped.",
+        for needle in ("Read 1 file, 27 lines: 16 MemGuard events, 10 foreign lines and 1 corrupt line skipped.",
                        "Verdict: LEAK", "Leak suspects (ranked", "sites:", "types:", "Heavy tasks",
                        "Recycles by reason: hard_limit 1, soft_limit 1", "Kills by reason:    hard_limit 1",
-                       "Master growth: +", "Errors: 1", "celery@web-2"):
+                       "Master growth: +", "Errors: 1", "celery@web-2",
+                       "Children lost outside MemGuard: 1 (1 likely OOM; SIGKILL 1)", "running: app.tasks.render_pdf 1"):
             assert needle in text
 
     def test_json_round_trip(self) -> None:
