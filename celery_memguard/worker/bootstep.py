@@ -233,9 +233,17 @@ def _mib(value: int | None) -> float | None:
 
 
 def _pool_name(parent: Any) -> str:
+    """The ``--pool`` name of the worker's pool class (its alias in Celery, e.g. ``threads``), else its module."""
     pool_cls = getattr(parent, "pool_cls", None)
     module = getattr(pool_cls, "__module__", "") or ""
-    return module.rsplit(".", 1)[-1] or str(pool_cls)
+    try:
+        from celery.concurrency import ALIASES
+
+        target = f"{module}:{getattr(pool_cls, '__name__', '')}"
+        alias = next((name for name, path in ALIASES.items() if path == target and name != "processes"), None)
+    except Exception:  # an unusual Celery build: fall back to the module name
+        alias = None
+    return alias or module.rsplit(".", 1)[-1] or str(pool_cls)
 
 
 class _PoolView:
