@@ -1,6 +1,6 @@
-"""Command-line entry points for the leak report.
+"""Command-line entry points: the leak report, and the live status of running workers.
 
-Two front ends over one function, :func:`run_report`:
+The report has two front ends over one function, :func:`run_report`:
 
 * ``python -m celery_memguard report FILE... [--format text|json]`` (argparse,
   :func:`main`);
@@ -11,11 +11,17 @@ Two front ends over one function, :func:`run_report`:
 ``-`` reads standard input. The exit status is 0 when at least one input could be
 read, whatever it contained (foreign and corrupt lines are counted in the report,
 not fatal), and 2 when none could (or on a usage error).
+
+``celery -A proj memguard status [-d WORKER,...] [--timeout S] [--format text|json]``
+broadcasts the ``memguard`` inspect command (:mod:`celery_memguard.worker.control`)
+and prints each worker's reply (:func:`render_status`); exit status 2 when no worker
+replied in time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Sequence, TextIO
@@ -24,7 +30,7 @@ import click
 
 from .report import build_report, render_json, render_text
 
-__all__ = ["run_report", "build_parser", "main", "memguard", "FORMATS"]
+__all__ = ["run_report", "build_parser", "main", "memguard", "render_status", "FORMATS"]
 
 FORMATS = ("text", "json")
 EXIT_OK = 0
@@ -98,3 +104,128 @@ def report_command(files: tuple[str, ...], fmt: str) -> None:
         code = EXIT_OK
     if code:
         raise SystemExit(code)
+
+
+def _num(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,.{digits}f}{unit}"
+    return str(value)
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def _worker_status(hostname: str, status: Any) -> list[str]:
+    """One worker's reply as text (any shape: a foreign or failing reply is shown, never raised on)."""
+    if not isinstance(status, dict):
+        return [f"{hostname}: unexpected reply {status!r}"]
+    if "error" in status:
+        return [f"{hostname}: {status['error']}"]
+    limits = status.get("limits") or {}
+    metric = status.get("metric", "?")
+    head = [f"pool {status.get('pool', '?')}", f"metric {metric}"]
+    for key, label in (("soft_limit_mib", "soft"), ("hard_limit_mib", "hard"), ("pool_limit_mib", "pool budget"),
+                       ("min_available_mib", "min available")):
+        if limits.get(key) is not None:
+            head.append(f"{label} {_num(limits[key], ' MiB')}")
+    if status.get("dry_run"):
+        head.append("DRY RUN")
+    out = [f"{hostname}  ({', '.join(head)})"]
+    if not status.get("active"):
+        out.append(f"  not policing: {status.get('reason', '?')}")
+    else:
+        out.append(f"  {_num(status.get('polls'), digits=0)} polls, last {_num(status.get('poll_age_s'), ' s', 2)} ago")
+    master = status.get("master")
+    if isinstance(master, dict):
+        out.append(f"  master pid {master.get('pid')}: {metric} {_num(master.get('mem_mib'), ' MiB')}, "
+                   f"rss {_num(master.get('rss_mib'), ' MiB')}")
+    system = status.get("system")
+    if isinstance(system, dict):
+        psi = system.get("psi_some_avg10")
+        out.append(f"  available {_num(system.get('available_mib'), ' MiB')} of {_num(system.get('total_mib'), ' MiB')}"
+                   + (f", PSI some avg10 {psi:.2f}" if isinstance(psi, (int, float)) else ""))
+    children = status.get("children")
+    if isinstance(children, list) and children:
+        rows = [["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"]]
+        for c in children:
+            if not isinstance(c, dict):
+                continue
+            mem = _num(c.get("mem_mib"))
+            rows.append([str(c.get("pid")), mem if c.get("exact", True) else "<=" + mem, _num(c.get("rss_mib")),
+                         _num(c.get("tasks_run"), digits=0), _age(c.get("age_s")), c.get("leaving") or "",
+                         f"{c.get('task')} {c.get('task_id')}" if c.get("task") else "idle"])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [cell.rjust(widths[i]) if 0 < i < 5 else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+            out.append(("    " + "  ".join(cells)).rstrip())
+        total = _num(status.get("pool_mib"), " MiB")
+        out.append(f"    pool total {total if status.get('pool_exact', True) else '<=' + total}"
+                   + ("" if all(isinstance(c, dict) and c.get("exact", True) for c in children) else
+                      " (<= marks an upper bound: the exact reading was not needed)"))
+    suspects = status.get("suspects") or []
+    if suspects:
+        out.append("  leak suspects:")
+        for item in suspects:
+            if isinstance(item, dict):
+                out.append(f"    {item.get('task')}: {_num(item.get('kib_per_call'))} KiB/call, confidence "
+                           f"{_num(item.get('confidence'), digits=2)}, {_num(item.get('calls_observed'), digits=0)} "
+                           f"calls in {_num(item.get('children'), digits=0)} children")
+    else:
+        out.append("  leak suspects: none")
+    heavy = status.get("heavy_tasks") or {}
+    if isinstance(heavy, dict) and heavy:
+        out.append("  heavy tasks: " + ", ".join(f"{task} x{count}" for task, count in sorted(heavy.items())))
+    growth = status.get("master_growth")
+    if isinstance(growth, dict):
+        out.append(f"  master growth: +{_num(growth.get('growth_mib'), ' MiB')} "
+                   f"({_num(growth.get('mib_per_hour'), ' MiB/h')})")
+    decisions = status.get("decisions") or {}
+    if isinstance(decisions, dict):
+        out.append("  decisions: " + (", ".join(f"{k} {v}" for k, v in decisions.items()) or "none"))
+    return out
+
+
+def render_status(replies: list[dict[str, Any]]) -> str:
+    """``celery memguard status`` text for the broadcast replies (``[{hostname: status}, ...]``)."""
+    out: list[str] = []
+    for reply in replies:
+        for hostname, status in sorted(reply.items()):
+            if out:
+                out.append("")
+            out.extend(_worker_status(hostname, status))
+    return "\n".join(out) + "\n"
+
+
+@memguard.command(name="status")
+@click.option("-d", "--destination", help="comma-separated worker names to ask (default: all)")
+@click.option("-t", "--timeout", type=float, default=1.0, show_default=True, help="seconds to wait for replies")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="output format")
+@click.pass_context
+def status_command(ctx: click.Context, destination: str | None, timeout: float, fmt: str) -> None:
+    """Ask running workers what MemGuard sees now: children's memory, limits, suspects, decisions."""
+    from .worker import control  # registers the command for Celery's broadcast (and needs Celery)
+
+    app = getattr(ctx.obj, "app", None)
+    if app is None:
+        raise click.UsageError("needs the app: celery -A proj memguard status")
+    replies = app.control.broadcast(control.COMMAND, reply=True, timeout=timeout,
+                                    destination=destination.split(",") if destination else None) or []
+    if not replies:
+        click.echo(f"memguard status: no worker replied within {timeout} s (is the worker running, with "
+                   "remote control enabled and MemGuard installed?)", err=True)
+        raise SystemExit(EXIT_NO_INPUT)
+    if fmt == "json":
+        merged = {name: status for reply in replies for name, status in reply.items()}
+        click.echo(json.dumps(merged, indent=2, sort_keys=True))
+    else:
+        click.echo(render_status(replies), nl=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections import Counter
 from typing import Callable, Iterable, Sequence
 
 from . import events
@@ -32,7 +33,7 @@ from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .detectors.base import Detector, Finding
 from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "PollView"]
 
 #: Seconds between exact readings even when the cheap bound says "well below" (at least; longer for
 #: children whose exact reading is costly, see MetricEstimate).
@@ -45,6 +46,18 @@ FIRST_POLL = 0.02
 MASTER_EXACT_EVERY = 10.0
 #: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
 SYSTEM_EVERY = 0.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PollView:
+    """What the latest poll saw, published whole after each poll so another thread (the ``memguard``
+    remote-control command) can read it without locks. ``master`` is ``(mem, rss, at)`` of the
+    latest exact reading of the worker's main process, or None when it is not read."""
+
+    at: float
+    children: tuple[ChildSample, ...]
+    system: SystemSample | None
+    master: tuple[int, int, float] | None
 
 
 class _Tracked:
@@ -123,6 +136,10 @@ class Monitor:
         self._oom_baseline = self._read_oom_kills()
         self.polls = 0
         self.decisions = 0
+        #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done).
+        self.decided: Counter[tuple[str, str]] = Counter()
+        self.last_poll: PollView | None = None
+        self._master_reading: tuple[int, int, float] | None = None
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -192,6 +209,7 @@ class Monitor:
         system = self._read_system(now)
         for decision in self.engine.decide(samples, now, system=system):
             self.decisions += 1
+            self.decided[(decision.action.value, decision.reason)] += 1
             try:
                 self.actuator.apply(decision, index_of.get(decision.pid))
                 if decision.action is Action.FORCE_KILL and not self.actuator.dry_run:
@@ -207,6 +225,7 @@ class Monitor:
                     self.actuator.remind(sample.pid)
                 except Exception as exc:
                     events.error("actions.remind", exc)
+        self.last_poll = PollView(now, tuple(samples), system, self._master_reading)
         return self.engine.next_delay
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:
@@ -283,6 +302,7 @@ class Monitor:
             if now - self._master_exact_at >= self.master_every:
                 self._master_exact = self._master_probe.exact(self.metric)
                 self._master_exact_at = now
+                self._master_reading = (self._master_exact, rss, now)
             else:
                 return
             reserved = self.reserved() if self.reserved is not None else None

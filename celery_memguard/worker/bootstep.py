@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import time
 from typing import Any
 
 import click
@@ -26,7 +27,7 @@ from ..actions import Actuator
 from ..board import TRACE_MAX, Board
 from ..config import MemGuardConfig
 from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
-from ..detectors.base import LEAK_CLEARED, LEAK_SUSPECTED, Finding
+from ..detectors.base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
 from ..engine import Engine
 from ..exceptions import ConfigError
 from ..monitor import Monitor
@@ -35,6 +36,7 @@ from ..probes import HeapProbe, effective_memory, heap_probe
 from ..probes.system import oom_kill_count, read_system
 from ..samples import MiB
 from . import child
+from .control import status_of
 
 __all__ = ["MemGuard", "WorkerConfigError"]
 
@@ -82,13 +84,20 @@ class MemGuard(bootsteps.StartStopStep):
         self.monitor: Monitor | None = None
         self.board: Board | None = None
         self.prefork = False
+        self.pool_name = "?"
         self._suspects: list[str] = []
+        # What the findings said so far, for the ``memguard`` inspect command (written by the monitor
+        # thread, replaced whole, never mutated in place: the command's thread reads them as they are).
+        self._live_suspects: dict[str, dict[str, Any]] = {}
+        self._live_heavy: dict[str, int] = {}
+        self._live_master: dict[str, Any] | None = None
 
     def include_if(self, parent: Any) -> bool:
         return self.config.enabled
 
     def create(self, parent: Any) -> "MemGuard":
         cfg = self.config
+        parent.memguard = self  # the ``memguard`` inspect command finds the step here (worker/control.py)
         events.configure(fmt=cfg.log_format, log_file=cfg.log_file, hostname=getattr(parent, "hostname", None))
         try:
             from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -106,7 +115,7 @@ class MemGuard(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         cfg = self.config
-        pool_name = _pool_name(parent)
+        pool_name = self.pool_name = _pool_name(parent)
         engine: Engine | None = None
         try:
             engine = Engine.from_config(cfg, rng=random.Random())
@@ -173,9 +182,41 @@ class MemGuard(bootsteps.StartStopStep):
 
     terminate = stop
 
+    def status(self) -> dict[str, Any]:
+        """What MemGuard sees right now (the ``memguard`` inspect command's reply)."""
+        return status_of(self, time.monotonic())
+
+    def live_suspects(self) -> dict[str, dict[str, Any]]:
+        """The current leak suspects' latest ``memguard.leak_suspected`` fields, by task."""
+        return self._live_suspects
+
+    def live_heavy(self) -> dict[str, int]:
+        """How many ``memguard.heavy_task`` findings each task has had."""
+        return self._live_heavy
+
+    def live_master_growth(self) -> dict[str, Any] | None:
+        """The latest ``memguard.master_growth`` fields, or None."""
+        return self._live_master
+
+    def _remember(self, finding: Finding) -> None:
+        """Keep what the status command shows; each table is replaced, never changed in place."""
+        task = finding.task or str(finding.fields.get("task") or "")
+        if finding.event == LEAK_SUSPECTED and task:
+            self._live_suspects = {**self._live_suspects, task: dict(finding.fields)}
+        elif finding.event == LEAK_CLEARED and task in self._live_suspects:
+            self._live_suspects = {k: v for k, v in self._live_suspects.items() if k != task}
+        elif finding.event == HEAVY_TASK and task:
+            self._live_heavy = {**self._live_heavy, task: self._live_heavy.get(task, 0) + 1}
+        elif finding.event == MASTER_GROWTH:
+            self._live_master = dict(finding.fields)
+
     def _on_finding(self, finding: Finding) -> None:
         """Log a detector's finding; publish leak suspects so children trace their allocation sites."""
         events.emit(finding.event, "error" if finding.event == events.ERROR else "warning", **finding.fields)
+        try:
+            self._remember(finding)
+        except Exception as exc:
+            events.error("bootstep.status", exc)
         if finding.task is None or self.board is None or self.config.diagnostics == "off":
             return
         if finding.event == LEAK_SUSPECTED and finding.task not in self._suspects:

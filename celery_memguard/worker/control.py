@@ -1,0 +1,115 @@
+"""Remote control: the ``memguard`` inspect command, and the live status it returns.
+
+``celery -A proj inspect memguard`` (or ``celery -A proj memguard status``, which
+renders the same replies as a table) asks every worker what MemGuard sees right
+now: each pool child's memory (exact, or an upper bound marked as such), its
+current task, task count, age and any order already given to it; the master's
+memory and the system's available memory when they are read; the limits; the
+current leak suspects, heavy tasks and master growth; and the decisions taken
+so far by action and reason.
+
+The command runs in the worker's consumer thread while the monitor thread
+polls: it reads only what the monitor publishes whole after each poll
+(:class:`~celery_memguard.monitor.PollView`) and copies of the bootstep's
+finding tables, never the detectors' or the engine's working state (except one
+dict lookup per child for its pending order). It costs no reading of its own.
+It is registered when this module is imported, which happens when the app
+module imports ``celery_memguard.MemGuard`` (so the client's ``celery inspect``
+knows the command too). A failure is returned as ``{"error": ...}`` and logged
+as ``memguard.error`` once per cause; it never reaches the worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery.worker.control import inspect_command
+
+from .. import events
+from ..samples import MiB
+
+if TYPE_CHECKING:
+    from .bootstep import MemGuard
+
+__all__ = ["COMMAND", "status_of", "memguard_status"]
+
+#: The remote-control command name: ``celery inspect memguard``, ``app.control.broadcast("memguard")``.
+COMMAND = "memguard"
+NOT_ENABLED = ("MemGuard is not running in this worker: add it with app.steps['worker'].add(MemGuard) "
+               "and keep memguard_enabled = True")
+
+
+def _mib(value: int | float | None) -> float | None:
+    return None if value is None else round(value / MiB, 1)
+
+
+def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
+    """The JSON-able status of a running MemGuard bootstep; ``now`` on the monitor's clock."""
+    cfg = step.config
+    monitor = step.monitor
+    status: dict[str, Any] = {
+        "pool": step.pool_name,
+        "active": monitor is not None,
+        "metric": cfg.metric,
+        "dry_run": cfg.dry_run,
+        "limits": {
+            "soft_limit_mib": _mib(cfg.soft_limit),
+            "hard_limit_mib": _mib(cfg.hard_limit),
+            "pool_limit_mib": _mib(cfg.pool_limit),
+            "min_available_mib": _mib(cfg.min_available),
+            "psi_threshold": cfg.psi_threshold,
+        },
+        "suspects": sorted(step.live_suspects().values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
+        "heavy_tasks": step.live_heavy(),
+        "master_growth": step.live_master_growth(),
+    }
+    if monitor is None:
+        status["reason"] = ("the pool has no child processes to police" if not step.prefork
+                            else "the monitor did not start (see memguard.error)")
+        return status
+    view = monitor.last_poll
+    status["polls"] = monitor.polls
+    status["decisions"] = {f"{action}:{reason}": count for (action, reason), count in sorted(monitor.decided.items())}
+    if view is None:
+        status["children"] = []
+        return status
+    children = []
+    for child in view.children:
+        pending = monitor.engine.pending(child.pid)
+        children.append({
+            "pid": child.pid,
+            "mem_mib": _mib(child.mem),
+            "exact": child.exact,  # False: mem_mib is an upper bound (the exact reading was not needed)
+            "rss_mib": _mib(child.rss),
+            "task": child.task,
+            "task_id": child.task_id,
+            "tasks_run": child.tasks_run,
+            "age_s": round(view.at - child.spawned_at, 1) if child.spawned_at else None,
+            "leaving": pending.value if pending is not None else None,
+        })
+    status["children"] = children
+    status["pool_mib"] = _mib(sum(child.mem for child in view.children))
+    status["pool_exact"] = all(child.exact for child in view.children)
+    status["poll_age_s"] = round(max(0.0, now - view.at), 3)
+    if view.master is not None:
+        mem, rss, at = view.master
+        status["master"] = {"pid": monitor.master_pid, "mem_mib": _mib(mem), "rss_mib": _mib(rss),
+                            "age_s": round(max(0.0, now - at), 1)}
+    if view.system is not None:
+        system = view.system
+        status["system"] = {"available_mib": _mib(system.available), "total_mib": _mib(system.total),
+                            "psi_some_avg10": system.psi_some_avg10}
+    return status
+
+
+@inspect_command(name=COMMAND, help="MemGuard: pool children's memory, limits, leak suspects, decisions")
+def memguard_status(state: Any, **_kwargs: Any) -> dict[str, Any]:
+    """The ``memguard`` inspect command: this worker's MemGuard status, or ``{"error": ...}``."""
+    step = getattr(getattr(getattr(state, "consumer", None), "controller", None), "memguard", None)
+    if step is None:
+        return {"error": NOT_ENABLED}
+    try:
+        return step.status()
+    except Exception as exc:  # fail open: the reply says what went wrong, the worker carries on
+        events.error("control.status", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
