@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import Counter
 from typing import Callable, Iterable, Sequence
 
 from . import events
@@ -136,8 +135,9 @@ class Monitor:
         self._oom_baseline = self._read_oom_kills()
         self.polls = 0
         self.decisions = 0
-        #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done).
-        self.decided: Counter[tuple[str, str]] = Counter()
+        #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done); replaced
+        #: whole on each decision, never changed in place, so another thread can read it as it is.
+        self.decided: dict[tuple[str, str], int] = {}
         self.last_poll: PollView | None = None
         self._master_reading: tuple[int, int, float] | None = None
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
@@ -209,7 +209,8 @@ class Monitor:
         system = self._read_system(now)
         for decision in self.engine.decide(samples, now, system=system):
             self.decisions += 1
-            self.decided[(decision.action.value, decision.reason)] += 1
+            key = (decision.action.value, decision.reason)
+            self.decided = {**self.decided, key: self.decided.get(key, 0) + 1}
             try:
                 self.actuator.apply(decision, index_of.get(decision.pid))
                 if decision.action is Action.FORCE_KILL and not self.actuator.dry_run:
