@@ -29,6 +29,7 @@ from typing import Any, Sequence, TextIO
 import click
 
 from .report import build_report, render_json, render_text
+from .report.render import duration, table
 
 __all__ = ["run_report", "build_parser", "main", "memguard", "render_status", "FORMATS"]
 
@@ -114,16 +115,6 @@ def _num(value: Any, unit: str = "", digits: int = 1) -> str:
     return str(value)
 
 
-def _age(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "?"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
-
-
 def _worker_status(hostname: str, status: Any) -> list[str]:
     """One worker's reply as text (any shape: a foreign or failing reply is shown, never raised on)."""
     if not isinstance(status, dict):
@@ -155,18 +146,18 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
                    + (f", PSI some avg10 {psi:.2f}" if isinstance(psi, (int, float)) else ""))
     children = status.get("children")
     if isinstance(children, list) and children:
-        rows = [["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"]]
+        rows = []
         for c in children:
             if not isinstance(c, dict):
                 continue
             mem = _num(c.get("mem_mib"))
+            age = c.get("age_s")
             rows.append([str(c.get("pid")), mem if c.get("exact", True) else "<=" + mem, _num(c.get("rss_mib")),
-                         _num(c.get("tasks_run"), digits=0), _age(c.get("age_s")), c.get("leaving") or "",
+                         _num(c.get("tasks_run"), digits=0),
+                         duration(float(age)) if isinstance(age, (int, float)) else "?", c.get("leaving") or "",
                          f"{c.get('task')} {c.get('task_id')}" if c.get("task") else "idle"])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            cells = [cell.rjust(widths[i]) if 0 < i < 5 else cell.ljust(widths[i]) for i, cell in enumerate(row)]
-            out.append(("    " + "  ".join(cells)).rstrip())
+        out.extend(table(rows, ["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"], "    ",
+                         right={1, 2, 3, 4}))
         total = _num(status.get("pool_mib"), " MiB")
         out.append(f"    pool total {total if status.get('pool_exact', True) else '<=' + total}"
                    + ("" if all(isinstance(c, dict) and c.get("exact", True) for c in children) else

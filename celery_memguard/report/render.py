@@ -13,7 +13,7 @@ from typing import Any
 
 from .model import HostReport, Report
 
-__all__ = ["render_text", "render_json", "to_dict"]
+__all__ = ["render_text", "render_json", "to_dict", "table", "duration"]
 
 _WIDTH = 100
 
@@ -47,7 +47,7 @@ def _wrap(text: str, indent: str, bullet: str = "") -> list[str]:
                          subsequent_indent=indent + " " * len(bullet)) or [indent + bullet]
 
 
-def _table(rows: list[list[str]], header: list[str], indent: str, right: set[int]) -> list[str]:
+def table(rows: list[list[str]], header: list[str], indent: str, right: set[int]) -> list[str]:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -57,7 +57,7 @@ def _table(rows: list[list[str]], header: list[str], indent: str, right: set[int
     return [line(header), *(line(r) for r in rows)]
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     if seconds >= 3600:
@@ -99,10 +99,10 @@ def _host(host: HostReport) -> list[str]:
             state = f"cleared ({s.cleared_reason})" if s.cleared else ""
             rows.append([str(rank), s.task, _n(s.kib_per_call), _n(s.confidence, 2), _n(s.calls_observed),
                          _n(s.children), _n(s.projected_calls_to_soft_limit), state])
-        table = _table(rows, ["#", "task", "KiB/call", "confidence", "calls", "children", "calls to soft limit", ""],
-                       "    ", right={0, 2, 3, 4, 5, 6})
-        out.append(table[0])
-        for s, row in zip(suspects, table[1:]):
+        lines = table(rows, ["#", "task", "KiB/call", "confidence", "calls", "children", "calls to soft limit", ""],
+                      "    ", right={0, 2, 3, 4, 5, 6})
+        out.append(lines[0])
+        for s, row in zip(suspects, lines[1:]):
             out.append(row)
             for i, site in enumerate(s.sites[:5]):
                 label = "sites:" if i == 0 else ""
@@ -120,7 +120,7 @@ def _host(host: HostReport) -> list[str]:
         out.append("  Heavy tasks")
         rows = [[h.task, _n(h.occurrences), _n(h.max_peak_mib), _n(h.max_retained_mib),
                  str(h.last_pid) if h.last_pid is not None else "?", h.last_task_id or "?"] for h in host.heavy]
-        out.extend(_table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
+        out.extend(table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
                           "    ", right={1, 2, 3, 4}))
     else:
         out.append("  Heavy tasks: none")
@@ -161,7 +161,7 @@ def _host(host: HostReport) -> list[str]:
     if m is None:
         out.append("  Master growth: none")
     else:
-        out.append(f"  Master growth: +{_n(m.growth_mib)} MiB over {_duration(m.since_s)} "
+        out.append(f"  Master growth: +{_n(m.growth_mib)} MiB over {duration(m.since_s)} "
                    f"({_n(m.mib_per_hour)} MiB/h), now {_n(m.mem_mib)} MiB"
                    + (f", {m.reserved:,} messages reserved" if m.reserved is not None else ""))
         if m.note:
