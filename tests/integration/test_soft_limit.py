@@ -7,11 +7,13 @@ finish, replace the child, and every task must still succeed exactly once.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .conftest import StartWorker, wait_until
 
 SOFT_LIMIT_MIB = 100
+POLL = 0.2
 RETAIN_MIB = 20
 TASKS = 16
 CONCURRENCY = 2
@@ -21,7 +23,7 @@ def test_soft_limit_recycles_the_leaking_child_and_every_task_succeeds(start_wor
                                                                        broker_url: str) -> None:
     """Children over the soft limit are recycled after their task; all tasks succeed and none is lost."""
     worker = start_worker(broker_url, concurrency=CONCURRENCY,
-                          conf={"memguard_soft_limit": f"{SOFT_LIMIT_MIB}MiB", "memguard_poll_interval": 0.2})
+                          conf={"memguard_soft_limit": f"{SOFT_LIMIT_MIB}MiB", "memguard_poll_interval": POLL})
 
     results = [worker.send("it.retain", RETAIN_MIB, 0.05) for _ in range(TASKS)]
     outcomes = worker.collect(results, timeout=120)
@@ -31,6 +33,14 @@ def test_soft_limit_recycles_the_leaking_child_and_every_task_succeeds(start_wor
     by_id: dict[str, dict[str, Any]] = {o.task_id: o.value for o in outcomes}
     ran_on = {v["pid"] for v in by_id.values()}
 
+    # A child that crossed the limit with the last tasks is ordered out at the next poll (0.2 s): wait until
+    # no order has come for five polls before taking the list (taken at once, a late order raced the pings).
+    def no_new_order() -> bool:
+        before = len(worker.events("memguard.child_recycled"))
+        time.sleep(5 * POLL)
+        return len(worker.events("memguard.child_recycled")) == before
+
+    wait_until(no_new_order, 20, what="the recycle orders to stop")
     recycled = worker.events("memguard.child_recycled")
     assert recycled, worker.diagnostics()
     for event in recycled:
