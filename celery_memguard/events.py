@@ -72,7 +72,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
                                "throughput_lost", "concurrency", "deferred", "reasons", "cause"),
     "memguard.pressure_unrelieved": ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
-                                     "largest_relief_mib", "min_relief_mib", "cause"),
+                                     "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),
 }
 
 

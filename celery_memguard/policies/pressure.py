@@ -25,15 +25,19 @@ the pressure thus never costs a second child; pressure that persists with the
 relief credited takes the next victim at once, and pressure hidden only by the
 credit does so ``relief_settle`` seconds after the exit.
 
-A recycle relieves only what the child holds beyond what its replacement will
-hold: a child just forked from the master. So only children resident at least
-``min_relief`` bytes more than a fresh child are candidates, where a fresh child's
-RSS is the smallest first reading of the last 8 children seen (RSS, not the limit
-metric: copy-on-write copies of the master's pages do not raise it, and a
-replacement makes them again). Pressure that no child can relieve (it comes from
-the master, other processes in the container, tmpfs or unreclaimable page cache)
-then recycles nothing instead of a fresh child every poll, and yields one
-``memguard.pressure_unrelieved`` finding per episode. ``min_relief=None`` makes
+A recycle relieves for good only what the child holds beyond what its replacement
+will hold: a child just forked from the master. So the candidates are the
+children resident at least ``min_relief`` bytes more than a fresh child, where a
+fresh child's RSS is the smallest first reading of the last 8 children seen. RSS,
+not the limit metric: copy-on-write copies of the master's pages raise USS but
+not RSS, and a replacement makes them again. When no child is such a candidate
+the pressure comes from elsewhere (the master, other processes in the container,
+tmpfs, unreclaimable page cache) or from copy-on-write copies only: one
+``memguard.pressure_unrelieved`` finding is logged per episode, and instead of a
+fresh child every poll, the largest child (idle first) is recycled once the
+episode has lasted ``retry_unrelieved`` seconds (30) with no candidate, then at
+most once per ``retry_unrelieved``: that still frees copy-on-write copies in
+time (they come back slowly), without a recycle storm. ``min_relief=None`` makes
 every child a candidate.
 
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
@@ -101,6 +105,7 @@ class SystemPressure(PoolPolicy):
         psi_settle: float = 10.0,
         relief_settle: float = 1.0,
         min_relief: int | None = 32 * MiB,
+        retry_unrelieved: float = 30.0,
     ) -> None:
         if min_available is None and psi_threshold is None:
             raise ValueError("set min_available, psi_threshold or both")
@@ -112,11 +117,14 @@ class SystemPressure(PoolPolicy):
             raise ValueError("relief_settle must be >= 0")
         if min_relief is not None and min_relief <= 0:
             raise ValueError("min_relief must be > 0 (or None)")
+        if retry_unrelieved < 0:
+            raise ValueError("retry_unrelieved must be >= 0")
         self.min_available = min_available
         self.psi_threshold = psi_threshold
         self.psi_settle = psi_settle
         self.relief_settle = relief_settle
         self.min_relief = min_relief
+        self.retry_unrelieved = retry_unrelieved
         self._victim: int | None = None
         self._victim_mem = 0
         self._ranking: tuple[tuple[int, int], ...] = ()
@@ -127,6 +135,8 @@ class SystemPressure(PoolPolicy):
         self._first_rss: deque[int] = deque(maxlen=FRESH_READINGS)  # first RSS of the latest children seen
         self._seen: set[int] = set()
         self._unrelieved_reported = False
+        self._unrelieved_since: float | None = None  # no candidate since (reset by a fallback recycle)
+        self._lasting = True  # whether the current victim was a candidate (else a fallback recycle)
         self._findings: list[Finding] = []
 
     @property
@@ -186,7 +196,7 @@ class SystemPressure(PoolPolicy):
         relief = self.pending_relief(system) if system is not None else 0
         trigger = self.trigger(system, relief)
         if trigger is None or system is None:
-            self._unrelieved_reported = False
+            self._unrelieved_reported, self._unrelieved_since = False, None
             if self._victim is not None and not by_pid[self._victim].leaving:
                 self._victim = None  # named but not ordered out: choose afresh at the next pressure
             return []  # a victim already leaving stays tracked, so its relief is expected when it goes
@@ -195,10 +205,17 @@ class SystemPressure(PoolPolicy):
                 return []  # PSI still reflects the pressure the last recycle relieved
             staying = [c for c in children if not c.leaving]
             ranked = rank_idle_first([c for c in staying if self.worth_recycling(c)])
+            self._lasting = bool(ranked)
             if not ranked:
-                if staying and not any(c.leaving for c in children):
-                    self._report_unrelieved(staying, system, trigger)
-                return []
+                if not staying or any(c.leaving for c in children):
+                    return []  # nothing to choose, or a departure may still end the pressure
+                self._report_unrelieved(staying, system, trigger)
+                if self._unrelieved_since is None:
+                    self._unrelieved_since = now
+                if now - self._unrelieved_since < self.retry_unrelieved:
+                    return []
+                self._unrelieved_since = now  # the next fallback no sooner than retry_unrelieved from now
+                ranked = rank_idle_first(staying)
             self._victim, self._victim_mem = ranked[0].pid, ranked[0].mem
             self._ranking = tuple((c.pid, c.mem) for c in ranked)
         detail = (
@@ -208,6 +225,7 @@ class SystemPressure(PoolPolicy):
             ("psi_some_avg10", system.psi_some_avg10),
             ("psi_threshold", self.psi_threshold),
             ("idle", not by_pid[self._victim].busy),
+            ("lasting_relief", self._lasting),
         )
         violation = Violation(Action.RECYCLE, self.reason, self.min_available or 0, ranking=self._ranking,
                               detail=detail)
@@ -233,7 +251,9 @@ class SystemPressure(PoolPolicy):
             "largest_relief_mib": round((largest.rss - fresh) / MiB, 1),
             "min_relief_mib": round((self.min_relief or 0) / MiB, 1),
             "cause": "no pool child holds min_relief more than a freshly forked child: the memory is held "
-                     "outside the children (the master, other processes, tmpfs or page cache)",
+                     "outside the children (the master, other processes, tmpfs or page cache) or is "
+                     "copy-on-write copies a replacement makes again",
+            "retry_s": self.retry_unrelieved,
         }))
 
     def child_exited(self, pid: int) -> None:

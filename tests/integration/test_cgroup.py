@@ -167,6 +167,7 @@ def test_one_recycle_relieves_pressure_and_no_second_child_is_taken(in_cgroup: P
         summary = "(pid, mem_mib, available, idle, ranking): " + repr(
             [(e["pid"], e["mem_mib"], e["available"], e["idle"], e["ranking"]) for e in episode])
         assert episode and episode[0]["mem_mib"] > HOLD_MIB, summary  # a holder first, never a fresh child
+        assert episode[0]["lasting_relief"] is True, summary
         episodes.append([(e["pid"], e["mem_mib"], e["available"]) for e in episode])
     assert [e for e in worker.events("memguard.child_recycled") if e["reason"] != "pressure"] == []
     assert all(len(e) == 1 for e in episodes), f"recycles from the relieving one (pid, mem_mib, available): {episodes}"

@@ -151,6 +151,7 @@ def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it
     (event,) = recycled
     assert event["reason"] == "pressure" and event["trigger"] == "available", event
     assert event["min_available"] == min_available and event["available"] < min_available, event
+    assert event["lasting_relief"] is True, event
     assert event["task_id"] == busy.id and not event["idle"], event  # chosen while busy, left after its task
     assert [r["pid"] for r in event["ranking"]] == [busy_pid], event  # the fresh children were not candidates
     assert busy_pid not in pids_of(after)
@@ -161,6 +162,7 @@ def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it
         assert report["level"] == "warning" and report["trigger"] == "available", report
         assert report["min_relief_mib"] == 32.0 and report["largest_relief_mib"] < 32.0, report
         assert report["children"] == 3 and "outside the children" in report["cause"], report
+        assert report["retry_s"] == 30.0, report  # the test ends well before a fallback recycle
     assert worker.events("memguard.error") == []
     (host,) = worker.report()["hosts"]  # the report command counts the episode(s)
     assert host["pressure_unrelieved"] == len(unrelieved) and host["interventions"]["recycled"] == {"pressure": 1}

@@ -215,6 +215,35 @@ class TestMinRelief:
         assert [] == policy.check_pool(lean, 6.0, system(100, at=6.0))
         assert ["memguard.pressure_unrelieved"] == [f.event for f in policy.findings()]  # a new episode
 
+    def test_after_retry_unrelieved_the_largest_goes_anyway_then_once_per_interval(self) -> None:
+        """Copy-on-write copies (USS, not RSS) may be all there is to free: one fallback recycle per 30 s."""
+        policy = SystemPressure(min_available=MIN)
+        lean = [child(1, 60, "a"), child(2, 70), child(3, 65)]
+        assert [] == policy.check_pool(lean, 0.0, system(100, at=0.0))
+        assert [] == policy.check_pool(lean, 29.0, system(100, at=29.0))
+        [(pid, violation)] = policy.check_pool(lean, 30.0, system(100, at=30.0))
+        assert pid == 2 and dict(violation.detail)["lasting_relief"] is False  # the largest idle one
+        policy.child_exited(2)
+        rest = [child(1, 60, "a"), child(3, 65), child(4, 60)]
+        assert [] == policy.check_pool(rest, 45.0, system(100, at=45.0))  # relief settled; next fallback at 60
+        assert [3] == [p for p, _ in policy.check_pool(rest, 60.0, system(100, at=60.0))]
+        assert ["memguard.pressure_unrelieved"] == [f.event for f in policy.findings()]  # one per episode
+
+    def test_a_lasting_candidate_is_marked_so(self) -> None:
+        policy = SystemPressure(min_available=MIN)
+        policy.check_pool([child(1, 60), child(2, 60)], 0.0, system(900))
+        [(_, violation)] = policy.check_pool([child(1, 300), child(2, 60)], 1.0, system(100, at=1.0))
+        assert dict(violation.detail)["lasting_relief"] is True
+
+    def test_the_end_of_an_episode_resets_the_fallback_clock(self) -> None:
+        policy = SystemPressure(min_available=MIN)
+        lean = [child(1, 60), child(2, 62)]
+        policy.check_pool(lean, 0.0, system(100, at=0.0))
+        policy.check_pool(lean, 20.0, system(900, at=20.0))  # pressure gone
+        assert [] == policy.check_pool(lean, 35.0, system(100, at=35.0))  # a new episode: 30 s from 35
+        assert [] == policy.check_pool(lean, 64.0, system(100, at=64.0))
+        assert [2] == [p for p, _ in policy.check_pool(lean, 65.0, system(100, at=65.0))]
+
     def test_a_replacement_child_is_fresh(self) -> None:
         """After the grown victim left, its replacement (first seen small) is not the next victim."""
         policy = SystemPressure(min_available=MIN, relief_settle=0.0)
@@ -246,6 +275,8 @@ class TestMinRelief:
     def test_min_relief_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="min_relief"):
             SystemPressure(min_available=MIN, min_relief=0)
+        with pytest.raises(ValueError, match="retry_unrelieved"):
+            SystemPressure(min_available=MIN, retry_unrelieved=-1.0)
 
 
 class TestSystemPressureInEngine:
