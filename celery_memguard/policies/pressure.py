@@ -40,6 +40,12 @@ most once per ``retry_unrelieved``: that still frees copy-on-write copies in
 time (they come back slowly), without a recycle storm. ``min_relief=None`` makes
 every child a candidate.
 
+Under pressure the policy asks for exact readings of every child (``threshold = 0``,
+as the pool budget does; the engine then polls again at once) and picks its victim
+from them: between exact readings a child's memory is only an upper bound (its RSS,
+when no per-child limit asks for more), which cannot tell copy-on-write copies from
+shared pages. The choice waits for that one extra poll, no longer.
+
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
 has been freed: when PSI alone signals pressure, the next victim is chosen only
 ``psi_settle`` seconds after the previous one has gone. Low available memory does
@@ -137,6 +143,8 @@ class SystemPressure(PoolPolicy):
         self._unrelieved_reported = False
         self._unrelieved_since: float | None = None  # no candidate since (reset by a fallback recycle)
         self._lasting = True  # whether the current victim was a candidate (else a fallback recycle)
+        self._asked_exact = False  # exact readings asked for in this episode (threshold 0)
+        self.threshold: int | None = None
         self._findings: list[Finding] = []
 
     @property
@@ -197,6 +205,7 @@ class SystemPressure(PoolPolicy):
         trigger = self.trigger(system, relief)
         if trigger is None or system is None:
             self._unrelieved_reported, self._unrelieved_since = False, None
+            self.threshold, self._asked_exact = None, False
             if self._victim is not None and not by_pid[self._victim].leaving:
                 self._victim = None  # named but not ordered out: choose afresh at the next pressure
             return []  # a victim already leaving stays tracked, so its relief is expected when it goes
@@ -204,6 +213,10 @@ class SystemPressure(PoolPolicy):
             if trigger == "psi" and self._gone_at is not None and now - self._gone_at < self.psi_settle:
                 return []  # PSI still reflects the pressure the last recycle relieved
             staying = [c for c in children if not c.leaving]
+            self.threshold = 0  # exact readings of every child while the pressure lasts
+            if not self._asked_exact and not all(c.exact for c in staying):
+                self._asked_exact = True
+                return []  # choose from exact readings, taken at the next poll (at once)
             ranked = rank_idle_first([c for c in staying if self.worth_recycling(c)])
             self._lasting = bool(ranked)
             if not ranked:

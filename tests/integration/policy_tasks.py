@@ -11,6 +11,9 @@ which child ran what.
   children hold different, known amounts.
 * ``pt.spike``: allocate ``mib`` MiB for ``hold`` seconds and free it (a brief excursion).
 * ``pt.leak``: retain ``mib`` MiB per call (a steady leak the leak detector confirms).
+* ``pt.dirty_table``: write one byte per page of the first ``mib`` MiB of the table the master
+  built before forking (``MG_TABLE_MIB``): copy-on-write copies, so the child's USS grows by
+  ``mib`` while its RSS does not.
 * ``pt.marker``: a no-op the custom policy :class:`MyPolicy` reacts to.
 * ``pt.sleep``: write the child's pid to a file, then sleep (a target for an external SIGKILL).
 * ``pt.stubborn``: grow past a hard limit, then swallow every ``Exception``
@@ -63,6 +66,18 @@ def hold(mib: int, hold: float = 0.0, delay: float = 0.0) -> dict[str, int]:
     if hold:
         time.sleep(hold)
     return {"pid": os.getpid(), "kept_mib": sum(len(b) for b in KEPT) // MiB}
+
+
+@app.task(name="pt.dirty_table")
+def dirty_table(mib: int) -> int:
+    """Make ``mib`` MiB of the master's table private to this child (copy-on-write); returns the pid."""
+    from tests.integration import proj
+
+    table = proj.TABLE
+    assert table is not None and len(table) >= mib * MiB, "start the worker with table_mib >= mib"
+    for offset in range(0, mib * MiB, PAGE):
+        table[offset] = 2
+    return os.getpid()
 
 
 @app.task(name="pt.spike")

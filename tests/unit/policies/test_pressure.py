@@ -186,6 +186,30 @@ class TestExpectedRelief:
         assert [3] == [pid for pid, _ in policy.check_pool(rest, 5.0, system(400, at=5.0))]
 
 
+class TestExactReadings:
+    """Under pressure the victim is chosen from exact readings: upper bounds (RSS) hide copy-on-write copies."""
+
+    def test_first_pressured_poll_asks_for_exact_readings(self) -> None:
+        policy = SystemPressure(min_available=MIN, min_relief=None)
+        bounds = [child(1, 300, exact=False), child(2, 300, exact=False)]
+        assert [] == policy.check_pool(bounds, 0.0, system(100)) and policy.threshold == 0
+        exact = [child(1, 120), child(2, 250)]  # the next poll, at once: child 2 holds more of its own
+        assert [2] == [pid for pid, _ in policy.check_pool(exact, 0.01, system(100, at=0.01))]
+        assert policy.threshold == 0
+        assert [] == policy.check_pool(exact, 1.0, system(900, at=1.0)) and policy.threshold is None
+
+    def test_does_not_wait_twice_for_a_reading_that_failed(self) -> None:
+        policy = SystemPressure(min_available=MIN, min_relief=None)
+        stuck = [child(1, 300, exact=False), child(2, 200)]
+        assert [] == policy.check_pool(stuck, 0.0, system(100))
+        assert [1] == [pid for pid, _ in policy.check_pool(stuck, 0.01, system(100, at=0.01))]
+
+    def test_engine_polls_again_at_once(self) -> None:
+        e = engine([SystemPressure(min_available=MIN, min_relief=None)])
+        assert [] == e.decide([child(1, 300, exact=False)], 0.0, system=system(100))
+        assert e.next_delay == 0.0 and e.threshold_for(1) == 0
+
+
 class TestMinRelief:
     """Only a child holding min_relief more RSS than a freshly forked one is worth recycling under pressure."""
 
