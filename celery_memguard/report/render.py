@@ -121,7 +121,7 @@ def _host(host: HostReport) -> list[str]:
         rows = [[h.task, _n(h.occurrences), _n(h.max_peak_mib), _n(h.max_retained_mib),
                  str(h.last_pid) if h.last_pid is not None else "?", h.last_task_id or "?"] for h in host.heavy]
         out.extend(table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
-                          "    ", right={1, 2, 3, 4}))
+                         "    ", right={1, 2, 3, 4}))
     else:
         out.append("  Heavy tasks: none")
 
