@@ -225,6 +225,7 @@ class MemGuardConfig:
     min_available: int | None = None
     psi_threshold: float | None = None
     pressure_min_relief: int | None = 32 * MiB
+    pressure_retry: float = 30.0
     recycle_on_leak: bool = False
     leak_horizon: float = 300.0
     max_child_lifetime: float | None = None
@@ -313,6 +314,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "min_available": _optional_size,
     "psi_threshold": _fraction(0.0, 100.0, optional=True),
     "pressure_min_relief": _optional_size,
+    "pressure_retry": _seconds(0.0, 3600.0),
     "recycle_on_leak": _bool,
     "leak_horizon": _seconds(1.0, 86400.0),
     "max_child_lifetime": _optional_seconds(1.0, 30 * 86400.0),
@@ -345,6 +347,7 @@ DEFAULTS: dict[str, Any] = {
     "min_available": None,
     "psi_threshold": None,
     "pressure_min_relief": "32MiB",
+    "pressure_retry": 30.0,
     "recycle_on_leak": False,
     "leak_horizon": 300.0,
     "max_child_lifetime": None,

@@ -58,6 +58,7 @@ def make_policies(
     min_available: int | None = None,
     psi_threshold: float | None = None,
     pressure_min_relief: int | None = 32 * MiB,
+    pressure_retry: float = 30.0,
     recycle_on_leak: bool = False,
     leak_horizon: float = 300.0,
     max_child_lifetime: float | None = None,
@@ -95,7 +96,7 @@ def make_policies(
         policies.append(PoolLimit(limit=pool_limit, hard_limit=pool_hard_limit, grace=kill_grace))
     if min_available is not None or psi_threshold is not None:
         policies.append(SystemPressure(min_available=min_available, psi_threshold=psi_threshold,
-                                       min_relief=pressure_min_relief))
+                                       min_relief=pressure_min_relief, retry_unrelieved=pressure_retry))
     policies.extend(load_policy(entry, config) for entry in custom)
     return policies
 
@@ -107,7 +108,7 @@ def build_policies(
 
     ``config`` is a :class:`MemGuardConfig` or any object with the same attributes.
     Reads ``soft_limit`` and ``hard_limit``, and, where the configuration has them,
-    ``pool_limit``, ``pool_hard_limit``, ``min_available``, ``psi_threshold``, ``pressure_min_relief``,
+    ``pool_limit``, ``pool_hard_limit``, ``min_available``, ``psi_threshold``, ``pressure_min_relief``, ``pressure_retry``,
     ``recycle_on_leak``, ``leak_horizon``, ``max_child_lifetime``, ``max_child_tasks``,
     ``jitter``, ``kill_grace`` and ``policies`` (custom entries); ``extra`` entries
     are appended after the configured custom ones.
@@ -125,6 +126,7 @@ def build_policies(
         min_available=opt("min_available"),
         psi_threshold=opt("psi_threshold"),
         pressure_min_relief=getattr(config, "pressure_min_relief", 32 * MiB),
+        pressure_retry=opt("pressure_retry", 30.0),
         recycle_on_leak=bool(opt("recycle_on_leak", False)),
         leak_horizon=opt("leak_horizon", 300.0),
         max_child_lifetime=opt("max_child_lifetime"),

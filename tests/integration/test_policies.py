@@ -174,24 +174,25 @@ def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it
 #: The master's table (shared copy-on-write after the fork) and how much of it one child makes its own.
 COW_TABLE_MIB = 300
 COW_DIRTY_MIB = 200
-#: SystemPressure's retry_unrelieved: the first fallback recycle comes this long into the episode.
-RETRY_UNRELIEVED = 30.0
+#: memguard_pressure_retry (default 30 s): the first fallback recycle comes this long into the episode.
+PRESSURE_RETRY = 10.0
 
 
 def test_pressure_frees_copy_on_write_copies_once_no_child_offers_lasting_relief(
         start_worker: StartWorker, redis_url: str) -> None:
-    """A child whose growth is copy-on-write copies (USS up, RSS not) is recycled, but only after 30 s.
+    """A child whose growth is copy-on-write copies (USS up, RSS not) is recycled, but only after 10 s.
 
     The copies come back in a replacement, so they are no lasting relief and no child is a candidate at once
-    (no storm); they are still memory the kernel would OOM-kill for, so after retry_unrelieved the child holding
+    (no storm); they are still memory the kernel would OOM-kill for, so after memguard_pressure_retry the child holding
     the most of its own (by exact USS, not by RSS, which is the same for both children) is recycled.
     """
     min_available = available_memory() + PRESSURE_MARGIN
-    worker = start_worker(redis_url, concurrency=2, table_mib=COW_TABLE_MIB, conf=conf(min_available=min_available))
+    worker = start_worker(redis_url, concurrency=2, table_mib=COW_TABLE_MIB,
+                          conf=conf(min_available=min_available, pressure_retry=PRESSURE_RETRY))
     started = ts(worker.events("memguard.started")[0])
     (dirtied,) = worker.collect([worker.send("pt.dirty_table", COW_DIRTY_MIB)])
     dirty_pid = dirtied.value
-    event = worker.wait_for_event("memguard.child_recycled", timeout=RETRY_UNRELIEVED + 30)
+    event = worker.wait_for_event("memguard.child_recycled", timeout=PRESSURE_RETRY + 30)
     wait_until(lambda: dirty_pid not in worker.child_pids(), 20, what="the dirty child to leave")
     after = pings(worker, 6)
 
@@ -199,8 +200,8 @@ def test_pressure_frees_copy_on_write_copies_once_no_child_offers_lasting_relief
     assert event["reason"] == "pressure" and event["pid"] == dirty_pid, event
     assert event["lasting_relief"] is False and event["idle"] is True, event
     assert event["mem_mib"] >= 0.9 * COW_DIRTY_MIB, event  # its own copies, read exactly
-    assert ts(event) - started >= RETRY_UNRELIEVED - 1.0, (ts(event) - started, event)
-    assert len(worker.events("memguard.child_recycled")) == 1  # the next fallback is 30 s away
+    assert ts(event) - started >= PRESSURE_RETRY - 1.0, (ts(event) - started, event)
+    assert len(worker.events("memguard.child_recycled")) == 1  # the next fallback is 10 s away
     (unrelieved,) = worker.events("memguard.pressure_unrelieved")
     assert unrelieved["largest_relief_mib"] < 32.0, unrelieved
     assert worker.events("memguard.error") == []

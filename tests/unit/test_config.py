@@ -372,3 +372,21 @@ class TestPressureMinRelief:
             MemGuardConfig.from_mapping({"memguard_pressure_min_relief": value}, MEM)
         assert "memguard_pressure_min_relief" == info.value.key
         assert "512MiB" in str(info.value)
+
+
+class TestPressureRetry:
+    """memguard_pressure_retry: seconds before (and between) recycles no child offers lasting relief for."""
+
+    def test_default_and_handed_to_the_policy(self) -> None:
+        from celery_memguard.policies import SystemPressure, build_policies
+
+        assert 30.0 == MemGuardConfig.from_mapping({}, MEM).pressure_retry
+        config = MemGuardConfig.from_mapping({"memguard_pressure_retry": "5", "memguard_min_available": "1GiB"}, MEM)
+        [pressure] = [p for p in build_policies(config) if isinstance(p, SystemPressure)]
+        assert 5.0 == pressure.retry_unrelieved
+
+    @pytest.mark.parametrize("value", [-1, "soon", None, 3601])
+    def test_rejected(self, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            MemGuardConfig.from_mapping({"memguard_pressure_retry": value}, MEM)
+        assert "memguard_pressure_retry" == info.value.key and "seconds in [0.0, 3600.0]" in str(info.value)
