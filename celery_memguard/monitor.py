@@ -50,13 +50,13 @@ SYSTEM_EVERY = 0.5
 @dataclasses.dataclass(frozen=True, slots=True)
 class PollView:
     """What the latest poll saw, published whole after each poll so another thread (the ``memguard``
-    remote-control command) can read it without locks. ``master`` is ``(mem, rss, at)`` of the
-    latest exact reading of the worker's main process, or None when it is not read."""
+    remote-control command) can read it without locks. ``master`` is the latest reading of the
+    worker's main process, or None when it is not read."""
 
     at: float
     children: tuple[ChildSample, ...]
     system: SystemSample | None
-    master: tuple[int, int, float] | None
+    master: MasterSample | None
 
 
 class _Tracked:
@@ -120,8 +120,6 @@ class Monitor:
         self.master_pid = master_pid
         self.reserved = reserved
         self._master_probe: ProcessProbe | None = None
-        self._master_exact_at = -1e18
-        self._master_exact = 0
         self.exit_code = exit_code
         self.oom_kills = oom_kills
         self.hard_limit = hard_limit
@@ -134,17 +132,22 @@ class Monitor:
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
         self._oom_baseline = self._read_oom_kills()
         self.polls = 0
-        self.decisions = 0
         #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done); replaced
         #: whole on each decision, never changed in place, so another thread can read it as it is.
         self.decided: dict[tuple[str, str], int] = {}
         self.last_poll: PollView | None = None
-        self._master_reading: tuple[int, int, float] | None = None
+        #: The latest reading of the master (None before the first, or when no detector needs it).
+        self.master_reading: MasterSample | None = None
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- thread ---------------------------------------------------------
+    @property
+    def decisions(self) -> int:
+        """Decisions taken so far (all actions and reasons)."""
+        return sum(self.decided.values())
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="memguard-monitor", daemon=True)
         self._thread.start()
@@ -208,7 +211,6 @@ class Monitor:
             self._observe_master(now)
         system = self._read_system(now)
         for decision in self.engine.decide(samples, now, system=system):
-            self.decisions += 1
             key = (decision.action.value, decision.reason)
             self.decided = {**self.decided, key: self.decided.get(key, 0) + 1}
             try:
@@ -226,7 +228,7 @@ class Monitor:
                     self.actuator.remind(sample.pid)
                 except Exception as exc:
                     events.error("actions.remind", exc)
-        self.last_poll = PollView(now, tuple(samples), system, self._master_reading)
+        self.last_poll = PollView(now, tuple(samples), system, self.master_reading)
         return self.engine.next_delay
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:
@@ -294,23 +296,21 @@ class Monitor:
                     break
 
     def _observe_master(self, now: float) -> None:
-        """Sample the master: RSS every poll, the exact metric every ``master_every`` seconds."""
+        """Read the master (exact metric and RSS) every ``master_every`` seconds and feed the detectors."""
         assert self.master_pid is not None
+        last = self.master_reading
+        if last is not None and now - last.at < self.master_every:
+            return
         try:
             if self._master_probe is None:
                 self._master_probe = self.open_probe(self.master_pid)
             rss, _faults = self._master_probe.cheap()
-            if now - self._master_exact_at >= self.master_every:
-                self._master_exact = self._master_probe.exact(self.metric)
-                self._master_exact_at = now
-                self._master_reading = (self._master_exact, rss, now)
-            else:
-                return
+            mem = self._master_probe.exact(self.metric)
             reserved = self.reserved() if self.reserved is not None else None
         except Exception as exc:
             events.error("monitor.master", exc)
             return
-        sample = MasterSample(pid=self.master_pid, mem=self._master_exact, rss=rss, at=now)
+        sample = self.master_reading = MasterSample(pid=self.master_pid, mem=mem, rss=rss, at=now)
         for detector in self.detectors:
             self._feed(detector, detector.observe_master, sample, reserved)
 

@@ -91,10 +91,10 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
     status["pool_mib"] = _mib(sum(child.mem for child in view.children))
     status["pool_exact"] = all(child.exact for child in view.children)
     status["poll_age_s"] = round(max(0.0, now - view.at), 3)
-    if view.master is not None:
-        mem, rss, at = view.master
-        status["master"] = {"pid": monitor.master_pid, "mem_mib": _mib(mem), "rss_mib": _mib(rss),
-                            "age_s": round(max(0.0, now - at), 1)}
+    master = view.master
+    if master is not None:
+        status["master"] = {"pid": master.pid, "mem_mib": _mib(master.mem), "rss_mib": _mib(master.rss),
+                            "age_s": round(max(0.0, now - master.at), 1)}
     if view.system is not None:
         system = view.system
         status["system"] = {"available_mib": _mib(system.available), "total_mib": _mib(system.total),

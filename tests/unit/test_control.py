@@ -12,7 +12,7 @@ from celery_memguard import events
 from celery_memguard.cli import render_status
 from celery_memguard.config import MemGuardConfig
 from celery_memguard.monitor import PollView
-from celery_memguard.samples import Action, ChildSample, SystemSample
+from celery_memguard.samples import Action, ChildSample, MasterSample, SystemSample
 from celery_memguard.worker.control import COMMAND, NOT_ENABLED, memguard_status, status_of
 
 MiB = 1024 * 1024
@@ -36,7 +36,8 @@ def monitor() -> Any:
         ChildSample(pid=102, mem=50 * MiB, exact=False, rss=60 * MiB, tasks_run=3, spawned_at=95.0),
     )
     system = SystemSample(available=900 * MiB, total=4096 * MiB, used=3196 * MiB, psi_some_avg10=1.5, at=99.0)
-    view = PollView(at=100.0, children=children, system=system, master=(80 * MiB, 120 * MiB, 98.0))
+    view = PollView(at=100.0, children=children, system=system,
+                    master=MasterSample(pid=100, mem=80 * MiB, rss=120 * MiB, at=98.0))
     pending = {101: Action.RECYCLE}
     return SimpleNamespace(last_poll=view, polls=42, decided=Counter({("recycle", "soft_limit"): 3}),
                            engine=SimpleNamespace(pending=pending.get), master_pid=100)

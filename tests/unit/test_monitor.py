@@ -513,3 +513,65 @@ class TestMonitorThread:
         monitor.stop()
         assert len(calls) >= 3
         assert [("memguard.error", "monitor.poll")] == [(r["event"], r["where"]) for r in event_records(logged)]
+
+
+class _MasterSpy:
+    """A detector that records the master readings it is fed (spacing asked: ``sample_interval``)."""
+
+    name = "spy"
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self.readings: list[tuple[Any, Any]] = []
+
+    @property
+    def sample_interval(self) -> float | None:
+        return self.interval
+
+    def observe_task(self, sample: TaskSample, now: float) -> list[Any]:
+        return []
+
+    def observe_master(self, sample: Any, reserved: Any = None) -> list[Any]:
+        self.readings.append((sample, reserved))
+        return []
+
+    def child_exited(self, pid: int) -> None:
+        pass
+
+
+class TestMonitorMaster:
+    """The master is read (cheap and exact) only every master_every seconds, and published for the status."""
+
+    def test_read_at_the_detectors_spacing_only(self, logged: Path) -> None:
+        world = World()
+        master = world.add(FakeProbe(1, rss=90 * MiB, uss=40 * MiB), None)
+        world.remove(1)  # the master is not a pool child
+        spy = _MasterSpy(interval=5.0)
+        clock = Clock()
+        cheap_calls: list[float] = []
+        real_cheap = master.cheap
+
+        def counted_cheap() -> tuple[int, int]:
+            cheap_calls.append(clock.now)
+            return real_cheap()
+
+        master.cheap = counted_cheap  # type: ignore[method-assign]
+        monitor = Monitor(children=world.children, engine=SpyEngine([], kill_grace=2.0, poll_interval=1.0),
+                          actuator=RecordingActuator(), board=None, metric="uss",  # type: ignore[arg-type]
+                          open_probe=world.open_probe, clock=clock, detectors=[spy],  # type: ignore[arg-type, list-item]
+                          master_pid=1, reserved=lambda: 7)
+        assert monitor.master_every == 5.0
+        for _ in range(11):  # polls at 101 .. 111
+            clock.now += 1.0
+            monitor.poll()
+        assert [s.at for s, _ in spy.readings] == [101.0, 106.0, 111.0]
+        assert cheap_calls == [101.0, 106.0, 111.0] and master.exact_calls == ["uss"] * 3
+        assert all((s.pid, s.mem, s.rss, r) == (1, 40 * MiB, 90 * MiB, 7) for s, r in spy.readings)
+        assert monitor.last_poll is not None and monitor.last_poll.master == spy.readings[-1][0]
+        assert (monitor.polls, monitor.decisions, monitor.decided) == (11, 0, {})
+
+    def test_decisions_are_counted_by_action_and_reason(self, logged: Path) -> None:
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=300 * MiB, uss=250 * MiB), 0)
+        h.poll()
+        assert h.monitor.decided == {("recycle", "soft_limit"): 1} and h.monitor.decisions == 1
