@@ -205,21 +205,16 @@ class LeakSiteTracer:
             raise RuntimeError("tracemalloc was stopped during the traced call")
         ignored = [tracemalloc.Filter(False, pattern) for pattern in _IGNORED]
         snapshot = snapshot.filter_traces(ignored)
-        totals = self._site_totals
         if baseline is None:
             # tracemalloc was started just before the call: every block alive now is the call's.
-            for stat in snapshot.statistics("lineno"):
-                frame = stat.traceback[0]
-                entry = totals.setdefault((frame.filename, frame.lineno), [0, 0])
-                entry[0] += stat.size
-                entry[1] += stat.count
+            retained = [(s.traceback[0], s.size, s.count) for s in snapshot.statistics("lineno")]
         else:
-            for diff in snapshot.compare_to(baseline.filter_traces(ignored), "lineno"):
-                if diff.size_diff > 0:
-                    frame = diff.traceback[0]
-                    entry = totals.setdefault((frame.filename, frame.lineno), [0, 0])
-                    entry[0] += diff.size_diff
-                    entry[1] += max(diff.count_diff, 0)
+            retained = [(d.traceback[0], d.size_diff, max(d.count_diff, 0))
+                        for d in snapshot.compare_to(baseline.filter_traces(ignored), "lineno") if d.size_diff > 0]
+        for frame, size, count in retained:
+            entry = self._site_totals.setdefault((frame.filename, frame.lineno), [0, 0])
+            entry[0] += size
+            entry[1] += count
 
     def _top_sites(self) -> list[dict[str, Any]]:
         ranked = sorted(((size, count, site) for site, (size, count) in self._site_totals.items() if size > 0),
