@@ -16,6 +16,7 @@ from typing import Any
 from .model import (
     ErrorItem,
     HeavyTask,
+    Episodes,
     HostReport,
     LostChildren,
     MasterGrowth,
@@ -45,6 +46,14 @@ def _count(by_reason: dict[str, int], event: dict[str, Any], by_task: dict[str, 
     task = _str(event, "task")
     if by_task is not None and task:
         by_task[task] = by_task.get(task, 0) + 1
+
+
+def _episode(episodes: Episodes, event: dict[str, Any], ts: str | None) -> None:
+    """Count one once-per-episode event; keep the latest one's cause."""
+    cause = _str(event, "cause")
+    episodes.count += 1
+    if _later(ts, episodes.last_seen):
+        episodes.last_seen, episodes.cause = ts, cause or episodes.cause
 
 
 def _str(event: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -99,8 +108,6 @@ class _Host:
         self.heavy: dict[str, HeavyTask] = {}
         self.errors: dict[tuple[str, str], ErrorItem] = {}
         self.config_ts: str | None = None
-        self.storm_ts: str | None = None
-        self.unrelieved_ts: str | None = None
 
     def suspect(self, task: str) -> Suspect:
         found = self.suspects.get(task)
@@ -271,17 +278,10 @@ class Aggregator:
             lost.last_seen, lost.last_reason = ts, reason or lost.last_reason
 
     def _recycle_storm(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        cause = _str(event, "cause")
-        host.report.recycle_storms += 1
-        if _later(ts, host.storm_ts):
-            host.storm_ts, host.report.recycle_storm_cause = ts, cause or host.report.recycle_storm_cause
+        _episode(host.report.recycle_storms, event, ts)
 
     def _pressure_unrelieved(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        cause = _str(event, "cause")
-        host.report.pressure_unrelieved += 1
-        if _later(ts, host.unrelieved_ts):
-            host.unrelieved_ts = ts
-            host.report.pressure_unrelieved_cause = cause or host.report.pressure_unrelieved_cause
+        _episode(host.report.pressure_unrelieved, event, ts)
 
     def _master_growth(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         growth = MasterGrowth(
@@ -476,9 +476,9 @@ def verdict(report: Report) -> Verdict:
                           "below the container's limit, so MemGuard recycles or stops a task first; the tasks "
                           "named above were running when the kernel struck.")
 
-    unrelieved = [h for h in report.hosts if h.pressure_unrelieved]
+    unrelieved = [h for h in report.hosts if h.pressure_unrelieved.count]
     if unrelieved:
-        episodes = sum(h.pressure_unrelieved for h in unrelieved)
+        episodes = sum(h.pressure_unrelieved.count for h in unrelieved)
         findings.append(f"Memory pressure no pool child could relieve ({episodes} "
                         f"episode{'s' if episodes != 1 else ''}) on {_hosts_text([h.hostname for h in unrelieved])}.")
         advice.append("Pressure came from memory held outside the pool children (the master, other processes in "
@@ -486,9 +486,9 @@ def verdict(report: Report) -> Verdict:
                       "free it. Find that process, or lower memguard_pressure_min_relief if your children's "
                       "normal size is what fills the memory.")
 
-    storms = sum(h.recycle_storms for h in report.hosts)
+    storms = sum(h.recycle_storms.count for h in report.hosts)
     if storms:
-        cause = next((h.recycle_storm_cause for h in report.hosts if h.recycle_storm_cause), None)
+        cause = next((h.recycle_storms.cause for h in report.hosts if h.recycle_storms.cause), None)
         findings.append(f"Recycles were rate-limited in {storms} storm episode{'s' if storms != 1 else ''}"
                         + (f": {cause}" if cause else "."))
 

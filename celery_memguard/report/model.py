@@ -18,6 +18,7 @@ __all__ = [
     "HeavyTask",
     "Interventions",
     "LostChildren",
+    "Episodes",
     "MasterGrowth",
     "ErrorItem",
     "HostReport",
@@ -130,6 +131,15 @@ class LostChildren:
 
 
 @dataclass
+class Episodes:
+    """Events logged once per episode (``memguard.recycle_storm``, ``memguard.pressure_unrelieved``)."""
+
+    count: int = 0
+    cause: str | None = None  #: the latest episode's ``cause``
+    last_seen: str | None = None
+
+
+@dataclass
 class MasterGrowth:
     """The latest ``memguard.master_growth`` of a host."""
 
@@ -167,12 +177,10 @@ class HostReport:
     heavy: list[HeavyTask] = field(default_factory=list)
     interventions: Interventions = field(default_factory=Interventions)
     lost: LostChildren = field(default_factory=LostChildren)
-    #: ``memguard.recycle_storm`` episodes (recycles held back by the rate limit) and the latest one's cause.
-    recycle_storms: int = 0
-    recycle_storm_cause: str | None = None
-    #: ``memguard.pressure_unrelieved`` episodes (pressure no pool child could relieve) and the latest cause.
-    pressure_unrelieved: int = 0
-    pressure_unrelieved_cause: str | None = None
+    #: ``memguard.recycle_storm``: recycles held back by the rate limit.
+    recycle_storms: Episodes = field(default_factory=Episodes)
+    #: ``memguard.pressure_unrelieved``: memory pressure no pool child could relieve for good.
+    pressure_unrelieved: Episodes = field(default_factory=Episodes)
     master: MasterGrowth | None = None
     errors: list[ErrorItem] = field(default_factory=list)
     unsupported_pools: list[str] = field(default_factory=list)

@@ -148,14 +148,12 @@ def _host(host: HostReport) -> list[str]:
             out.extend(_wrap(f"latest: {lost.last_reason}", "    "))
     else:
         out.append("  Children lost outside MemGuard: none")
-    if host.recycle_storms:
-        out.append(f"  Recycle storms: {host.recycle_storms:,}")
-        if host.recycle_storm_cause:
-            out.extend(_wrap(host.recycle_storm_cause, "    "))
-    if host.pressure_unrelieved:
-        out.append(f"  Pressure no child could relieve: {_plural(host.pressure_unrelieved, 'episode')}")
-        if host.pressure_unrelieved_cause:
-            out.extend(_wrap(host.pressure_unrelieved_cause, "    "))
+    for label, episodes in (("Recycle storms", host.recycle_storms),
+                            ("Pressure no child could relieve", host.pressure_unrelieved)):
+        if episodes.count:
+            out.append(f"  {label}: {_plural(episodes.count, 'episode')}")
+            if episodes.cause:
+                out.extend(_wrap(episodes.cause, "    "))
 
     m = host.master
     if m is None:

@@ -165,7 +165,7 @@ def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it
         assert report["retry_s"] == 30.0, report  # the test ends well before a fallback recycle
     assert worker.events("memguard.error") == []
     (host,) = worker.report()["hosts"]  # the report command counts the episode(s)
-    assert host["pressure_unrelieved"] == len(unrelieved) and host["interventions"]["recycled"] == {"pressure": 1}
+    assert host["pressure_unrelieved"]["count"] == len(unrelieved) and host["interventions"]["recycled"] == {"pressure": 1}
     print("pressure_unrelieved (fresh_rss_mib, largest_relief_mib, children_rss_mib):",
           [(r["fresh_rss_mib"], r["largest_relief_mib"], r["children_rss_mib"]) for r in unrelieved],
           "recycled mem_mib:", event["mem_mib"])

@@ -269,13 +269,13 @@ class TestAggregation:
         aggregator.feed(json.loads(event("memguard.pressure_unrelieved", cause="held outside the children")))
         report = aggregator.build([])
         host = report.hosts[0]
-        assert (host.recycle_storms, host.recycle_storm_cause) == (2, "12 recycles a minute for soft_limit")
-        assert (host.pressure_unrelieved, host.pressure_unrelieved_cause) == (1, "held outside the children")
+        assert (host.recycle_storms.count, host.recycle_storms.cause) == (2, "12 recycles a minute for soft_limit")
+        assert (host.pressure_unrelieved.count, host.pressure_unrelieved.cause) == (1, "held outside the children")
         assert report.verdict.status == "attention"
         assert any("no pool child could relieve (1 episode)" in f for f in report.verdict.findings)
         assert any("storm episodes: 12 recycles" in f for f in report.verdict.findings)
         text = render_text(report)
-        assert "Recycle storms: 2" in text and "Pressure no child could relieve: 1 episode" in text
+        assert "Recycle storms: 2 episodes" in text and "Pressure no child could relieve: 1 episode" in text
 
     def test_child_lost_without_oom_and_with_bad_fields(self) -> None:
         """A child killed by an operator is counted, not called an OOM; a non-boolean likely_oom is corrupt."""
