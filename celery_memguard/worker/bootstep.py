@@ -85,9 +85,8 @@ class MemGuard(bootsteps.StartStopStep):
         self.board: Board | None = None
         self.prefork = False
         self.pool_name = "?"
-        self._suspects: list[str] = []
-        # What the findings said so far, for the ``memguard`` inspect command (written by the monitor
-        # thread, replaced whole, never mutated in place: the command's thread reads them as they are).
+        # What the findings said so far, for the ``memguard`` inspect command and the trace list (written
+        # by the monitor thread, replaced whole, never mutated in place: the command's thread reads them).
         self._live_suspects: dict[str, dict[str, Any]] = {}
         self._live_heavy: dict[str, int] = {}
         self._live_master: dict[str, Any] | None = None
@@ -199,7 +198,8 @@ class MemGuard(bootsteps.StartStopStep):
         return self._live_master
 
     def _remember(self, finding: Finding) -> None:
-        """Keep what the status command shows; each table is replaced, never changed in place."""
+        """Keep what the status command shows (and, for the suspects, the children's trace list); each
+        table is replaced, never changed in place."""
         task = finding.task or str(finding.fields.get("task") or "")
         if finding.event == LEAK_SUSPECTED and task:
             self._live_suspects = {**self._live_suspects, task: dict(finding.fields)}
@@ -213,19 +213,17 @@ class MemGuard(bootsteps.StartStopStep):
     def _on_finding(self, finding: Finding) -> None:
         """Log a detector's finding; publish leak suspects so children trace their allocation sites."""
         events.emit(finding.event, "error" if finding.event == events.ERROR else "warning", **finding.fields)
+        suspects = list(self._live_suspects)
         try:
             self._remember(finding)
         except Exception as exc:
             events.error("bootstep.status", exc)
-        if finding.task is None or self.board is None or self.config.diagnostics == "off":
             return
-        if finding.event == LEAK_SUSPECTED and finding.task not in self._suspects:
-            self._suspects.append(finding.task)
-        elif finding.event == LEAK_CLEARED and finding.task in self._suspects:
-            self._suspects.remove(finding.task)
-        else:
+        if self.board is None or self.config.diagnostics == "off":
             return
-        self.board.set_trace(self._suspects[-TRACE_MAX:])
+        now_suspected = list(self._live_suspects)  # oldest suspicion first
+        if now_suspected != suspects:
+            self.board.set_trace(now_suspected[-TRACE_MAX:])
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)

@@ -111,3 +111,38 @@ class TestRenderStatus:
                               {"celery@d": {"active": False, "pool": "solo", "reason": "no children"}}])
         assert f"celery@b: {NOT_ENABLED}" in text and "celery@c: unexpected reply ['odd']" in text
         assert "not policing: no children" in text and "leak suspects: none" in text
+
+
+class TestFindingTables:
+    """The bootstep's finding tables: the status command's suspects and the children's trace list."""
+
+    def make(self, monkeypatch: pytest.MonkeyPatch, diagnostics: str = "tracemalloc") -> tuple[Any, list[list[str]]]:
+        from celery_memguard.worker.bootstep import MemGuard
+
+        monkeypatch.setattr(events, "emit", lambda *a, **k: None)
+        traces: list[list[str]] = []
+        step: Any = object.__new__(MemGuard)
+        step.config = MemGuardConfig.from_mapping({"memguard_diagnostics": diagnostics}, 8 * 1024 * MiB)
+        step.board = SimpleNamespace(set_trace=lambda names: traces.append(list(names)))
+        step._live_suspects, step._live_heavy, step._live_master = {}, {}, None
+        return step, traces
+
+    def test_trace_list_follows_suspicions_oldest_first(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from celery_memguard.detectors.base import Finding
+
+        step, traces = self.make(monkeypatch)
+        step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
+        step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 2.0}, task="a"))  # update
+        step._on_finding(Finding("memguard.leak_suspected", {"task": "b", "kib_per_call": 3.0}, task="b"))
+        step._on_finding(Finding("memguard.heavy_task", {"task": "c"}, task="c"))
+        step._on_finding(Finding("memguard.leak_cleared", {"task": "a"}, task="a"))
+        assert traces == [["a"], ["a", "b"], ["b"]]
+        assert step.live_suspects() == {"b": {"task": "b", "kib_per_call": 3.0}}
+        assert step.live_heavy() == {"c": 1}
+
+    def test_no_trace_list_with_diagnostics_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from celery_memguard.detectors.base import Finding
+
+        step, traces = self.make(monkeypatch, diagnostics="off")
+        step._on_finding(Finding("memguard.leak_suspected", {"task": "a"}, task="a"))
+        assert traces == [] and list(step.live_suspects()) == ["a"]
