@@ -294,7 +294,7 @@ class LeakDetector(Detector):
         if state is None:
             state = self._tasks[sample.task] = _TaskState()
             if len(self._tasks) > self.max_tasks:
-                self._evict_task()
+                self._evict_task(keep=sample.task)
         else:
             self._tasks.move_to_end(sample.task)
         key = (sample.pid, self._generation.get(sample.pid, 0))
@@ -547,10 +547,15 @@ class LeakDetector(Detector):
             return None
         return max(0, math.ceil((self.soft_limit - max(alive)) / slope))
 
-    def _evict_task(self) -> None:
-        # Least recently seen first, but keep reported suspects while others can go.
+    def _evict_task(self, keep: str) -> None:
+        # Least recently seen first, but keep reported suspects while others can go; never the name
+        # just inserted (``keep``, the most recent): when every other name is a suspect, the least
+        # recently seen suspect goes.
         for name, state in self._tasks.items():
-            if state.reported is None:
+            if name != keep and state.reported is None:
                 del self._tasks[name]
                 return
-        self._tasks.popitem(last=False)
+        for name in self._tasks:
+            if name != keep:
+                del self._tasks[name]
+                return

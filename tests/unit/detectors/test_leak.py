@@ -221,6 +221,18 @@ class TestBoundsAndLifecycle:
         assert len(detector._tasks) == 10
         assert "t49" in detector._tasks and "t0" not in detector._tasks
 
+    def test_eviction_when_every_tracked_name_is_a_suspect(self) -> None:
+        """With every tracked name a reported suspect, a new name evicts the oldest suspect, never itself."""
+        detector = LeakDetector(max_tasks=2, min_calls=4)
+        for task in ("a", "b"):
+            run(detector, _series(task, [2 * MiB] * 40, pids=(1, 2)))
+        assert detector.suspects == frozenset({"a", "b"})
+        for n in range(20):  # new names keep coming: none raises, the table stays bounded
+            found = detector.observe_task(_sample(1, f"new{n}", n, 100 * MiB, 0), float(n))
+            assert found == []
+            assert f"new{n}" in detector._tasks and len(detector._tasks) == 2
+        assert detector.estimate("new19") is not None
+
     def test_children_per_task_are_bounded(self) -> None:
         """At most ``max_children`` children are tracked per task name."""
         detector = LeakDetector(max_children=4)
