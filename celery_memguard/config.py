@@ -247,8 +247,8 @@ class MemGuardConfig:
         values: dict[str, Any] = {}
         for key, parser in _PARSERS.items():
             full = "memguard_" + key
-            raw = _get(conf, full, DEFAULTS[key])
-            values[key] = parser(full, raw, effective_memory)
+            raw = _get(conf, full, _UNSET)
+            values[key] = DEFAULTS[key] if raw is _UNSET else parser(full, raw, effective_memory)
         unknown = sorted(k for k in _keys(conf) if k.startswith("memguard_") and k[9:] not in _PARSERS)
         if unknown:
             raise ConfigError(unknown[0], _get(conf, unknown[0], None), "a known key: " + ", ".join(KEYS))
@@ -326,37 +326,9 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "policies": _policy_paths,
 }
 
-DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "metric": "uss",
-    "soft_limit": None,
-    "hard_limit": None,
-    "poll_interval": 1.0,
-    "kill_grace": 2.0,
-    "dry_run": False,
-    "log_format": "console",
-    "log_file": None,
-    "leak_detection": True,
-    "heavy_task_threshold": "10x",
-    "master_growth_threshold": "64MiB",
-    "master_growth_grace": 60.0,
-    "master_growth_min_span": 600.0,
-    "diagnostics": "tracemalloc",
-    "pool_limit": None,
-    "pool_hard_limit": None,
-    "min_available": None,
-    "psi_threshold": None,
-    "pressure_min_relief": "32MiB",
-    "pressure_retry": 30.0,
-    "recycle_on_leak": False,
-    "leak_horizon": 300.0,
-    "max_child_lifetime": None,
-    "max_child_tasks": None,
-    "jitter": 0.1,
-    "max_recycles_per_minute": None,
-    "max_throughput_loss": None,
-    "strikes": 0,
-    "policies": (),
-}
+#: Each setting's default, as parsed: the dataclass's field defaults (their one home).
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in sorted(
+    (f for f in fields(MemGuardConfig) if f.name in _PARSERS), key=lambda f: list(_PARSERS).index(f.name))}
+_UNSET = object()
 
 KEYS: tuple[str, ...] = tuple("memguard_" + k for k in _PARSERS)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .detectors.base import Finding
 from .policies import AnyPolicy, build_policies
-from .policies.base import Policy, PoolPolicy, is_pool_policy
+from .policies.base import Policy, PoolPolicy, as_policy, policy_name
 from .policies.limits import HardLimit
 from .policies.storm import StormGuard, restart_of
 from .samples import Action, ChildSample, Decision, SystemSample, Violation
@@ -99,9 +99,9 @@ class Engine:
     ) -> None:
         if strikes < 0:
             raise ValueError("strikes must be >= 0")
-        self.policies: list[AnyPolicy] = list(policies)
-        self._child_policies: list[Policy] = [p for p in self.policies if not is_pool_policy(p)]  # type: ignore[misc]
-        self._pool_policies: list[PoolPolicy] = [p for p in self.policies if is_pool_policy(p)]  # type: ignore[misc]
+        self.policies: list[AnyPolicy] = [as_policy(p) for p in policies]  # one contract from here on
+        self._child_policies: list[Policy] = [p for p in self.policies if isinstance(p, Policy)]
+        self._pool_policies: list[PoolPolicy] = [p for p in self.policies if isinstance(p, PoolPolicy)]
         self.kill_grace = kill_grace
         self.poll_interval = poll_interval
         self.min_interval = min(min_interval, poll_interval)
@@ -124,20 +124,16 @@ class Engine:
         self.hard_limit: int | None = min(hard) if hard else None
 
     @classmethod
-    def from_config(cls, config: "MemGuardConfig | Any", *, rng: random.Random | None = None,
+    def from_config(cls, config: "MemGuardConfig", *, rng: random.Random | None = None,
                     extra: Iterable[Any] = ()) -> "Engine":
-        """The engine a configuration asks for: its policies (see ``build_policies``) and gates.
-
-        Reads ``strikes``, ``max_recycles_per_minute`` and ``max_throughput_loss`` from
-        ``config`` where present (older configurations lack them: defaults apply).
-        """
+        """The engine a configuration asks for: its policies (see ``build_policies``) and gates."""
         return cls(
             build_policies(config, rng=rng, extra=extra),
             kill_grace=config.kill_grace,
             poll_interval=config.poll_interval,
-            strikes=getattr(config, "strikes", 0) or 0,
-            max_recycles_per_minute=getattr(config, "max_recycles_per_minute", None),
-            max_throughput_loss=getattr(config, "max_throughput_loss", None),
+            strikes=config.strikes,
+            max_recycles_per_minute=config.max_recycles_per_minute,
+            max_throughput_loss=config.max_throughput_loss,
         )
 
     @property
@@ -222,7 +218,7 @@ class Engine:
         """Per pid the most severe violation and whether strikes apply to it (a policy that raises is skipped)."""
         worst: dict[int, tuple[Violation, bool]] = {}
         for policy in self._child_policies:
-            debounce = getattr(policy, "debounce", True)
+            debounce = policy.debounce
             for child in view:
                 try:
                     violation = policy.check(child, now)
@@ -233,7 +229,7 @@ class Engine:
                     _merge(worst, child.pid, violation, debounce)
         live = {c.pid for c in view}
         for pool_policy in self._pool_policies:
-            debounce = getattr(pool_policy, "debounce", True)
+            debounce = pool_policy.debounce
             try:
                 verdicts = list(pool_policy.check_pool(view, now, system) or ())
             except Exception as exc:
@@ -242,12 +238,10 @@ class Engine:
             for pid, violation in verdicts:
                 if pid in live and violation is not None:
                     _merge(worst, pid, violation, debounce)
-            findings = getattr(pool_policy, "findings", None)
-            if findings is not None:
-                try:
-                    self._findings.extend(findings())
-                except Exception as exc:
-                    self._error(pool_policy, exc)
+            try:
+                self._findings.extend(pool_policy.findings())
+            except Exception as exc:
+                self._error(pool_policy, exc)
         return worst
 
     def _strike(self, pid: int, now: float) -> int:
@@ -286,7 +280,7 @@ class Engine:
         return max(thresholds)
 
     def _threshold(self) -> int | None:
-        thresholds = [t for t in (getattr(p, "threshold", None) for p in self.policies) if t is not None]
+        thresholds = [p.threshold for p in self.policies if p.threshold is not None]
         return min(thresholds) if thresholds else None
 
     def _forget(self, pid: int) -> None:
@@ -297,16 +291,13 @@ class Engine:
         self._strike_at.pop(pid, None)
         self._deferred_since.pop(pid, None)
         for policy in self.policies:
-            exited = getattr(policy, "child_exited", None)  # optional for duck-typed custom policies
-            if exited is None:
-                continue
             try:
-                exited(pid)
+                policy.child_exited(pid)
             except Exception as exc:
                 self._error(policy, exc)
 
     def _error(self, policy: object, exc: Exception) -> None:
-        where = f"policy.{type(policy).__name__}"
+        where = f"policy.{policy_name(policy)}"
         cause = (where, type(exc).__name__)
         if cause not in self._errors:
             self._errors.add(cause)

@@ -47,6 +47,7 @@ class HeavyTaskDetector(Detector):
 
     * ``threshold`` – own peak in bytes that is always heavy (``None``: no fixed threshold).
     * ``multiple`` – own peak above this many times the typical one is heavy (``None``: off).
+      Both come from ``memguard_heavy_task_threshold`` (default ``"10x"``, in :class:`MemGuardConfig`).
     * ``floor`` – with ``multiple``, peaks below this are never heavy.
     * ``history`` – calls (of all tasks) the typical peak is the median of.
     * ``min_history`` – calls needed before ``multiple`` applies.
@@ -60,8 +61,8 @@ class HeavyTaskDetector(Detector):
     def __init__(
         self,
         *,
-        threshold: int | None = None,
-        multiple: float | None = 8.0,
+        threshold: int | None,
+        multiple: float | None,
         floor: int = 16 * MiB,
         history: int = 512,
         min_history: int = 20,

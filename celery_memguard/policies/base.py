@@ -11,16 +11,22 @@ injected ``random.Random``. A policy may keep per-child state; the engine calls
 child may reuse the pid). Each sample a policy sees carries ``pending``: the order
 the engine has already given that child, so a policy can leave leaving children
 alone.
+
+Custom policies need not subclass either: :func:`as_policy` (applied once, when a
+policy is loaded or handed to the engine) wraps any object with ``check`` or
+``check_pool`` in an adapter that supplies what it leaves out (``threshold`` None,
+``debounce`` True, ``reason`` its class name, no-op ``child_exited`` and
+``findings``). Everything past that point reads the base-class contract only.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence, Union
+from typing import Any, ClassVar, Sequence, Union
 
 from ..detectors.base import Finding
 from ..samples import ChildSample, SystemSample, Violation
 
-__all__ = ["Policy", "PoolPolicy", "AnyPolicy", "Verdict", "is_pool_policy"]
+__all__ = ["Policy", "PoolPolicy", "AnyPolicy", "Verdict", "as_policy", "policy_name"]
 
 #: What a pool policy returns: the child to act on and the violation it committed.
 Verdict = tuple[int, Violation]
@@ -87,6 +93,70 @@ class PoolPolicy:
 AnyPolicy = Union[Policy, PoolPolicy]
 
 
-def is_pool_policy(policy: object) -> bool:
-    """Whether ``policy`` is judged pool-wide (a :class:`PoolPolicy`, or anything with ``check_pool``)."""
-    return isinstance(policy, PoolPolicy) or callable(getattr(policy, "check_pool", None))
+class _Adapted:
+    """The base-class contract for a duck-typed custom policy; every optional member is read from it."""
+
+    inner: Any
+
+    @property
+    def threshold(self) -> int | None:  # type: ignore[override]
+        try:
+            value = getattr(self.inner, "threshold", None)
+        except Exception:  # a broken property must not stop the engine: no threshold then
+            return None
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
+    def debounce(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "debounce", True))
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        return str(getattr(self.inner, "reason", type(self.inner).__name__))
+
+    def child_exited(self, pid: int) -> None:
+        exited = getattr(self.inner, "child_exited", None)
+        if callable(exited):
+            exited(pid)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+class _AdaptedPolicy(_Adapted, Policy):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def check(self, child: ChildSample, now: float) -> Violation | None:
+        return self.inner.check(child, now)  # type: ignore[no-any-return]
+
+
+class _AdaptedPoolPolicy(_Adapted, PoolPolicy):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def check_pool(self, children: Sequence[ChildSample], now: float, system: SystemSample | None) -> list[Verdict]:
+        return list(self.inner.check_pool(children, now, system) or ())
+
+    def findings(self) -> list[Finding]:
+        found = getattr(self.inner, "findings", None)
+        return list(found() or ()) if callable(found) else []
+
+
+def as_policy(obj: object) -> AnyPolicy:
+    """``obj`` under the one policy contract: itself when it subclasses :class:`Policy` or
+    :class:`PoolPolicy`, else an adapter around it. Raises :class:`TypeError` for an object
+    with neither ``check(child, now)`` nor ``check_pool(children, now, system)``."""
+    if isinstance(obj, (Policy, PoolPolicy)):
+        return obj
+    if callable(getattr(obj, "check_pool", None)):
+        return _AdaptedPoolPolicy(obj)
+    if callable(getattr(obj, "check", None)):
+        return _AdaptedPolicy(obj)
+    raise TypeError(f"{obj!r} is not a policy: it has neither check(child, now) "
+                    "nor check_pool(children, now, system)")
+
+
+def policy_name(policy: object) -> str:
+    """The class name of the policy (of the custom object, for an adapted one), for error events."""
+    return type(getattr(policy, "inner", policy) if isinstance(policy, _Adapted) else policy).__name__

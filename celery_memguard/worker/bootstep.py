@@ -131,7 +131,7 @@ class MemGuard(bootsteps.StartStopStep):
             dry_run=cfg.dry_run,
             kill_grace=cfg.kill_grace,
             effective_memory_mib=_mib(cfg.effective_memory),
-            policies=[getattr(p, "reason", type(p).__name__) for p in engine.policies] if engine else [],
+            policies=[p.reason for p in engine.policies] if engine else [],
             leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
         )
         if not self.prefork:

@@ -155,3 +155,13 @@ class MyPolicy(Policy):
 
     def child_exited(self, pid: int) -> None:
         self._marked.discard(pid)
+
+
+class DuckMarker:
+    """A custom policy that subclasses nothing and defines only ``check`` (no threshold, reason
+    attribute, debounce or child_exited): recycles a child seen running ``pt.marker``."""
+
+    def check(self, child: ChildSample, now: float) -> Violation | None:
+        if child.task == MARKER_TASK:
+            return Violation(Action.RECYCLE, "duck_marker", 1, unit="tasks")
+        return None

@@ -440,6 +440,29 @@ def test_custom_policy_recycles_the_child_that_ran_the_marker_task(start_worker:
     assert worker.events("memguard.error") == []
 
 
+def test_check_only_custom_policy_keeps_the_hard_limit(start_worker: StartWorker, redis_url: str) -> None:
+    """memguard_policies=[DuckMarker] (only ``check``, no base class) with a hard limit: a child over the hard
+    limit is still stopped, and the duck-typed policy still recycles the child that ran pt.marker. Before the
+    one policy contract the engine read ``policy.threshold``, the monitor caught AttributeError on every poll
+    and no limit was ever applied (one memguard.error line was the only trace)."""
+    worker = start_worker(redis_url, concurrency=2,
+                          conf=conf(policies=[f"{MODULE}:DuckMarker"], hard_limit="150MiB"))
+    marker = worker.send(MARKER_TASK, 0.5)
+    (marked,) = worker.collect([marker])
+    recycled = worker.wait_for_event("memguard.child_recycled")
+    wait_until(lambda: marked.value not in worker.child_pids(), 20, what="the marked child to leave")
+    grower = worker.send("pt.hold", 250, 20.0)
+    (grown,) = worker.collect([grower], timeout=60)
+    after = pings(worker, 6)
+
+    assert recycled["reason"] == "duck_marker" and recycled["pid"] == marked.value, recycled
+    assert grown.state == "FAILURE" and "MemoryLimitExceeded" in (grown.traceback or ""), (grown.state, grown.value)
+    (killed,) = worker.events("memguard.task_killed")
+    assert killed["task_id"] == grower.id and killed["reason"] == "hard_limit" and killed["limit_mib"] == 150, killed
+    all_succeeded([marked] + after)
+    assert worker.events("memguard.error") == []
+
+
 @pytest.mark.parametrize("path", [f"{MODULE}:NoSuchPolicy", "tests.integration.no_such_module:MyPolicy"])
 def test_a_custom_policy_path_that_does_not_resolve_stops_the_worker(start_worker: StartWorker, redis_url: str,
                                                                      path: str) -> None:

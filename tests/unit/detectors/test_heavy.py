@@ -41,7 +41,7 @@ class TestThresholds:
 
     def test_multiple_of_typical_peak(self) -> None:
         """After enough calls, a peak above ``multiple`` x the median peak of all tasks is heavy."""
-        detector = HeavyTaskDetector(multiple=8.0, floor=16 * MiB)
+        detector = HeavyTaskDetector(threshold=None, multiple=8.0, floor=16 * MiB)
         _feed(detector, [_call("small", 4 * MiB, n=n) for n in range(40)])
         assert detector.typical == 4 * MiB
         assert _feed(detector, [_call("medium", 31 * MiB, n=50)]) == []
@@ -50,13 +50,13 @@ class TestThresholds:
 
     def test_floor_protects_tiny_tasks(self) -> None:
         """Twenty times a tiny typical peak is still below the floor: not heavy."""
-        detector = HeavyTaskDetector(multiple=8.0, floor=16 * MiB)
+        detector = HeavyTaskDetector(threshold=None, multiple=8.0, floor=16 * MiB)
         _feed(detector, [_call("tiny", MiB // 10, n=n) for n in range(40)])
         assert _feed(detector, [_call("t", 2 * MiB, n=99)]) == []
 
     def test_multiple_needs_history(self) -> None:
         """Before ``min_history`` calls there is no typical peak, so only a fixed threshold applies."""
-        detector = HeavyTaskDetector(multiple=8.0, min_history=20)
+        detector = HeavyTaskDetector(threshold=None, multiple=8.0, min_history=20)
         assert _feed(detector, [_call("t", 500 * MiB)]) == []
 
     def test_missing_peak_uses_retained(self) -> None:
@@ -70,7 +70,7 @@ class TestThresholds:
         with pytest.raises(ValueError):
             HeavyTaskDetector(threshold=None, multiple=None)
         with pytest.raises(ValueError):
-            HeavyTaskDetector(multiple=1.0)
+            HeavyTaskDetector(threshold=None, multiple=1.0)
 
 
 class TestRateLimit:
@@ -106,7 +106,7 @@ class TestScenarios:
     @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
     def test_heavy_names_exactly_the_heavy_tasks(self, scenario) -> None:  # type: ignore[no-untyped-def]
         """Spikes and huge buffers are named heavy; leaks, caches and clean tasks are not."""
-        found = run(HeavyTaskDetector(multiple=8.0), scenario.samples(seed=0))
+        found = run(HeavyTaskDetector(threshold=None, multiple=8.0), scenario.samples(seed=0))
         assert named(found, HEAVY_TASK) == set(scenario.heavy)
 
     def test_advice_text(self) -> None:

@@ -1,4 +1,4 @@
-"""Tests for make_policies, build_policies, load_policy and Engine.from_config."""
+"""Tests for build_policies, load_policy and Engine.from_config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from celery_memguard.config import MemGuardConfig
 from celery_memguard.engine import Engine
 from celery_memguard.policies import (HardLimit, LeakProjection, Lifetime, MaxTasks, PoolLimit, SoftLimit,
-                                      SystemPressure, build_policies, load_policy, make_policies)
+                                      SystemPressure, build_policies, load_policy)
 
 from .helpers import MiB
 from .test_custom import IdleAbove, OldestOverBudget
@@ -19,69 +19,71 @@ CUSTOM = "tests.unit.policies.test_custom"
 
 
 def config(**values: object) -> SimpleNamespace:
-    """A config-like object: MemGuardConfig's defaults plus the given (future) fields."""
-    base: dict[str, object] = dict(soft_limit=None, hard_limit=None, kill_grace=2.0, poll_interval=1.0)
-    base.update(values)
-    return SimpleNamespace(**base)
+    """A foreign configuration object, as a custom policy's ``from_config`` may be handed."""
+    return SimpleNamespace(**values)
 
 
-class TestMakePolicies:
-    """make_policies(**plain values)."""
+class TestBuildPolicies:
+    """build_policies(config, extra=..., rng=...): every value and default from the MemGuardConfig."""
 
     def test_nothing_configured(self) -> None:
-        """No values, no policies."""
-        assert [] == make_policies()
+        """The default configuration enables no policy."""
+        assert [] == build_policies(MemGuardConfig())
 
     def test_everything_in_order(self) -> None:
         """Per-child limits most severe first, then leak, age, pool, pressure, custom."""
-        policies = make_policies(soft_limit=200 * MiB, hard_limit=400 * MiB, pool_limit=1000 * MiB,
-                                 pool_hard_limit=1200 * MiB, min_available=500 * MiB, psi_threshold=20.0,
-                                 recycle_on_leak=True, max_child_lifetime=3600.0, max_child_tasks=1000,
-                                 jitter=0.1, custom=[IdleAbove], rng=random.Random(1))
+        cfg = MemGuardConfig(soft_limit=200 * MiB, hard_limit=400 * MiB, pool_limit=1000 * MiB,
+                             pool_hard_limit=1200 * MiB, min_available=500 * MiB, psi_threshold=20.0,
+                             recycle_on_leak=True, max_child_lifetime=3600.0, max_child_tasks=1000,
+                             jitter=0.2, policies=(IdleAbove,))
+        policies = build_policies(cfg, rng=random.Random(1))
         assert [HardLimit, SoftLimit, LeakProjection, Lifetime, MaxTasks, PoolLimit, SystemPressure, IdleAbove] == [
             type(p) for p in policies]
         pool = policies[5]
         assert isinstance(pool, PoolLimit) and (1000 * MiB, 1200 * MiB, 2.0) == (pool.limit, pool.hard_limit,
                                                                                  pool.grace)
+        assert [0.2, 0.2] == [p.jitter for p in policies if isinstance(p, (Lifetime, MaxTasks))]
+
+    def test_defaults_come_from_the_config(self) -> None:
+        """The age policies' jitter and the pressure options default to MemGuardConfig's values (0.1, 32 MiB,
+        30 s), not to another copy of them: one home for every default."""
+        cfg = MemGuardConfig.from_mapping({"memguard_max_child_tasks": 100, "memguard_max_child_lifetime": 3600,
+                                           "memguard_min_available": "100MiB"}, 1 << 33)
+        policies = build_policies(cfg)
+        defaults = MemGuardConfig()
+        assert [defaults.jitter] * 2 == [p.jitter for p in policies if isinstance(p, (Lifetime, MaxTasks))]
+        [pressure] = [p for p in policies if isinstance(p, SystemPressure)]
+        assert (defaults.pressure_min_relief, defaults.pressure_retry) == (pressure.min_relief,
+                                                                           pressure.retry_unrelieved)
 
     def test_leak_projects_to_soft_then_hard(self) -> None:
         """recycle_on_leak projects towards the soft limit, or the hard one without a soft limit."""
-        [_, _, leak] = make_policies(soft_limit=200 * MiB, hard_limit=400 * MiB, recycle_on_leak=True)
+        [_, _, leak] = build_policies(MemGuardConfig(soft_limit=200 * MiB, hard_limit=400 * MiB, recycle_on_leak=True))
         assert isinstance(leak, LeakProjection) and 200 * MiB == leak.limit
-        [_, leak] = make_policies(hard_limit=400 * MiB, recycle_on_leak=True)
+        [_, leak] = build_policies(MemGuardConfig(hard_limit=400 * MiB, recycle_on_leak=True))
         assert isinstance(leak, LeakProjection) and 400 * MiB == leak.limit
 
     def test_leak_without_limit_rejected(self) -> None:
         """recycle_on_leak without any limit has nothing to project towards."""
         with pytest.raises(ValueError):
-            make_policies(recycle_on_leak=True)
+            build_policies(MemGuardConfig(recycle_on_leak=True))
 
     def test_psi_only_pressure(self) -> None:
         """A PSI threshold alone enables the pressure policy."""
-        [pressure] = make_policies(psi_threshold=10.0)
+        [pressure] = build_policies(MemGuardConfig(psi_threshold=10.0))
         assert isinstance(pressure, SystemPressure) and None is pressure.min_available
 
-
-class TestBuildPolicies:
-    """build_policies(config, extra=..., rng=...)."""
-
     def test_current_config_unchanged(self) -> None:
-        """Today's MemGuardConfig (soft and hard only) builds HardLimit then SoftLimit, as before."""
+        """A validated configuration (soft and hard only) builds HardLimit then SoftLimit."""
         cfg = MemGuardConfig.from_mapping({"memguard_soft_limit": 100, "memguard_hard_limit": 200}, 1 << 30)
         assert [(HardLimit, 200), (SoftLimit, 100)] == [(type(p), p.threshold) for p in build_policies(cfg)]
 
-    def test_future_config_fields(self) -> None:
-        """A configuration carrying the new fields enables the matching policies."""
-        cfg = config(soft_limit=100 * MiB, max_child_tasks=50, jitter=0.1, pool_limit=500 * MiB,
-                     min_available=None, psi_threshold=None, recycle_on_leak=False, policies=None)
-        assert [SoftLimit, MaxTasks, PoolLimit] == [type(p) for p in build_policies(cfg)]
-
     def test_custom_from_config_and_extra(self) -> None:
         """Configured custom entries (dotted paths) come before ``extra``; from_config gets the config."""
-        cfg = config(policies=[f"{CUSTOM}:OldestOverBudget"], oldest_budget=123)
+        cfg = MemGuardConfig(policies=(f"{CUSTOM}:OldestOverBudget",))
         policies = build_policies(cfg, extra=[IdleAbove(limit=5)])
         assert ["OldestOverBudget", "IdleAbove"] == [type(p).__name__ for p in policies]
-        assert isinstance(policies[0], OldestOverBudget) and 123 == policies[0].budget
+        assert isinstance(policies[0], OldestOverBudget) and 1000 * MiB == policies[0].budget
 
 
 class TestLoadPolicy:
@@ -127,7 +129,8 @@ class TestEngineFromConfig:
         e = Engine.from_config(cfg)
         assert (200, 0, False, cfg.poll_interval) == (e.hard_limit, e.strikes, e.storm.enabled, e.poll_interval)
 
-    def test_future_config_fields(self) -> None:
-        """strikes and the recycle rate limit come from the configuration when present."""
-        e = Engine.from_config(config(soft_limit=100, strikes=3, max_recycles_per_minute=6, max_throughput_loss=0.2))
+    def test_gates_from_config(self) -> None:
+        """strikes and the recycle rate limit come from the configuration."""
+        e = Engine.from_config(MemGuardConfig(soft_limit=100, strikes=3, max_recycles_per_minute=6,
+                                              max_throughput_loss=0.2))
         assert (3, 6, 0.2) == (e.strikes, e.storm.max_recycles_per_minute, e.storm.max_throughput_loss)

@@ -96,6 +96,56 @@ class TestCustomPolicies:
         assert [(Action.RECYCLE, 1, "duck")] == acts(e.decide([child(1, 100, tasks_run=11)], 0.0))
         e.decide([], 1.0)  # child_exited is optional
 
+    def test_duck_typed_policy_keeps_every_limit(self) -> None:
+        """A check-only policy beside a hard limit: the engine's thresholds (what the monitor asks before
+        every exact reading) work, and a child over the hard limit is stopped. Before the one policy
+        contract, ``Engine.ceiling`` raised AttributeError and the monitor never reached the engine."""
+        e = engine([DuckTyped(), HardLimit(limit=400 * MiB)])
+        assert (400 * MiB, 400 * MiB, 400 * MiB) == (e.ceiling, e.threshold, e.threshold_for(1))
+        assert [(Action.KILL, 1, "hard_limit")] == acts(e.decide([child(1, 500, "a")], 0.0))
+        assert [(Action.RECYCLE, 2, "duck")] == acts(e.decide([child(1, 500, "a"), child(2, 100, tasks_run=11)], 0.5))
+        assert 400 * MiB == e.threshold_for(2)  # a recycling child can still be escalated by the hard limit
+        assert [] == e.findings()
+
+    def test_duck_typed_optional_members_are_read(self) -> None:
+        """What a duck-typed policy does define (threshold, debounce, child_exited; findings for a pool
+        one) is honoured through the adapter; a broken threshold property counts as none."""
+        exited: list[int] = []
+
+        class Partial:
+            threshold = 300 * MiB
+            debounce = False
+
+            def check(self, child: ChildSample, now: float) -> Violation | None:
+                return Violation(Action.RECYCLE, "partial", self.threshold) if child.mem > self.threshold else None
+
+            def child_exited(self, pid: int) -> None:
+                exited.append(pid)
+
+        class PoolDuck:
+            def check_pool(self, children: Sequence[ChildSample], now: float, system: SystemSample | None) -> None:
+                return None
+
+            def findings(self) -> list[object]:
+                from celery_memguard.detectors.base import Finding
+                return [Finding("memguard.custom_note", {"n": 1})]
+
+        class BadThreshold:
+            @property
+            def threshold(self) -> int:
+                raise RuntimeError("no")
+
+            def check(self, child: ChildSample, now: float) -> None:
+                return None
+
+        e = engine([Partial(), PoolDuck(), BadThreshold()], strikes=3)
+        assert 300 * MiB == e.threshold == e.ceiling
+        assert [(Action.RECYCLE, 1, "partial")] == acts(e.decide([child(1, 350)], 0.0))  # no strikes: debounce off
+        assert ["memguard.custom_note"] == [f.event for f in e.findings()]
+        e.decide([], 1.0)
+        assert [1] == exited
+        assert ["Partial", "PoolDuck", "BadThreshold"] == [p.reason for p in e.policies]
+
     def test_custom_hard_violation_never_delayed(self) -> None:
         """A custom violation marked hard passes strikes at once."""
 
