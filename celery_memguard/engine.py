@@ -117,6 +117,9 @@ class Engine:
         self._findings: list[Finding] = []
         self._errors: set[tuple[str, str]] = set()
         self._next_delay = poll_interval
+        #: Set during a warm shutdown: the pool is draining, every child leaves after its task anyway, so
+        #: only hard limits (and their escalation to SIGKILL) are enforced; no soft recycle is ordered.
+        self.draining = False
         #: Smallest memory at which any policy can act; below it no exact reading is needed.
         #: Recomputed after every poll (pool and leak policies move theirs).
         self.threshold: int | None = self._threshold()
@@ -192,6 +195,8 @@ class Engine:
                 continue
             if _is_hard(violation):
                 decisions.append((i, self._order(child, violation, now)))
+            elif self.draining:
+                continue
             elif strikes >= self.strikes or not debounce:
                 soft.append((i, child, violation))
         if soft:

@@ -47,6 +47,8 @@ WOULD_RECYCLE = "memguard.would_recycle"
 WOULD_KILL = "memguard.would_kill"
 ERROR = "memguard.error"
 STOPPED = "memguard.stopped"
+#: Warm shutdown began: the hard limit is enforced until the pool's last child has exited.
+DRAINING = "memguard.draining"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -57,7 +59,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     WOULD_RECYCLE: ("pid", "reason", "mem_mib", "limit_mib", "metric", "tasks_run", "lifetime_s", "task", "task_id"),
     WOULD_KILL: ("task", "task_id", "pid", "mem_mib", "limit_mib", "metric", "reason", "signal"),
     ERROR: ("where", "error"),
-    STOPPED: ("polls", "decisions"),
+    STOPPED: ("polls", "decisions", "shutdown", "drained_s"),
+    DRAINING: ("children", "busy", "enforcing"),
     "memguard.leak_suspected": ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     "memguard.leak_cleared": ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),

@@ -141,6 +141,8 @@ class Monitor:
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When :meth:`drain` was called (warm shutdown), else None.
+        self.draining_since: float | None = None
 
     # -- thread ---------------------------------------------------------
     @property
@@ -151,6 +153,15 @@ class Monitor:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="memguard-monitor", daemon=True)
         self._thread.start()
+
+    def drain(self) -> None:
+        """The worker is in warm shutdown and its pool drains: keep polling, enforce only the hard limit.
+
+        Each child leaves after its current task anyway, so soft recycles are moot; a task growing past
+        the hard limit is still stopped (and SIGKILLed after ``kill_grace``) until :meth:`stop`.
+        """
+        self.engine.draining = True
+        self.draining_since = self.clock()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -4,7 +4,9 @@
 process. At construction it validates the ``memguard_*`` settings (a bad value
 stops the worker before it starts), after the Pool step is created and before it
 forks it maps the shared board and connects the child-side receivers, and when
-the worker starts it launches the monitor thread.
+the worker starts it launches the monitor thread. In a warm shutdown the monitor
+keeps enforcing the hard limit until the pool has drained (see :meth:`MemGuard.stop`);
+in a cold shutdown it stops at once.
 
 On pools other than prefork there are no child processes to measure, recycle or
 stop: MemGuard logs one ``memguard.pool_unsupported`` warning saying so and
@@ -171,15 +173,65 @@ class MemGuard(bootsteps.StartStopStep):
             events.error("bootstep.start", exc)
 
     def stop(self, parent: Any) -> None:
-        if self.monitor is not None:
-            try:
-                self.monitor.stop()
-                events.emit(events.STOPPED, polls=self.monitor.polls, decisions=self.monitor.decisions)
-            except Exception as exc:
-                events.error("bootstep.stop", exc)
-            self.monitor = None
+        """Warm shutdown: keep enforcing the hard limit until the pool's last child has exited.
 
-    terminate = stop
+        Celery stops the steps in reverse start order, so this runs *before* the Pool step's stop,
+        which closes the pool and joins it (waits for every running task, then for every child).
+        The monitor therefore keeps polling through that join (hard limit and its SIGKILL escalation
+        only; see :meth:`Monitor.drain`) and is stopped by a wrapper around the pool's own ``stop``
+        once the join has returned; ``memguard.stopped`` follows. Without a running prefork pool it
+        stops at once.
+        """
+        monitor = self.monitor
+        if monitor is None:
+            return
+        try:
+            if self._hold_until_drained(getattr(parent, "pool", None), monitor):
+                return
+        except Exception as exc:
+            events.error("bootstep.drain", exc)
+        self._finish("warm")
+
+    def terminate(self, parent: Any) -> None:
+        """Cold shutdown: stop the monitor at once (the pool is about to kill its children)."""
+        self._finish("cold")
+
+    def _hold_until_drained(self, pool: Any, monitor: Monitor) -> bool:
+        """Wrap the pool's ``stop``/``terminate`` so the monitor stops when the pool has drained."""
+        if pool is None or getattr(pool, "_pool", None) is None or getattr(pool, "_memguard_held", False):
+            return False
+        original_stop, original_terminate = pool.stop, pool.terminate
+
+        def stop_after_drain() -> Any:
+            try:
+                return original_stop()
+            finally:
+                self._finish("warm")
+
+        def terminate_now() -> Any:
+            self._finish("cold")
+            return original_terminate()
+
+        pool.stop, pool.terminate, pool._memguard_held = stop_after_drain, terminate_now, True
+        monitor.drain()
+        last = monitor.last_poll
+        events.emit(events.DRAINING, children=len(last.children) if last is not None else None,
+                    busy=sum(1 for c in last.children if c.task_id) if last is not None else None,
+                    enforcing="hard_limit")
+        return True
+
+    def _finish(self, how: str) -> None:
+        """Stop the monitor (once) and log ``memguard.stopped``."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.stop()
+            drained = monitor.draining_since
+            events.emit(events.STOPPED, polls=monitor.polls, decisions=monitor.decisions, shutdown=how,
+                        drained_s=None if drained is None else round(monitor.clock() - drained, 1))
+        except Exception as exc:
+            events.error("bootstep.stop", exc)
 
     def status(self) -> dict[str, Any]:
         """What MemGuard sees right now (the ``memguard`` inspect command's reply)."""
@@ -226,7 +278,7 @@ class MemGuard(bootsteps.StartStopStep):
             self.board.set_trace(now_suspected[-TRACE_MAX:])
 
     def shutdown(self, parent: Any) -> None:
-        self.stop(parent)
+        self._finish("warm")
 
 
 def heap_attribution(cfg: MemGuardConfig) -> HeapProbe | None:

@@ -350,3 +350,19 @@ class TestExactReadingAtOnce:
         e = Engine([PoolLimit(limit=1000 * MiB)], kill_grace=GRACE, poll_interval=POLL)
         assert [(Action.RECYCLE, 1, None)] == actions(e.decide([child(1, 600 * MiB), child(2, 500 * MiB)], 0.0))
         assert e.next_delay == FIRST_LOOK  # new children: the usual first look, no immediate poll
+
+
+class TestDraining:
+    """Warm shutdown (issue 13.2): only the hard limit and its escalation while the pool drains."""
+
+    def test_no_soft_recycle_while_draining(self) -> None:
+        e = engine()
+        e.draining = True
+        assert [] == e.decide([child(1, 250 * MiB, "a")], 0.0)
+        assert e.pending(1) is None
+
+    def test_hard_limit_and_escalation_while_draining(self) -> None:
+        e = engine()
+        e.draining = True
+        assert [(Action.KILL, 1, "a")] == actions(e.decide([child(1, 450 * MiB, "a")], 0.0))
+        assert [(Action.FORCE_KILL, 1, "a")] == actions(e.decide([child(1, 450 * MiB, "a")], GRACE + 0.1))
