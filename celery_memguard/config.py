@@ -44,6 +44,13 @@ SIZE_ACCEPTED = (
     '(units B, k/KiB, KB, M/MiB, MB, G/GiB, GB, T/TiB, TB) '
     'or a percentage of effective memory like "20%"'
 )
+#: The largest size any key accepts (8 PiB): beyond it no process's memory can be measured or compared, and
+#: the shared board (signed 64-bit fields) and the events (float MiB) could not carry it.
+MAX_SIZE = 2**53
+#: The largest count (tasks, strikes, recycles per minute) any key accepts: exact as a float, far beyond use.
+MAX_COUNT = 10**15
+#: The largest multiple of a typical task's peak that ``memguard_heavy_task_threshold`` accepts.
+MAX_MULTIPLE = 1_000_000.0
 
 
 def parse_size(key: str, value: Any, effective_memory: int) -> int:
@@ -56,11 +63,11 @@ def parse_size(key: str, value: Any, effective_memory: int) -> int:
     if isinstance(value, int):
         if value <= 0:
             raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be > 0")
-        return value
+        return _bounded_size(key, value)
     if isinstance(value, float):
         if not math.isfinite(value) or value < 1:
             raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be at least 1 byte")
-        return int(value)
+        return _bounded_size(key, value)
     if not isinstance(value, str):
         raise ConfigError(key, value, SIZE_ACCEPTED)
     match = _SIZE_RE.match(value)
@@ -76,10 +83,18 @@ def parse_size(key: str, value: Any, effective_memory: int) -> int:
         return size
     if unit not in _UNITS:
         raise ConfigError(key, value, SIZE_ACCEPTED)
-    size = int(number * _UNITS[unit])
+    size = number * _UNITS[unit]  # a float: "9" * 400 digits is inf here, refused below like any huge size
     if size < 1:
         raise ConfigError(key, value, SIZE_ACCEPTED + "; it must be at least 1 byte")
-    return size
+    return _bounded_size(key, value, size)
+
+
+def _bounded_size(key: str, value: Any, size: float | int | None = None) -> int:
+    """``size`` (default ``value``) as an int of bytes, refused above :data:`MAX_SIZE` (and when not finite)."""
+    size = value if size is None else size
+    if not size <= MAX_SIZE:  # also catches NaN and inf; an int of any length compares without overflow
+        raise ConfigError(key, value, SIZE_ACCEPTED + "; at most 8 PiB")
+    return int(size)
 
 
 def _optional_size(key: str, value: Any, effective_memory: int) -> int | None:
@@ -112,7 +127,7 @@ def _number(low: float, high: float, noun: str, *, optional: bool) -> Callable[[
                 raise ConfigError(key, value, accepted) from None
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ConfigError(key, value, accepted)
-        if not math.isfinite(number) or not low <= number <= high:
+        if not low <= number <= high:  # NaN fails too; an int of any size compares without overflow
             raise ConfigError(key, value, accepted)  # the value as configured, not as converted
         return float(number)
 
@@ -142,8 +157,8 @@ def _size_or_multiple(key: str, value: Any, effective_memory: int) -> tuple[int 
         match = _MULTIPLE_RE.match(value)
         if match:
             multiple = float(match.group(1))
-            if multiple <= 1:
-                raise ConfigError(key, value, 'a multiple above 1, like "10x"')
+            if not 1 < multiple <= MAX_MULTIPLE:
+                raise ConfigError(key, value, f'a multiple above 1 and at most {MAX_MULTIPLE:.0f}, like "10x"')
             return (None, multiple)
     try:
         return (parse_size(key, value, effective_memory), None)
@@ -152,17 +167,18 @@ def _size_or_multiple(key: str, value: Any, effective_memory: int) -> tuple[int 
 
 
 def _count(minimum: int, optional: bool) -> Callable[[str, Any, int], int | None]:
-    accepted = f"a whole number >= {minimum}" + (" or None" if optional else "")
+    accepted = f"a whole number in [{minimum}, {MAX_COUNT}]" + (" or None" if optional else "")
 
     def parse(key: str, value: Any, _mem: int) -> int | None:
         if value is None and optional:
             return None
         number: Any = value
-        if isinstance(value, str) and value.strip().isdigit():
-            number = int(value)
-        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
+        text = value.strip() if isinstance(value, str) else ""
+        if text.isascii() and text.isdigit() and len(text) <= 16:
+            number = int(text)
+        if isinstance(number, bool) or not isinstance(number, int) or not minimum <= number <= MAX_COUNT:
             raise ConfigError(key, value, accepted)
-        return number
+        return int(number)
 
     return parse
 
@@ -193,9 +209,9 @@ def _bool(key: str, value: Any, _mem: int) -> bool:
 
 
 def _optional_path(key: str, value: Any, _mem: int) -> str | None:
-    if value is None or (isinstance(value, str) and value):
+    if value is None or (isinstance(value, str) and value.strip() and "\x00" not in value):
         return value
-    raise ConfigError(key, value, "None (standard error) or a file path string")
+    raise ConfigError(key, value, "None (the worker's --logfile, else standard error) or a file path string")
 
 
 @dataclass(frozen=True)
@@ -214,6 +230,7 @@ class MemGuardConfig:
     dry_run: bool = False
     log_format: str = "console"
     log_file: str | None = None
+    log_target: str = "direct"
     leak_detection: bool = True
     heavy_task_threshold: tuple[int | None, float | None] = (None, 10.0)
     master_growth_threshold: int | None = 64 * MiB
@@ -238,40 +255,50 @@ class MemGuardConfig:
     effective_memory: int = 0
 
     @classmethod
-    def from_mapping(cls, conf: Mapping[str, Any] | Any, effective_memory: int) -> "MemGuardConfig":
+    def from_mapping(cls, conf: Mapping[str, Any] | Any, effective_memory: int, *,
+                     overrides: Mapping[str, Any] | None = None, namespace: str | None = None) -> "MemGuardConfig":
         """Read ``memguard_*`` keys from ``conf`` (``app.conf`` or a dict) and validate them.
 
-        Raises :class:`ConfigError` naming the first invalid key. Unknown ``memguard_*`` keys are
-        rejected too, so a typo never silently disables a limit.
+        ``overrides`` (full key -> value, e.g. from the worker's ``--memguard-*`` options) take
+        precedence over ``conf``. ``namespace`` is the app's configuration namespace
+        (``config_from_object(..., namespace="CELERY")``), under which ``CELERY_MEMGUARD_SOFT_LIMIT`` is
+        the key. Raises :class:`ConfigError` naming the first invalid key. Unknown ``memguard_*`` keys
+        (in any case, with or without the namespace) and keys Celery would not hand to MemGuard (an
+        upper-case ``MEMGUARD_*`` without the namespace, or the same key set twice) are rejected too, so
+        a typo never silently disables a limit.
         """
+        given = dict(overrides or {})
+        raws: dict[str, Any] = {}
         values: dict[str, Any] = {}
         for key, parser in _PARSERS.items():
             full = "memguard_" + key
-            raw = _get(conf, full, _UNSET)
+            raw = given[full] if full in given else _get(conf, full, _UNSET)
+            raws[key] = DEFAULTS[key] if raw is _UNSET else raw
             values[key] = DEFAULTS[key] if raw is _UNSET else parser(full, raw, effective_memory)
-        unknown = sorted(k for k in _keys(conf) if k.startswith("memguard_") and k[9:] not in _PARSERS)
-        if unknown:
-            raise ConfigError(unknown[0], _get(conf, unknown[0], None), "a known key: " + ", ".join(KEYS))
+        _check_keys(conf, namespace)
         soft, hard = values["soft_limit"], values["hard_limit"]
         if soft is not None and hard is not None and soft >= hard:
-            raise ConfigError(
-                "memguard_soft_limit",
-                _get(conf, "memguard_soft_limit", None),
-                f"a size below memguard_hard_limit ({hard} bytes)",
-            )
+            raise ConfigError("memguard_soft_limit", raws["soft_limit"], f"a size below memguard_hard_limit ({hard} bytes)")
         pool, pool_hard = values["pool_limit"], values["pool_hard_limit"]
         if pool_hard is not None and (pool is None or pool_hard <= pool):
-            raise ConfigError(
-                "memguard_pool_hard_limit",
-                _get(conf, "memguard_pool_hard_limit", None),
-                "a size above memguard_pool_limit (which must be set)",
-            )
+            raise ConfigError("memguard_pool_hard_limit", raws["pool_hard_limit"],
+                              "a size above memguard_pool_limit (which must be set)")
         if values["recycle_on_leak"] and soft is None and hard is None:
             raise ConfigError(
-                "memguard_recycle_on_leak",
-                _get(conf, "memguard_recycle_on_leak", None),
+                "memguard_recycle_on_leak", raws["recycle_on_leak"],
                 "False, or True together with memguard_soft_limit or memguard_hard_limit (the limit a leak is projected to)",
             )
+        for key in ("min_available", "pressure_min_relief"):
+            # Available memory can never reach (or a recycle never free) more than there is: refused, as a
+            # policy that can never be satisfied would recycle children for nothing.
+            if effective_memory > 0 and values[key] is not None and values[key] >= effective_memory \
+                    and values[key] != DEFAULTS[key]:
+                raise ConfigError(f"memguard_{key}", raws[key],
+                                  f"a size below the effective memory ({effective_memory // MiB} MiB)")
+        if values["log_target"] == "logging" and values["log_file"] is not None:
+            raise ConfigError("memguard_log_file", raws["log_file"],
+                              'None with memguard_log_target="logging" (events go to the celery_memguard logger; '
+                              'use "both" to write the file too)')
         return cls(effective_memory=effective_memory, **values)
 
     def as_public_dict(self) -> dict[str, Any]:
@@ -284,6 +311,31 @@ def _get(conf: Any, key: str, default: Any) -> Any:
         return conf.get(key, default)
     except Exception:  # a Celery Settings object may raise on odd keys
         return getattr(conf, key, default)
+
+
+def _check_keys(conf: Any, namespace: str | None) -> None:
+    """Refuse every key that looks like MemGuard's but that MemGuard would never read.
+
+    A key is MemGuard's when, after an optional ``<namespace>_`` prefix (any case), it starts with
+    ``memguard_`` in any case. It must name a known setting, and be the spelling Celery resolves for
+    the canonical key (checked by asking ``conf`` for it: the value must be this very object).
+    """
+    prefix = f"{namespace.rstrip('_')}_".lower() if namespace else None
+    for key in sorted(_keys(conf)):
+        name = key[len(prefix):] if prefix and key.lower().startswith(prefix) else key
+        if not name.lower().startswith("memguard_"):
+            continue
+        value = _get(conf, key, None)
+        setting = name[9:].lower()
+        if setting not in _PARSERS:
+            spelled = f" (spelled {namespace.rstrip('_')}_MEMGUARD_<NAME> under the app's namespace)" if namespace else ""
+            raise ConfigError(key, value, f"a known key{spelled}: " + ", ".join(KEYS))
+        canonical = "memguard_" + setting
+        if key != canonical and _get(conf, canonical, _UNSET) is not value:
+            spelled = f"{namespace.rstrip('_')}_{canonical.upper()}" if namespace else canonical
+            raise ConfigError(key, value, f"the key {spelled} (Celery does not pass {key} to MemGuard"
+                                          f"{'' if namespace else '; with no config namespace keys are lower case'}"
+                                          ", and a setting may be given once)")
 
 
 def _keys(conf: Any) -> list[str]:
@@ -303,6 +355,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "dry_run": _bool,
     "log_format": _choice("console", "json"),
     "log_file": _optional_path,
+    "log_target": _choice("direct", "logging", "both"),
     "leak_detection": _bool,
     "heavy_task_threshold": _size_or_multiple,
     "master_growth_threshold": _optional_size,

@@ -1,11 +1,38 @@
 """Structured events: the names and keys here are MemGuard's public API.
 
-Events are rendered by structlog and written with one ``os.write`` per line to
-standard error's file descriptor (or ``memguard_log_file``, opened with
-``O_APPEND``), bypassing Celery's stdout/stderr redirection so that, with
-``memguard_log_format="json"``, every line is exactly one JSON object with an
-``event`` key. Master and pool children share the fd; a line is a single write,
-so lines from different processes never interleave mid-line.
+Events are rendered by structlog (``memguard_log_format``: ``"json"`` lines or
+``"console"`` text) and go where ``memguard_log_target`` says:
+
+* ``"direct"`` (default): MemGuard writes each line itself with one ``os.write``
+  to a file descriptor of its own: ``memguard_log_file`` when set, else the
+  worker's ``--logfile``, else standard error, or ``memguard-<node>.log`` in the
+  worker's working directory when standard error is ``/dev/null`` or closed (a
+  ``--detach``-ed worker without ``--logfile``). See :func:`default_log_file`.
+* ``"logging"``: each line becomes the message of a record on the stdlib
+  ``celery_memguard`` logger (level info/warning/error as the event's), with the
+  event's fields as ``record.memguard``; the project's handlers (Sentry, JSON
+  formatters, journald) see them and decide where they go.
+* ``"both"``: both of the above.
+
+The line is byte-for-byte the same whichever way it goes, so ``report`` reads it
+(a handler's prefix before the JSON object is skipped by the reader).
+
+Direct writes never block a worker and never take it down: the file is opened
+with ``O_APPEND | O_NONBLOCK`` (a FIFO with no reader is opened read-write, so
+the open cannot hang either), standard error is reopened non-blocking where it
+is a pipe or terminal, and a line that cannot be written at once (``EAGAIN``,
+``ENOSPC``, ``EIO``...) is dropped and counted. Dropped events are counted
+across the master and the pool children (a shared counter; a lower bound when
+two processes drop at the same instant), shown by the ``memguard`` status
+command and in ``memguard.stopped``, and the first drop prints one warning on
+standard error. A log file moved away (logrotate) is noticed within a second
+and reopened by path, like :class:`logging.handlers.WatchedFileHandler`; the
+check is one ``stat`` per process at most once a second.
+
+Master and pool children (forked) share the open file description; a line is a
+single ``write`` to an ``O_APPEND`` file, so lines from different processes never
+interleave mid-line. A line cut short by a full pipe is ended with a newline
+before the next one, so at most that one line is corrupt.
 
 Every event carries ``ts`` (ISO 8601 UTC), ``level``, ``source_pid`` (the
 emitting process) and ``hostname`` (the Celery node name, once known). ``pid``,
@@ -17,9 +44,15 @@ per cause (``where`` + exception type), later repeats are counted, not logged.
 
 from __future__ import annotations
 
+import errno
+import logging
+import mmap
 import os
+import stat
+import struct
 import sys
 import threading
+import time
 from typing import Any, Callable, MutableMapping
 
 import structlog
@@ -32,7 +65,13 @@ __all__ = [
     "WOULD_RECYCLE",
     "WOULD_KILL",
     "ERROR",
+    "STOPPED",
+    "LOGGER_NAME",
+    "TARGETS",
     "EventLog",
+    "default_log_file",
+    "open_log_file",
+    "stderr_lost",
     "configure",
     "emit",
     "error",
@@ -59,7 +98,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     WOULD_RECYCLE: ("pid", "reason", "mem_mib", "limit_mib", "metric", "tasks_run", "lifetime_s", "task", "task_id"),
     WOULD_KILL: ("task", "task_id", "pid", "mem_mib", "limit_mib", "metric", "reason", "signal"),
     ERROR: ("where", "error"),
-    STOPPED: ("polls", "decisions", "shutdown", "drained_s"),
+    STOPPED: ("polls", "decisions", "shutdown", "drained_s", "events_dropped"),
     DRAINING: ("children", "busy", "enforcing"),
     "memguard.leak_suspected": ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
@@ -79,20 +118,98 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class _FdLogger:
-    """A structlog logger that writes each rendered line with one ``os.write``."""
+#: Where events go (``memguard_log_target``).
+TARGETS = ("direct", "logging", "both")
+#: The stdlib logger events go to with ``memguard_log_target = "logging"`` or ``"both"``.
+LOGGER_NAME = "celery_memguard"
+#: How often (seconds) a process checks whether its log file was moved or removed.
+REOPEN_CHECK_S = 1.0
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+_SHARED = struct.Struct("<QB")  # dropped events, "the drop warning was printed" flag
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
 
-    def msg(self, message: str) -> None:
-        data = (message + "\n").encode("utf-8", "replace")
+def stderr_lost() -> bool:
+    """Whether standard error goes nowhere: closed, or ``/dev/null`` (a ``--detach``-ed or daemonized worker)."""
+    try:
+        st = os.fstat(_stderr_fd())
+    except (OSError, ValueError):
+        return True
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+
+
+def default_log_file(worker_logfile: str | None, node: str) -> str | None:
+    """The file events go to when ``memguard_log_file`` is not set, or None for standard error.
+
+    ``worker_logfile`` is the worker's ``--logfile`` (already node-formatted), where Celery's own log
+    lines go; ``node`` is the node's short name, for ``memguard-<node>.log`` in the working directory
+    when standard error is lost and the worker has no log file.
+    """
+    if worker_logfile:
+        return worker_logfile
+    if stderr_lost():
+        safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in node) or "worker"
+        return os.path.abspath(f"memguard-{safe}.log")
+    return None
+
+
+def open_log_file(path: str) -> int:
+    """Open ``path`` for appending events, never blocking; raise :class:`OSError`/:class:`ValueError` if unusable.
+
+    A FIFO nobody reads yet is opened read-write (a non-blocking write-only open would fail with
+    ``ENXIO``, a blocking one would hang until a reader comes): lines then fill the pipe's buffer
+    and are dropped when it is full.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+
+
+def _stderr_fd() -> int:
+    return sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
+
+
+def _open_stderr() -> tuple[int, bool]:
+    """A descriptor for standard error that never blocks where that is possible: ``(fd, owned)``.
+
+    A pipe, FIFO or terminal is reopened through ``/proc/self/fd`` with ``O_NONBLOCK`` (a new open
+    file description: the flag does not leak to the shell or to Celery's own writes). A regular file
+    or a socket keeps the inherited descriptor (a file never blocks; reopening it would lose its
+    offset).
+    """
+    fd = _stderr_fd()
+    try:
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
+        return fd, False
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         try:
-            while data:
-                written = os.write(self.fd, data)
-                data = data[written:]
+            return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC
+                           | os.O_NOCTTY), True
         except OSError:
-            pass  # logging must never take a worker down
+            pass
+    return fd, False
+
+
+class _Sink:
+    """Where rendered lines go: a descriptor of our own (``direct``) and/or the ``celery_memguard`` logger.
+
+    structlog's last processor hands over ``(line, fields)``; this object writes them.
+    """
+
+    def __init__(self, owner: "EventLog") -> None:
+        self.owner = owner
+
+    def msg(self, line: str, fields: MutableMapping[str, Any] | None = None, level: str = "info") -> None:
+        self.owner._write(line, fields or {}, level)
 
     log = debug = info = warning = warn = error = critical = msg
 
@@ -105,35 +222,55 @@ def _iso_utc(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> 
 
 
 class EventLog:
-    """Emits MemGuard events; one per process (children inherit the master's)."""
+    """Emits MemGuard events; one per process (children inherit the master's).
 
-    def __init__(self, *, fmt: str = "console", log_file: str | None = None, hostname: str | None = None) -> None:
+    ``log_file`` None means standard error (the bootstep resolves the default with
+    :func:`default_log_file` first). Opening an explicit ``log_file`` raises :class:`OSError` or
+    :class:`ValueError` when it is unusable (the bootstep turns that into a clean start-up error);
+    everything after that is fail-open.
+    """
+
+    def __init__(self, *, fmt: str = "console", log_file: str | None = None, hostname: str | None = None,
+                 target: str = "direct") -> None:
         self.fmt = fmt
         self.hostname = hostname
-        self._owns_fd = bool(log_file)
-        if log_file:
-            self.fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        else:
-            self.fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
+        self.target = target
+        self.log_file = log_file
+        self._direct = target in ("direct", "both")
+        self._logger_out = logging.getLogger(LOGGER_NAME) if target in ("logging", "both") else None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._cut = False  # the last line was cut short: end it before the next one
+        self._checked = time.monotonic()
+        self._identity: tuple[int, int] | None = None
+        # Dropped-event count and the "warned" flag, shared with forked children (anonymous shared mmap).
+        self._shared = mmap.mmap(-1, _SHARED.size)
+        self._warn_fd: int | None = None
+        self.fd, self._owns_fd = -1, False
+        if self._direct:
+            if log_file:
+                self.fd, self._owns_fd = open_log_file(log_file), True
+                self._identity = self._stat_identity(self.fd)
+            else:
+                self.fd, self._owns_fd = _open_stderr()
         renderer: Callable[..., Any]
         if fmt == "json":
             renderer = structlog.processors.JSONRenderer(sort_keys=False)
         else:
             renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+
+        def render(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+            fields = dict(event_dict)
+            return (renderer(logger, name, event_dict),), {"fields": fields, "level": name}
+
         self._logger = structlog.wrap_logger(
-            _FdLogger(self.fd),
-            processors=[structlog.processors.add_log_level, _iso_utc, self._add_origin, renderer],
+            _Sink(self),
+            processors=[structlog.processors.add_log_level, _iso_utc, self._add_origin, render],
             cache_logger_on_first_use=False,
         )
         self._seen_errors: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
 
-    def _add_origin(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        event_dict.setdefault("source_pid", os.getpid())
-        if self.hostname:
-            event_dict.setdefault("hostname", self.hostname)
-        return event_dict
-
+    # -- public -------------------------------------------------------------
     def emit(self, event: str, level: str = "info", **keys: Any) -> None:
         try:
             getattr(self._logger, level)(event, **keys)
@@ -149,8 +286,23 @@ class EventLog:
         if count == 0:
             self.emit(ERROR, level="error", where=where, error=f"{type(exc).__name__}: {exc}")
 
+    @property
+    def dropped(self) -> int:
+        """Events that could not be written, by this process and every process forked from it."""
+        try:
+            return int(_SHARED.unpack_from(self._shared, 0)[0])
+        except (ValueError, struct.error):
+            return 0
+
+    def describe(self) -> str:
+        """Where events go, for ``memguard.started`` and the status command."""
+        direct = (self.log_file or "stderr") if self._direct else None
+        if self._logger_out is None:
+            return str(direct)
+        return f"logging:{LOGGER_NAME}" + (f"+{direct}" if direct else "")
+
     def close(self) -> None:
-        """Close the log file (never standard error)."""
+        """Close the log file (never standard error itself)."""
         if self._owns_fd:
             try:
                 os.close(self.fd)
@@ -162,17 +314,144 @@ class EventLog:
     def error_counts(self) -> dict[tuple[str, str], int]:
         return dict(self._seen_errors)
 
+    # -- internals ------------------------------------------------------------
+    def _add_origin(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict.setdefault("source_pid", os.getpid())
+        if self.hostname:
+            event_dict.setdefault("hostname", self.hostname)
+        return event_dict
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held by another thread at fork)."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _write(self, line: str, fields: MutableMapping[str, Any], level: str) -> None:
+        if self._logger_out is not None:
+            self._to_logging(line, fields, level)
+        if not self._direct:
+            return
+        data = (line + "\n").encode("utf-8", "replace")
+        if os.getpid() != self._pid:  # forked without the at-fork hook (e.g. os.fork in a test)
+            self._after_fork()
+        with self._lock:
+            if self.log_file:
+                self._reopen_if_moved()
+            if self._cut:
+                data = b"\n" + data
+            error = self._write_all(data)
+        if error is not None:
+            self._count_drop(error)
+
+    def _write_all(self, data: bytes) -> OSError | None:
+        """Write ``data`` without blocking; on failure the error (the rest of the line is dropped)."""
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self._cut = bool(view)
+            return None
+        except OSError as exc:
+            return exc
+
+    def _count_drop(self, error: OSError) -> None:
+        try:
+            count, warned = _SHARED.unpack_from(self._shared, 0)
+            _SHARED.pack_into(self._shared, 0, count + 1, 1)
+        except (ValueError, struct.error):
+            return
+        if not warned:
+            self._warn(error)
+
+    def _warn(self, error: OSError) -> None:
+        """Say once, on standard error, that events are being dropped (never blocking)."""
+        where = self.log_file or "standard error"
+        message = (f"celery-memguard: cannot write events to {where} ({error.strerror or error}); "
+                   "dropping them (counted in `celery memguard status` and memguard.stopped)\n")
+        try:
+            if self._warn_fd is None:
+                self._warn_fd = self.fd if not self.log_file else _open_stderr()[0]
+            if self._warn_fd != self.fd:
+                os.write(self._warn_fd, message.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    @staticmethod
+    def _stat_identity(fd: int) -> tuple[int, int] | None:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+    def _reopen_if_moved(self) -> None:
+        """Reopen the log file by path when it was renamed or removed (logrotate), checked once a second."""
+        now = time.monotonic()
+        if self._identity is None or now - self._checked < REOPEN_CHECK_S:
+            return
+        self._checked = now
+        assert self.log_file is not None
+        try:
+            st = os.stat(self.log_file)
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            fd = open_log_file(self.log_file)
+        except (OSError, ValueError):
+            return  # keep writing to the old file rather than losing events
+        old, owned = self.fd, self._owns_fd
+        self.fd, self._owns_fd, self._identity, self._cut = fd, True, self._stat_identity(fd), False
+        if owned:
+            try:
+                os.close(old)
+            except OSError:
+                pass
+
+    def _to_logging(self, line: str, fields: MutableMapping[str, Any], level: str) -> None:
+        """One record on the ``celery_memguard`` logger; its message is exactly the line."""
+        logger = self._logger_out
+        assert logger is not None
+        levelno = _LEVELS.get(level, logging.INFO)
+        try:
+            # A level set on the logger is respected; unset, every event passes (events are not debug chatter).
+            if logger.level != logging.NOTSET and not logger.isEnabledFor(levelno):
+                return
+            record = logger.makeRecord(logger.name, levelno, "celery_memguard.events", 0, line, None, None,
+                                       extra={"memguard": fields})
+            logger.handle(record)
+        except Exception:  # a broken handler must not break the worker
+            pass
+
 
 _current: EventLog | None = None
 
 
-def configure(*, fmt: str = "console", log_file: str | None = None, hostname: str | None = None) -> EventLog:
-    """Create the process-wide event log (called by the bootstep in the master)."""
+def configure(*, fmt: str = "console", log_file: str | None = None, hostname: str | None = None,
+              target: str = "direct") -> EventLog:
+    """Create the process-wide event log (called by the bootstep in the master).
+
+    Raises :class:`OSError` or :class:`ValueError` when ``log_file`` cannot be opened; the previous log
+    then stays in place.
+    """
     global _current
-    previous, _current = _current, EventLog(fmt=fmt, log_file=log_file, hostname=hostname)
+    log = EventLog(fmt=fmt, log_file=log_file, hostname=hostname, target=target)
+    previous, _current = _current, log
     if previous is not None:
         previous.close()
-    return _current
+    return log
+
+
+def _reinit_after_fork() -> None:
+    if _current is not None:
+        _current._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def get() -> EventLog:

@@ -39,6 +39,9 @@ from ..probes.system import oom_kill_count, read_system
 from ..samples import MiB
 from . import child
 from .control import status_of
+from .options import option_name, overrides_from, register
+
+register()  # the --memguard-* options of `celery worker`, when Celery's command line is what imports us
 
 __all__ = ["MemGuard", "WorkerConfigError"]
 
@@ -48,9 +51,13 @@ class WorkerConfigError(ConfigError, click.ClickException):
 
     exit_code = 1
 
-    def __init__(self, key: str, value: object, accepted: str) -> None:
-        click.ClickException.__init__(self, f"celery-memguard: invalid {key}={value!r}: expected {accepted}")
+    def __init__(self, key: str, value: object, accepted: str, given_as: str | None = None) -> None:
+        shown = f"{key} (given as {given_as})" if given_as else key
+        click.ClickException.__init__(self, f"celery-memguard: invalid {shown}={value!r}: expected {accepted}")
         self.key, self.value, self.accepted = key, value, accepted
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.value, self.accepted))
 
 _UNSUPPORTED = {
     "can": "validate its settings and log memguard.started",
@@ -70,15 +77,18 @@ class MemGuard(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        overrides = overrides_from(kwargs)  # the worker's --memguard-* options
         try:
-            self.config = MemGuardConfig.from_mapping(parent.app.conf, effective_memory())
+            self.config = MemGuardConfig.from_mapping(parent.app.conf, effective_memory(), overrides=overrides,
+                                                      namespace=getattr(parent.app, "namespace", None))
         except ConfigError as exc:
             # The worker does not start; `celery worker` prints "Error: invalid memguard_...: expected ..."
             # and exits with status 1 instead of a traceback.
-            raise WorkerConfigError(exc.key, exc.value, exc.accepted) from None
+            given_as = option_name(exc.key) if exc.key in overrides else None
+            raise WorkerConfigError(exc.key, exc.value, exc.accepted, given_as) from None
         try:
             build_policies(self.config)  # imports custom policies: a bad path stops the worker here
-        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        except Exception as exc:  # whatever importing a bad path raises, the worker stops with one clean line
             raise WorkerConfigError(
                 "memguard_policies", list(self.config.policies),
                 f"importable policy classes with check(child, now) or check_pool(children, now, system) ({exc})",
@@ -92,6 +102,31 @@ class MemGuard(bootsteps.StartStopStep):
         self._live_suspects: dict[str, dict[str, Any]] = {}
         self._live_heavy: dict[str, int] = {}
         self._live_master: dict[str, Any] | None = None
+        if self.config.enabled:
+            self._open_event_log(parent)
+
+    def _open_event_log(self, parent: Any) -> None:
+        """Point the events where the settings say, before anything is emitted; a bad target stops the worker.
+
+        ``memguard_log_file`` unset means the worker's ``--logfile`` (where Celery's own lines go), else
+        standard error, else (standard error is /dev/null: a detached worker) ``memguard-<node>.log`` in
+        the working directory; see :func:`celery_memguard.events.default_log_file`.
+        """
+        cfg = self.config
+        hostname = getattr(parent, "hostname", None)
+        path, explicit = cfg.log_file, cfg.log_file is not None
+        if cfg.log_target != "logging" and not explicit:
+            path = events.default_log_file(_worker_logfile(parent, hostname), _node_name(hostname))
+        try:
+            events.configure(fmt=cfg.log_format, log_file=path, hostname=hostname, target=cfg.log_target)
+            return
+        except (OSError, ValueError) as exc:
+            if explicit:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise WorkerConfigError("memguard_log_file", cfg.log_file,
+                                        f"a file MemGuard can open for appending ({reason})") from None
+        # The default file could not be opened: fall back to standard error, which is all there is.
+        events.configure(fmt=cfg.log_format, log_file=None, hostname=hostname, target=cfg.log_target)
 
     def include_if(self, parent: Any) -> bool:
         return self.config.enabled
@@ -99,7 +134,6 @@ class MemGuard(bootsteps.StartStopStep):
     def create(self, parent: Any) -> "MemGuard":
         cfg = self.config
         parent.memguard = self  # the ``memguard`` inspect command finds the step here (worker/control.py)
-        events.configure(fmt=cfg.log_format, log_file=cfg.log_file, hostname=getattr(parent, "hostname", None))
         try:
             from celery.concurrency.prefork import TaskPool as PreforkPool
 
@@ -135,6 +169,7 @@ class MemGuard(bootsteps.StartStopStep):
             effective_memory_mib=_mib(cfg.effective_memory),
             policies=[p.reason for p in engine.policies] if engine else [],
             leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
+            log=events.get().describe(),
         )
         if not self.prefork:
             events.emit(events.POOL_UNSUPPORTED, "warning", pool=pool_name, can=_UNSUPPORTED["can"],
@@ -229,7 +264,8 @@ class MemGuard(bootsteps.StartStopStep):
             monitor.stop()
             drained = monitor.draining_since
             events.emit(events.STOPPED, polls=monitor.polls, decisions=monitor.decisions, shutdown=how,
-                        drained_s=None if drained is None else round(monitor.clock() - drained, 1))
+                        drained_s=None if drained is None else round(monitor.clock() - drained, 1),
+                        events_dropped=events.get().dropped)
         except Exception as exc:
             events.error("bootstep.stop", exc)
 
@@ -359,6 +395,24 @@ class _PoolView:
         """The exit code billiard recorded for ``pid`` (never reaps it ourselves)."""
         proc = self._current.get(pid) or self._previous.get(pid)
         return getattr(getattr(proc, "_popen", None), "returncode", None)
+
+
+def _worker_logfile(parent: Any, hostname: str | None) -> str | None:
+    """The worker's ``--logfile`` as Celery opens it (``%n``/``%h``/``%i`` expanded), or None."""
+    logfile = getattr(parent, "logfile", None)
+    if not isinstance(logfile, str) or not logfile:
+        return None
+    try:
+        from celery.utils.nodenames import node_format
+
+        return node_format(logfile, hostname) if hostname else logfile
+    except Exception:
+        return logfile
+
+
+def _node_name(hostname: str | None) -> str:
+    """The node's short name (``w1`` of ``w1@host``)."""
+    return (hostname or "celery").split("@", 1)[0] or "celery"
 
 
 def _shutting_down() -> bool:

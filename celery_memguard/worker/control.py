@@ -5,8 +5,9 @@ renders the same replies as a table) asks every worker what MemGuard sees right
 now: each pool child's memory (exact, or an upper bound marked as such), its
 current task, task count, age and any order already given to it; the master's
 memory and the system's available memory when they are read; the limits; the
-current leak suspects, heavy tasks and master growth; and the decisions taken
-so far by action and reason.
+current leak suspects, heavy tasks and master growth; the decisions taken
+so far by action and reason; and where events go and how many were dropped
+because they could not be written.
 
 The command runs in the worker's consumer thread while the monitor thread
 polls: it reads only what the monitor publishes whole after each poll
@@ -62,6 +63,7 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         "suspects": sorted(step.live_suspects().values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
         "heavy_tasks": step.live_heavy(),
         "master_growth": step.live_master_growth(),
+        "events": _events_status(),
     }
     if monitor is None:
         status["reason"] = ("the pool has no child processes to police" if not step.prefork
@@ -100,6 +102,12 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         status["system"] = {"available_mib": _mib(system.available), "total_mib": _mib(system.total),
                             "psi_some_avg10": system.psi_some_avg10}
     return status
+
+
+def _events_status() -> dict[str, Any]:
+    """Where events go, and how many could not be written (all processes of this worker)."""
+    log = events.get()
+    return {"log": log.describe(), "dropped": log.dropped}
 
 
 @inspect_command(name=COMMAND, help="MemGuard: pool children's memory, limits, leak suspects, decisions")

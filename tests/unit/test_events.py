@@ -187,7 +187,7 @@ class TestModuleHelpers:
         """get() before configure() gives a console log on standard error."""
         monkeypatch.setattr(events, "_current", None)
         log = events.get()
-        assert ("console", 2) == (log.fmt, log.fd)
+        assert ("console", None, "stderr") == (log.fmt, log.log_file, log.describe())
 
     def test_event_names_are_namespaced(self) -> None:
         """Every public event is memguard.* and documents its keys."""
@@ -200,3 +200,164 @@ class TestModuleHelpers:
         assert {"task", "task_id", "pid", "mem_mib", "limit_mib"} <= set(EVENT_KEYS[events.TASK_KILLED])
         assert EVENT_KEYS[events.CHILD_RECYCLED] == EVENT_KEYS[events.WOULD_RECYCLE]
         assert EVENT_KEYS[events.TASK_KILLED] == EVENT_KEYS[events.WOULD_KILL]
+
+
+class TestTargets:
+    """Where lines go, and that writing them never blocks or raises (issue 8.3, 13.5)."""
+
+    def test_reopens_a_moved_file(self, log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """logrotate renames the file: within REOPEN_CHECK_S later lines go to a new file at the path."""
+        monkeypatch.setattr(events, "REOPEN_CHECK_S", 0.0)
+        log = EventLog(fmt="json", log_file=str(log_path))
+        try:
+            log.emit(events.STOPPED, polls=1, decisions=0)
+            rotated = log_path.with_name("memguard.log.1")
+            log_path.rename(rotated)
+            log.emit(events.STOPPED, polls=2, decisions=0)
+            log.emit(events.STOPPED, polls=3, decisions=0)
+        finally:
+            log.close()
+        assert [1] == [r["polls"] for r in json_lines(rotated)]
+        assert [2, 3] == [r["polls"] for r in json_lines(log_path)]
+
+    def test_checks_for_rotation_at_most_once_per_interval(self, log_path: Path) -> None:
+        """Without the check being due, lines keep going to the open file (no stat per line)."""
+        log = EventLog(fmt="json", log_file=str(log_path))
+        try:
+            rotated = log_path.with_name("memguard.log.1")
+            log_path.rename(rotated)
+            log.emit(events.STOPPED, polls=1, decisions=0)
+        finally:
+            log.close()
+        assert [1] == [r["polls"] for r in json_lines(rotated)]
+
+    def test_fifo_without_reader_never_blocks(self, tmp_path: Path) -> None:
+        """A FIFO nobody reads: the open does not hang, lines fill the pipe, then are dropped and counted."""
+        fifo = tmp_path / "events.fifo"
+        os.mkfifo(fifo)
+        log = EventLog(fmt="json", log_file=str(fifo))
+        try:
+            for n in range(2000):  # ~200 KB: more than a pipe holds
+                log.emit(events.STOPPED, polls=n, decisions=0, padding="x" * 60)
+            assert log.dropped > 0
+        finally:
+            log.close()
+
+    def test_dev_full_drops_are_counted_and_warned_once(self, capfd: pytest.CaptureFixture[str]) -> None:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full")
+        log = EventLog(fmt="json", log_file="/dev/full")
+        try:
+            for n in range(3):
+                log.emit(events.STOPPED, polls=n, decisions=0)
+        finally:
+            log.close()
+        assert 3 == log.dropped
+        err = capfd.readouterr().err
+        assert 1 == err.count("celery-memguard: cannot write events to /dev/full"), err
+
+    def test_drops_in_forked_children_are_counted_in_the_parent(self, tmp_path: Path) -> None:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full")
+        log = EventLog(fmt="json", log_file="/dev/full")
+        try:
+            pids = []
+            for _ in range(2):
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - child
+                    log.emit(events.STOPPED, polls=0, decisions=0)
+                    os._exit(0)
+                pids.append(pid)
+            for pid in pids:
+                os.waitpid(pid, 0)
+            assert 2 == log.dropped
+        finally:
+            log.close()
+
+    def test_unopenable_file_raises_at_construction(self, tmp_path: Path) -> None:
+        """The bootstep turns this into the clean start-up error; nothing is half-configured."""
+        for bad in (str(tmp_path / "missing" / "x.log"), str(tmp_path), "a\x00b"):
+            with pytest.raises((OSError, ValueError)):
+                EventLog(fmt="json", log_file=bad)
+
+    def test_logging_target_gives_the_same_line(self, log_path: Path) -> None:
+        """target="both": the logger's record message is byte-for-byte the line written to the file."""
+        import logging
+
+        records: list[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        logger = logging.getLogger(events.LOGGER_NAME)
+        handler = Keep()
+        logger.addHandler(handler)
+        log = EventLog(fmt="json", log_file=str(log_path), target="both", hostname="w@h")
+        try:
+            log.emit(events.CHILD_RECYCLED, pid=7, reason="soft_limit", mem_mib=1.5)
+            log.emit(events.ERROR, "error", where="x", error="100% bad")
+        finally:
+            logger.removeHandler(handler)
+            log.close()
+        lines = log_path.read_text().splitlines()
+        assert [r.getMessage() for r in records] == lines
+        assert [logging.INFO, logging.ERROR] == [r.levelno for r in records]
+        assert ("memguard.child_recycled", 7) == (records[0].memguard["event"], records[0].memguard["pid"])  # type: ignore[attr-defined]
+
+    def test_logging_only_target_writes_nothing_itself(self, log_path: Path) -> None:
+        import logging
+
+        seen: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record.getMessage())
+
+        logger = logging.getLogger(events.LOGGER_NAME)
+        handler = Keep()
+        logger.addHandler(handler)
+        try:
+            log = EventLog(fmt="json", target="logging")
+            log.emit(events.STOPPED, polls=1, decisions=0)
+            assert log.fd == -1 and log.describe() == "logging:celery_memguard"
+        finally:
+            logger.removeHandler(handler)
+        assert [1] == [json.loads(line)["polls"] for line in seen]
+
+    def test_a_cut_line_is_ended_before_the_next(self, log_path: Path) -> None:
+        """After a line was cut short (full pipe), the next line starts on a line of its own."""
+        log = EventLog(fmt="json", log_file=str(log_path))
+        try:
+            log._cut = True
+            log.emit(events.STOPPED, polls=1, decisions=0)
+        finally:
+            log.close()
+        assert log_path.read_text().startswith("\n{")
+
+
+class TestDefaultLogFile:
+    def test_worker_logfile_first(self) -> None:
+        assert "/var/log/w1.log" == events.default_log_file("/var/log/w1.log", "w1")
+
+    def test_stderr_when_it_goes_somewhere(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(events, "stderr_lost", lambda: False)
+        assert events.default_log_file(None, "w1") is None
+
+    def test_working_directory_file_when_stderr_is_lost(self, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+        monkeypatch.setattr(events, "stderr_lost", lambda: True)
+        monkeypatch.chdir(tmp_path)
+        assert str(tmp_path / "memguard-w1.log") == events.default_log_file(None, "w1")
+
+    def test_stderr_lost_detects_dev_null(self) -> None:
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            assert events.stderr_lost()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+        assert not events.stderr_lost()
