@@ -52,11 +52,13 @@ class Actuator:
             self._signal(pid, ORDER_SIGNAL)
 
     def _order(self, d: Decision, index: int | None, action: int) -> None:
-        if self.board is None or index is None:
-            # The child never registered (its init failed): it cannot obey orders. Only a kill is possible.
+        if self.board is None or not self.board.has_slot(index):
+            # The child never registered (its init failed, or its pool index is beyond the board: see
+            # memguard.child_unguarded): it cannot obey orders. Only a kill is possible.
             if action == ORDER_KILL:
                 self._signal(d.pid, signal.SIGKILL)
             return
+        assert index is not None
         self.board.write_order(index, action, d.mem, d.limit, d.task_id, d.reason)
         self._signal(d.pid, ORDER_SIGNAL)
 

@@ -10,6 +10,16 @@ inherits it. Slot ``i`` belongs to the child with pool index ``i``:
   at every poll, and writes *orders* (recycle, stop this task) that the child
   reads when it receives ``ORDER_SIGNAL``.
 
+The board cannot grow once children have mapped it, so it is sized at start for
+more children than the pool is likely ever to hold (:func:`board_slots`: at least
+:data:`MIN_SLOTS`, and four times the largest configured concurrency): children
+added later by ``celery control pool_grow``, ``--autoscale`` or ``control
+autoscale`` take free slots too (billiard gives a new child the lowest free
+index, so an index never exceeds the number of children alive at once). A slot
+costs about 60 KiB of address space but no memory until a child uses it (the
+mapping's pages are allocated on first touch). A child whose index is beyond the
+board anyway is reported once by the master (``memguard.child_unguarded``).
+
 Each region is guarded by a sequence counter (a seqlock: odd while being
 written); readers retry a torn read and give up after a few tries.
 """
@@ -23,7 +33,7 @@ from dataclasses import dataclass
 
 from .samples import TaskSample
 
-__all__ = ["Board", "CurrentTask", "Order", "ORDER_SIGNAL", "ORDER_RECYCLE", "ORDER_KILL", "RING_SIZE"]
+__all__ = ["Board", "board_slots", "MIN_SLOTS", "CurrentTask", "Order", "ORDER_SIGNAL", "ORDER_RECYCLE", "ORDER_KILL", "RING_SIZE"]
 
 #: Sent by the master to tell a child to read its order. SIGURG is ignored by
 #: default, so a child that has not installed MemGuard's handler is unharmed.
@@ -56,6 +66,15 @@ _READY = struct.Struct("<d")  # seconds from fork to ready for the first job, wr
 _READY_AT = _COUNT_AT + _COUNT.size
 _RING_AT = _READY_AT + _READY.size
 SLOT_SIZE = (_RING_AT + RING_SIZE * _REC.size + 63) // 64 * 64
+
+
+#: The fewest slots a board is made with: room for ``pool_grow``/``autoscale`` far beyond the start.
+MIN_SLOTS = 256
+
+
+def board_slots(max_concurrency: int) -> int:
+    """Slots for a pool that starts with at most ``max_concurrency`` children (autoscale max included)."""
+    return max(MIN_SLOTS, 4 * max(1, max_concurrency) + 1)
 
 
 def _text(raw: bytes) -> str:
@@ -225,6 +244,10 @@ class Board:
         return names if self.trace_generation() == gen else None
 
     # -- helpers ----------------------------------------------------------
+    def has_slot(self, index: int | None) -> bool:
+        """Whether pool index ``index`` has a slot on this board."""
+        return index is not None and 0 <= index < self.slots
+
     def _base(self, index: int) -> int:
         if not 0 <= index < self.slots:
             raise IndexError(f"pool index {index} outside the board's {self.slots} slots")

@@ -88,6 +88,8 @@ ERROR = "memguard.error"
 STOPPED = "memguard.stopped"
 #: Warm shutdown began: the hard limit is enforced until the pool's last child has exited.
 DRAINING = "memguard.draining"
+#: A pool child with no board slot (its pool index is beyond the board): measured, only SIGKILL possible.
+CHILD_UNGUARDED = "memguard.child_unguarded"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -100,6 +102,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     ERROR: ("where", "error"),
     STOPPED: ("polls", "decisions", "shutdown", "drained_s", "events_dropped"),
     DRAINING: ("children", "busy", "enforcing"),
+    CHILD_UNGUARDED: ("pid", "index", "board_slots", "effect", "fix"),
     "memguard.leak_suspected": ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     "memguard.leak_cleared": ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),

@@ -62,13 +62,14 @@ class PollView:
 class _Tracked:
     """What the monitor keeps about one child between polls."""
 
-    __slots__ = ("probe", "estimate", "history", "spawn_seen")
+    __slots__ = ("probe", "estimate", "history", "spawn_seen", "slot_checked")
 
     def __init__(self, probe: ProcessProbe) -> None:
         self.probe = probe
         self.estimate = MetricEstimate(refresh=EXACT_REFRESH)
         self.history = ChildHistory()
         self.spawn_seen = False
+        self.slot_checked = False
 
     def close(self) -> None:
         self.probe.close()
@@ -139,6 +140,7 @@ class Monitor:
         #: The latest reading of the master (None before the first, or when no detector needs it).
         self.master_reading: MasterSample | None = None
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
+        self._top_index = -1  # highest pool index seen: slots 0.._top_index are drained (billiard fills the lowest free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: When :meth:`drain` was called (warm shutdown), else None.
@@ -210,7 +212,13 @@ class Monitor:
                 continue
             samples.append(sample)
             index_of[pid] = index
-            self._tracked[pid].history.add(now, sample)
+            tracked = self._tracked[pid]
+            tracked.history.add(now, sample)
+            if index is not None and index > self._top_index:
+                self._top_index = index
+            if not tracked.slot_checked:
+                tracked.slot_checked = True
+                self._check_slot(pid, index)
         for pid in [p for p in self._tracked if p not in index_of]:
             self._lost(pid)
             self._forget(pid)
@@ -287,11 +295,21 @@ class Monitor:
                            tasks_run=tasks_run, spawned_at=spawned_at, leak_bytes_per_call=leak_per_call,
                            calls_per_second=calls_per_second)
 
+    def _check_slot(self, pid: int, index: int | None) -> None:
+        """Say once per child if it has no board slot: it is measured, but cannot record its tasks nor
+        obey orders (a hard limit is enforced by SIGKILL only, a soft recycle is not possible)."""
+        if self.board is None or self.board.has_slot(index):
+            return
+        events.emit(events.CHILD_UNGUARDED, "warning", pid=pid, index=index, board_slots=self.board.slots,
+                    effect="measured and SIGKILLed above the hard limit, but no soft recycle, no clean "
+                           "MemoryLimitExceeded and no per-task records",
+                    fix=f"keep the pool at most {self.board.slots} children (pool_grow/autoscale max)")
+
     def _drain_all(self, now: float) -> None:
         """Read every slot's new finished-task records (also those of children that just exited)."""
         if self.board is None or (self.on_tasks is None and not self.detectors):
             return
-        for index in range(self.board.slots):
+        for index in range(min(self.board.slots, self._top_index + 1)):
             since = self._drained.get(index, 0)
             count, records = self.board.drain(index, since)
             self._drained[index] = count

@@ -26,7 +26,7 @@ from celery import bootsteps
 
 from .. import events
 from ..actions import Actuator
-from ..board import TRACE_MAX, Board
+from ..board import TRACE_MAX, Board, board_slots
 from ..config import MemGuardConfig
 from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
 from ..detectors.base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
@@ -141,7 +141,7 @@ class MemGuard(bootsteps.StartStopStep):
             self.prefork = isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool)
             if self.prefork:
                 concurrency = max(int(parent.concurrency or 1), int(getattr(parent, "max_concurrency", 0) or 0))
-                self.board = Board(concurrency + 1)
+                self.board = Board(board_slots(concurrency))
                 child.install(self.board, cfg.metric, cfg.diagnostics, heap=heap_attribution(cfg))
         except Exception as exc:
             events.error("bootstep.create", exc)

@@ -268,12 +268,13 @@ def worker_env(*, broker: str, queue: str, conf: dict[str, Any], memguard: bool 
     return env
 
 
-def worker_command(*, pool: str = "prefork", concurrency: int = 2, hostname: str = "it") -> list[str]:
-    """The ``celery worker`` command line the harness runs."""
+def worker_command(*, pool: str = "prefork", concurrency: int = 2, hostname: str = "it",
+                   args: Iterable[str] = ()) -> list[str]:
+    """The ``celery worker`` command line the harness runs (``args``: extra options, e.g. ``--autoscale=4,1``)."""
     return [
         sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker",
         f"--pool={pool}", "-c", str(concurrency), "-l", "warning", "-n", f"{hostname}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", *args,
     ]
 
 
@@ -282,7 +283,8 @@ StartWorker = Callable[..., Worker]
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
-    """Factory: ``start_worker(broker, conf=..., pool=..., concurrency=..., table_mib=..., memguard=..., ready=True)``.
+    """Factory: ``start_worker(broker, conf=..., pool=..., concurrency=..., table_mib=..., memguard=..., ready=True,
+    args=())`` (``args``: extra ``celery worker`` options).
 
     ``conf`` is merged into ``app.conf`` after the harness's own
     ``memguard_log_format="json"`` and ``memguard_log_file`` (in ``tmp_path``). With
@@ -293,7 +295,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     workers: list[Worker] = []
 
     def start(broker: str, *, conf: dict[str, Any] | None = None, pool: str = "prefork", concurrency: int = 2,
-              table_mib: int = 0, memguard: bool = True, ready: bool = True) -> Worker:
+              table_mib: int = 0, memguard: bool = True, ready: bool = True, args: Iterable[str] = ()) -> Worker:
         require_port("Redis (result backend)", REDIS_HOST, REDIS_PORT)
         n = len(workers)
         name = f"mg-it-{uuid.uuid4().hex[:12]}"
@@ -304,7 +306,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
         client = make_app(env)
         client.control.purge()  # declares the test's queue and empties it
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(worker_command(pool=pool, concurrency=concurrency, hostname=name),
+            proc = subprocess.Popen(worker_command(pool=pool, concurrency=concurrency, hostname=name, args=args),
                                     cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     start_new_session=True)
         worker = Worker(proc=proc, env=env, app=client, queue=name, pool=pool, concurrency=concurrency,

@@ -263,3 +263,15 @@ class TestBoardAcrossFork:
         assert CurrentTask(pid, True, "app.tasks.running", "id-running", 5.0, 2 * MiB, 2, 3.0) == b.current(1)
         count, records = b.drain(1, 0)
         assert (2, ["id-0", "id-1"], {pid}) == (count, [r.task_id for r in records], {r.pid for r in records})
+
+
+def test_board_is_sized_for_grown_pools() -> None:
+    """Room far beyond the start's concurrency (pool_grow, autoscale), at no memory cost until used."""
+    from celery_memguard.board import MIN_SLOTS, board_slots
+
+    assert board_slots(2) == MIN_SLOTS >= 256
+    assert board_slots(100) == 401
+    board = Board(board_slots(2))
+    assert board.has_slot(MIN_SLOTS - 1) and not board.has_slot(MIN_SLOTS) and not board.has_slot(None)
+    board.claim(MIN_SLOTS - 1, 4242, 1.0)
+    assert board.current(MIN_SLOTS - 1) is not None and board.current(MIN_SLOTS - 1).pid == 4242

@@ -401,11 +401,16 @@ class TestMonitorDecisions:
         assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
 
     def test_index_outside_board_ignored(self, logged: Path) -> None:
-        """A child whose pool index has no slot is measured without task information."""
+        """A child whose pool index has no slot is measured without task information, and said so once."""
         h = Harness(board=Board(1))
         h.world.add(FakeProbe(11, rss=600 * MiB), 5)
+        h.world.add(FakeProbe(12, rss=60 * MiB), 0)
+        h.poll()
         h.poll()
         assert [(Action.RECYCLE, 11, None, 5)] == h.decisions()
+        unguarded = [r for r in event_records(logged) if r["event"] == "memguard.child_unguarded"]
+        assert [(11, 5, 1)] == [(r["pid"], r["index"], r["board_slots"]) for r in unguarded]
+        assert "hard limit" in unguarded[0]["effect"] and unguarded[0]["fix"]
 
     def test_decision_once_and_counters(self, logged: Path) -> None:
         """Decisions reach the actuator once (the engine de-duplicates) and are counted."""
