@@ -249,7 +249,7 @@ class MemGuardConfig:
     max_child_tasks: int | None = None
     jitter: float = 0.1
     max_recycles_per_minute: int | None = None
-    max_throughput_loss: float | None = None
+    max_throughput_loss: float | None = 0.25
     strikes: int = 0
     policies: tuple[Any, ...] = ()
     effective_memory: int = 0

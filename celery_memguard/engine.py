@@ -24,6 +24,10 @@ a hard violation pass neither, so a hard limit is never delayed:
   capacity, given the measured spawn time) per sliding minute; extra recycles
   are deferred to a later poll (longest-deferred first, then the largest child),
   and the first deferral of an episode yields a ``memguard.recycle_storm`` finding.
+* **unreachable limits** (:class:`~celery_memguard.policies.storm.UnreachableLimits`):
+  a soft limit that a freshly forked child is already above (its first reading)
+  is not enforced by recycling until a fresh child starts below it again; one
+  ``memguard.limit_unreachable`` finding says why and what to change.
 
 Non-decision output (storm findings, a pool policy's own findings such as
 ``memguard.pressure_unrelieved``, a custom policy that raised) is collected
@@ -45,7 +49,7 @@ from .detectors.base import Finding
 from .policies import AnyPolicy, build_policies
 from .policies.base import Policy, PoolPolicy, as_policy, policy_name
 from .policies.limits import HardLimit
-from .policies.storm import StormGuard, restart_of
+from .policies.storm import StormGuard, UnreachableLimits, restart_of
 from .samples import Action, ChildSample, Decision, SystemSample, Violation
 
 if TYPE_CHECKING:
@@ -96,6 +100,7 @@ class Engine:
         max_recycles_per_minute: float | None = None,
         max_throughput_loss: float | None = None,
         storm_window: float = 60.0,
+        metric: str = "uss",
     ) -> None:
         if strikes < 0:
             raise ValueError("strikes must be >= 0")
@@ -108,6 +113,9 @@ class Engine:
         self.strikes = strikes
         self.storm = StormGuard(max_recycles_per_minute=max_recycles_per_minute,
                                 max_throughput_loss=max_throughput_loss, window=storm_window)
+        self.unreachable = UnreachableLimits(metric)
+        self._looked: set[int] = set()  # children whose first reading was taken (fresh-child check)
+        self._master_mem: int | None = None
         self._orders: dict[int, _Order] = {}
         self._last: dict[int, _Last] = {}
         self._strikes: dict[int, int] = {}
@@ -137,6 +145,7 @@ class Engine:
             strikes=config.strikes,
             max_recycles_per_minute=config.max_recycles_per_minute,
             max_throughput_loss=config.max_throughput_loss,
+            metric=getattr(config, "metric", "uss"),
         )
 
     @property
@@ -162,6 +171,10 @@ class Engine:
         found, self._findings = self._findings, []
         return found
 
+    def observe_master(self, mem: int) -> None:
+        """The master's memory in the configured metric (quoted when a limit is unreachable)."""
+        self._master_mem = mem
+
     def decide(self, children: Sequence[ChildSample], now: float, *,
                system: SystemSample | None = None) -> list[Decision]:
         """Decisions for this poll; call once per poll with every live child (and the system's memory)."""
@@ -172,6 +185,7 @@ class Engine:
         self.storm.tick(now)
         view = [self._annotate(c) for c in children]
         worst = self._violations(view, now, system)
+        self._first_looks(view, worst, now)
 
         decisions: list[tuple[int, Decision]] = []
         soft: list[tuple[int, ChildSample, Violation]] = []
@@ -193,6 +207,8 @@ class Engine:
             strikes = self._strike(child.pid, now)
             if self._already_ordered(order, violation, child):
                 continue
+            if not _is_hard(violation) and self.unreachable.blocks(violation):
+                continue  # a fresh child would be over this limit too: recycling cannot help
             if _is_hard(violation):
                 decisions.append((i, self._order(child, violation, now)))
             elif self.draining:
@@ -249,6 +265,19 @@ class Engine:
                 self._error(pool_policy, exc)
         return worst
 
+    def _first_looks(self, view: Sequence[ChildSample], worst: dict[int, tuple[Violation, bool]], now: float) -> None:
+        """Feed each fresh child's first reading to the unreachable-limit check."""
+        for child in view:
+            if child.pid in self._looked:
+                continue
+            self._looked.add(child.pid)
+            if not UnreachableLimits.is_fresh(child.tasks_run, child.busy, child.spawned_at, now):
+                continue
+            violation = worst.get(child.pid, (None, True))[0]
+            finding = self.unreachable.fresh(now, child.pid, child.mem, child.exact, violation, self._master_mem)
+            if finding is not None:
+                self._findings.append(finding)
+
     def _strike(self, pid: int, now: float) -> int:
         """Count a violating poll as a strike, at most one per poll interval (polls come faster near a
         hard limit, but strikes measure how long a violation lasts, in configured intervals)."""
@@ -295,6 +324,7 @@ class Engine:
         self._strikes.pop(pid, None)
         self._strike_at.pop(pid, None)
         self._deferred_since.pop(pid, None)
+        self._looked.discard(pid)
         for policy in self.policies:
             try:
                 policy.child_exited(pid)

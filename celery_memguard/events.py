@@ -115,6 +115,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
                             "growth_mib_per_s", "oom_kill_delta", "likely_oom", "reason", "hard_limit_mib"),
     "memguard.recycle_storm": ("spawn_time_s", "recycles_per_minute", "max_recycles_per_minute",
                                "throughput_lost", "concurrency", "deferred", "reasons", "cause"),
+    "memguard.limit_unreachable": ("reason", "limit_mib", "fresh_child_mib", "master_mib", "metric", "pid", "cause",
+                                   "fix"),
     "memguard.pressure_unrelieved": ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),

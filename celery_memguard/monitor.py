@@ -340,6 +340,7 @@ class Monitor:
             events.error("monitor.master", exc)
             return
         sample = self.master_reading = MasterSample(pid=self.master_pid, mem=mem, rss=rss, at=now)
+        self.engine.observe_master(mem)
         for detector in self.detectors:
             self._feed(detector, detector.observe_master, sample, reserved)
 

@@ -14,6 +14,17 @@ Hard actions (a KILL, a hard-limit violation) are counted but never deferred. Th
 first deferral of an episode produces one ``memguard.recycle_storm`` finding with
 the measured spawn time, the recycle rate, the estimated throughput lost and a
 cause in plain words; the episode ends after a whole window without a deferral.
+On defaults ``max_throughput_loss`` is 0.25: restarts may take at most a quarter
+of the pool's capacity at the measured spawn time (a 1 s spawn, 4 children: 60
+restarts a minute).
+
+:class:`UnreachableLimits` stops the other kind of storm before it starts: a soft
+limit that a freshly forked child is already above (measured at the engine's
+first look at the child, before it ran more than one task) cannot be met by
+recycling; every replacement would be over it again. One
+``memguard.limit_unreachable`` finding says so (the limit, the fresh child's and
+the master's memory, and the fix), and recycles for that limit stop until a fresh
+child is measured below it again. Hard limits are never affected.
 Pure: no I/O, no clock.
 """
 
@@ -27,9 +38,15 @@ from typing import Sequence
 from ..detectors.base import Finding
 from ..samples import MiB, Violation
 
-__all__ = ["StormGuard", "RECYCLE_STORM", "Restart", "restart_of", "describe_cause"]
+__all__ = ["StormGuard", "RECYCLE_STORM", "LIMIT_UNREACHABLE", "UnreachableLimits", "Restart", "restart_of",
+           "describe_cause", "FRESH_AGE", "UNREACHABLE_REASONS"]
 
 RECYCLE_STORM = "memguard.recycle_storm"
+LIMIT_UNREACHABLE = "memguard.limit_unreachable"
+#: Seconds after its spawn during which a child's first reading counts as a fresh child's.
+FRESH_AGE = 2.0
+#: Soft violations a fresh child can make unreachable (per-child memory limits).
+UNREACHABLE_REASONS = frozenset({"soft_limit"})
 #: Spawn-time measurements kept (the median is used).
 SPAWN_SAMPLES = 16
 _LIMIT_NAMES = {"soft_limit": "soft limit", "hard_limit": "hard limit"}
@@ -175,6 +192,88 @@ class StormGuard:
     def _expire(self, now: float) -> None:
         while self._restarts and now - self._restarts[0].at >= self.window:
             self._restarts.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreachable:
+    limit: int
+    pid: int
+    mem: int
+    since: float
+
+
+class UnreachableLimits:
+    """Soft limits a freshly forked child is already above: recycling for them would only storm.
+
+    The engine calls :meth:`fresh` with each child's first reading (only while the child is fresh, see
+    :meth:`is_fresh`) and the child's soft violation of a
+    per-child memory limit, if any; it asks :meth:`blocks` before ordering a soft recycle.
+    """
+
+    def __init__(self, metric: str = "uss") -> None:
+        self.metric = metric
+        self._limits: dict[str, _Unreachable] = {}
+        self.blocked = 0  #: soft recycles not ordered because their limit is unreachable
+
+    @staticmethod
+    def is_fresh(tasks_run: int, busy: bool, spawned_at: float, now: float) -> bool:
+        """Whether a child's reading is that of a freshly forked child: its spawn is known (board) and it is
+        younger than FRESH_AGE, or it has neither finished nor started a task."""
+        if spawned_at <= 0:
+            return False
+        return 0 <= now - spawned_at <= FRESH_AGE or (tasks_run == 0 and not busy)
+
+    def fresh(self, now: float, pid: int, mem: int, exact: bool, violation: Violation | None,
+              master_mem: int | None) -> Finding | None:
+        """A fresh child's first reading; the ``memguard.limit_unreachable`` finding if it starts an episode."""
+        if violation is not None and exact and violation.reason in UNREACHABLE_REASONS and not violation.hard \
+                and violation.unit == "bytes" and mem > violation.limit:
+            if violation.reason in self._limits:
+                return None
+            self._limits[violation.reason] = _Unreachable(violation.limit, pid, mem, now)
+            return self._finding(violation.reason, violation.limit, pid, mem, master_mem)
+        # A fresh child measured below an unreachable limit (an upper bound below it will do): reachable again.
+        for reason, state in list(self._limits.items()):
+            if mem <= state.limit:
+                del self._limits[reason]
+        return None
+
+    def blocks(self, violation: Violation) -> bool:
+        """Whether a soft recycle for ``violation`` must not be ordered (its limit is unreachable)."""
+        state = self._limits.get(violation.reason)
+        if state is None or violation.hard or violation.limit != state.limit:
+            return False
+        self.blocked += 1
+        return True
+
+    @property
+    def unreachable(self) -> dict[str, int]:
+        """Reason -> limit (bytes) of the limits currently held unreachable."""
+        return {reason: state.limit for reason, state in self._limits.items()}
+
+    def _finding(self, reason: str, limit: int, pid: int, mem: int, master_mem: int | None) -> Finding:
+        name = _LIMIT_NAMES.get(reason, reason)
+        if self.metric == "rss":
+            fix = (f"a fresh child's RSS counts the pages it shares copy-on-write with the master"
+                   + (f" ({_mib(master_mem)})" if master_mem is not None else "")
+                   + f": set memguard_metric to 'uss' or 'pss' (memory the child really owns), or raise "
+                   f"memguard_{reason} well above {_mib(mem)}")
+        else:
+            fix = (f"raise memguard_{reason} well above {_mib(mem)} (a fresh child's {self.metric.upper()} plus "
+                   f"the tasks' working memory), or make the children start smaller (less work in "
+                   f"worker_process_init)")
+        return Finding(LIMIT_UNREACHABLE, {
+            "reason": reason,
+            "limit_mib": round(limit / MiB, 1),
+            "fresh_child_mib": round(mem / MiB, 1),
+            "master_mib": None if master_mem is None else round(master_mem / MiB, 1),
+            "metric": self.metric,
+            "pid": pid,
+            "cause": (f"a freshly forked child is already at {_mib(mem)} {self.metric.upper()}, above the "
+                      f"{name} {_mib(limit)}: every replacement would be over it too; recycling for the {name} "
+                      f"stops until a fresh child starts below it (the hard limit still applies)"),
+            "fix": fix,
+        })
 
 
 def restart_of(now: float, pid: int, mem: int, tasks_run: int, violation: Violation) -> Restart:

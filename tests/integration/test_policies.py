@@ -328,16 +328,14 @@ def test_lifetime_recycles_children_at_spread_ages(start_worker: StartWorker, re
     assert len({e["pid"] for e in events}) == len(events), "a child was ordered out twice"
 
 
-# -- 5. recycle storm -------------------------------------------------------------------------------
+# -- 5. recycle storms -------------------------------------------------------------------------------
 
-#: Far below a fresh child's USS (tens of MiB): every child is over it from birth, a misconfiguration.
-STORM_SOFT_LIMIT = "5MiB"
 STORM_MAX_PER_MINUTE = 6
 
 
 def test_storm_guard_caps_recycles_and_reports_the_storm_once(start_worker: StartWorker, redis_url: str) -> None:
-    """A soft limit below the baseline: ~20 s of tasks, at most 6 recycles (+1), one recycle_storm naming the cause."""
-    worker = start_worker(redis_url, concurrency=2, conf=conf(soft_limit=STORM_SOFT_LIMIT,
+    """max_child_tasks=1 (a restart per task): ~20 s of tasks, at most 6 recycles (+1), one recycle_storm."""
+    worker = start_worker(redis_url, concurrency=2, conf=conf(max_child_tasks=1, jitter=0,
                                                               max_recycles_per_minute=STORM_MAX_PER_MINUTE))
     outcomes: list[Outcome] = []
     deadline = time.monotonic() + 20.0
@@ -347,7 +345,7 @@ def test_storm_guard_caps_recycles_and_reports_the_storm_once(start_worker: Star
 
     all_succeeded(outcomes)
     recycled = worker.events("memguard.child_recycled")
-    assert recycled and all(e["reason"] == "soft_limit" for e in recycled), recycled
+    assert recycled and all(e["reason"] == "max_tasks" for e in recycled), recycled
     # The window is 60 s, so over ~20 s the cap allows 6; one more for a window edge.
     assert len(recycled) <= STORM_MAX_PER_MINUTE + 1, [(e["ts"], e["pid"]) for e in recycled]
     storms = worker.events("memguard.recycle_storm")
@@ -359,8 +357,41 @@ def test_storm_guard_caps_recycles_and_reports_the_storm_once(start_worker: Star
     # rate x spawn time / 60 / live children, rounded to 3 places (tiny here: these children start in ms).
     expected_loss = storm["recycles_per_minute"] * storm["spawn_time_s"] / 60 / storm["concurrency"]
     assert storm["throughput_lost"] is not None and abs(storm["throughput_lost"] - expected_loss) < 0.002, storm
-    assert storm["deferred"] >= 1 and storm["reasons"].get("soft_limit"), storm
-    assert "baseline" in storm["cause"] and "soft limit 5 MiB" in storm["cause"], storm
+    assert storm["deferred"] >= 1 and storm["reasons"].get("max_tasks"), storm
+    assert "max_tasks 1 is too low" in storm["cause"], storm
+    assert worker.events("memguard.error") == []
+
+
+#: A table the master loads before the fork: with metric rss every fresh child counts it (shared pages).
+UNREACHABLE_TABLE_MIB = 300
+UNREACHABLE_SOFT_LIMIT_MIB = 200
+
+
+@pytest.mark.parametrize("concurrency", [2, 4])
+def test_soft_limit_below_a_fresh_child_is_unreachable_not_a_storm(start_worker: StartWorker, redis_url: str,
+                                                                   concurrency: int) -> None:
+    """metric=rss, a 300 MiB pre-fork table, a 200 MiB soft limit, defaults otherwise: ~20 s of tasks end with
+    at most 10 children, every task succeeds, and one memguard.limit_unreachable explains why nothing recycles."""
+    worker = start_worker(redis_url, concurrency=concurrency, table_mib=UNREACHABLE_TABLE_MIB,
+                          conf={"imports": [MODULE], "memguard_metric": "rss",
+                                "memguard_soft_limit": f"{UNREACHABLE_SOFT_LIMIT_MIB}MiB"})
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        outcomes += worker.collect([worker.send("it.ping", 0.01) for _ in range(8)])
+    all_succeeded(outcomes)
+    children = set(pids_of(outcomes))
+    assert len(children) <= 10, sorted(children)
+    events = worker.events("memguard.limit_unreachable")
+    assert len(events) == 1, events
+    (event,) = events
+    assert event["reason"] == "soft_limit" and event["metric"] == "rss", event
+    assert event["limit_mib"] == UNREACHABLE_SOFT_LIMIT_MIB, event
+    assert event["fresh_child_mib"] >= UNREACHABLE_TABLE_MIB, event
+    assert event["master_mib"] is not None and event["master_mib"] >= UNREACHABLE_TABLE_MIB, event
+    assert "'uss' or 'pss'" in event["fix"], event
+    recycled = [e for e in worker.events("memguard.child_recycled") if e["reason"] == "soft_limit"]
+    assert len(recycled) <= 10 - concurrency, recycled
     assert worker.events("memguard.error") == []
 
 

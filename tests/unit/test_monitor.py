@@ -428,8 +428,10 @@ class TestMonitorDecisions:
         board.claim(0, 11, 1.0)
         board.claim(1, 12, 1.0)
         board.task_started(1, 12, "app.tasks.busy", "id-b", 99.0, 0, 0, 1.0)
-        h.world.add(FakeProbe(11, rss=300 * MiB), 0)
-        h.world.add(FakeProbe(12, rss=300 * MiB), 1)
+        first = h.world.add(FakeProbe(11, rss=100 * MiB), 0), h.world.add(FakeProbe(12, rss=100 * MiB), 1)
+        h.poll()  # both start below the soft limit (a fresh child above it would make the limit unreachable)
+        for probe in first:
+            probe.rss = probe.values["uss"] = 300 * MiB
         h.poll()
         h.poll()
         assert [(Action.RECYCLE, 11, None, 0), (Action.RECYCLE, 12, "id-b", 1)] == h.decisions()

@@ -124,10 +124,13 @@ class TestEngineFromConfig:
     """Engine.from_config(config)."""
 
     def test_current_config(self) -> None:
-        """Today's configuration builds an engine with no strikes and no rate limit."""
+        """The default configuration builds an engine with no strikes and the spawn-cost rate limit (0.25)."""
         cfg = MemGuardConfig.from_mapping({"memguard_hard_limit": 200}, 1 << 30)
         e = Engine.from_config(cfg)
-        assert (200, 0, False, cfg.poll_interval) == (e.hard_limit, e.strikes, e.storm.enabled, e.poll_interval)
+        assert (200, 0, True, cfg.poll_interval) == (e.hard_limit, e.strikes, e.storm.enabled, e.poll_interval)
+        assert (None, 0.25) == (e.storm.max_recycles_per_minute, e.storm.max_throughput_loss)
+        assert Engine.from_config(MemGuardConfig.from_mapping({"memguard_max_throughput_loss": None}, 1 << 30)
+                                  ).storm.enabled is False
 
     def test_gates_from_config(self) -> None:
         """strikes and the recycle rate limit come from the configuration."""

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from celery_memguard.policies import HardLimit, SoftLimit
-from celery_memguard.policies.storm import RECYCLE_STORM, Restart, StormGuard, describe_cause
+from celery_memguard.policies.storm import LIMIT_UNREACHABLE, RECYCLE_STORM, Restart, StormGuard, describe_cause
 from celery_memguard.samples import Action, Decision
 
 from .helpers import MiB, acts, child, engine
@@ -217,3 +217,90 @@ class TestEngineStorm:
         times = [t for t, _ in self.run(e, Pool(4, 180), 120)]
         assert all(sum(1 for u in times if s <= u < s + 60) <= 4 for s in range(0, 120))
         assert 1 == len(e.findings())
+
+
+class FreshPool:
+    """Like Pool, but each replacement is a freshly forked child (spawned at the poll it first appears)."""
+
+    def __init__(self, size: int, fresh_mib: float, *, at: float = 1.0) -> None:
+        self.fresh = fresh_mib
+        self.pids = itertools.count(100)
+        self.children = [child(next(self.pids), fresh_mib, tasks_run=0, spawned_at=at - 0.5) for _ in range(size)]
+
+    def apply(self, decisions: list[Decision], now: float) -> None:
+        gone = {d.pid for d in decisions}
+        self.children = [c if c.pid not in gone else child(next(self.pids), self.fresh, tasks_run=0,
+                                                           spawned_at=now + 0.5)
+                         for c in self.children]
+
+
+class TestUnreachableLimit:
+    """A soft limit a freshly forked child is already above: one event, no storm (issue 9)."""
+
+    def run(self, e, pool: FreshPool, start: int, seconds: int) -> list[Decision]:  # type: ignore[no-untyped-def]
+        out: list[Decision] = []
+        for t in range(start, start + seconds):
+            decisions = e.decide(pool.children, float(t))
+            out.extend(decisions)
+            pool.apply(decisions, float(t))
+        return out
+
+    def test_fresh_children_above_the_soft_limit_stop_recycling(self) -> None:
+        """metric rss, a 300 MiB table in the master, a 250 MiB soft limit: no recycle, one event with the fix."""
+        e = engine([HardLimit(limit=HARD), SoftLimit(limit=250 * MiB)], metric="rss")
+        e.observe_master(320 * MiB)
+        assert [] == self.run(e, FreshPool(4, 310), 1, 120)
+        findings = e.findings()
+        assert [LIMIT_UNREACHABLE] == [f.event for f in findings]
+        fields = findings[0].fields
+        assert (250.0, 310.0, 320.0, "rss", "soft_limit") == (
+            fields["limit_mib"], fields["fresh_child_mib"], fields["master_mib"], fields["metric"], fields["reason"])
+        assert "'uss' or 'pss'" in str(fields["fix"]) and "raise memguard_soft_limit" in str(fields["fix"])
+        assert "hard limit still applies" in str(fields["cause"])
+        assert {"soft_limit": 250 * MiB} == e.unreachable.unreachable
+        assert e.unreachable.blocked > 0
+
+    def test_hard_limit_still_acts(self) -> None:
+        """While the soft limit is unreachable a child crossing the hard limit is still stopped."""
+        e = engine([HardLimit(limit=HARD), SoftLimit(limit=250 * MiB)], metric="rss")
+        e.decide([child(1, 310, tasks_run=0, spawned_at=0.1)], 0.5)
+        assert [(Action.KILL, 1, "hard_limit")] == acts(e.decide([child(1, 450, "busy", tasks_run=9)], 30.0))
+
+    def test_reachable_again_when_a_fresh_child_starts_below(self) -> None:
+        """Something changed (a fresh child starts below the limit): children above it are recycled again."""
+        e = engine([SoftLimit(limit=250 * MiB)])
+        e.decide([child(1, 300, tasks_run=0, spawned_at=0.1), child(2, 300, tasks_run=5, spawned_at=0.1)], 0.5)
+        assert [] == e.decide([child(1, 300, tasks_run=4), child(2, 300, tasks_run=9)], 5.0)
+        fresh = child(3, 120, tasks_run=0, spawned_at=5.5)
+        assert [(Action.RECYCLE, 1, "soft_limit"), (Action.RECYCLE, 2, "soft_limit")] == acts(
+            e.decide([child(1, 300, tasks_run=5), child(2, 300, tasks_run=10), fresh], 6.0))
+        assert {} == e.unreachable.unreachable
+
+    def test_old_child_over_the_limit_is_recycled(self) -> None:
+        """A child seen first after its first tasks and well after its spawn is not a fresh child."""
+        e = engine([SoftLimit(limit=250 * MiB)])
+        assert [(Action.RECYCLE, 1, "soft_limit")] == acts(
+            e.decide([child(1, 300, "busy", tasks_run=7, spawned_at=1.0)], 30.0))
+        assert [] == e.findings()
+
+    def test_child_that_grew_after_a_fresh_start_is_recycled(self) -> None:
+        e = engine([SoftLimit(limit=250 * MiB)])
+        assert [] == e.decide([child(1, 100, tasks_run=0, spawned_at=0.1)], 0.5)
+        assert [(Action.RECYCLE, 1, "soft_limit")] == acts(e.decide([child(1, 300, tasks_run=40)], 10.0))
+
+    def test_uss_fix_text(self) -> None:
+        e = engine([SoftLimit(limit=50 * MiB)], metric="uss")
+        e.decide([child(1, 80, tasks_run=0, spawned_at=0.1)], 0.5)
+        (finding,) = e.findings()
+        assert finding.fields["master_mib"] is None
+        assert "raise memguard_soft_limit well above 80 MiB" in str(finding.fields["fix"])
+
+    def test_default_rate_guard_backs_it_up(self) -> None:
+        """The default spawn-cost guard (0.25 of the pool's capacity) caps a storm of another cause."""
+        from celery_memguard.config import MemGuardConfig
+        from celery_memguard.engine import Engine
+
+        cfg = MemGuardConfig.from_mapping({"memguard_max_child_tasks": 1}, 8 << 30)
+        e = Engine.from_config(cfg)
+        e.observe_spawn(1.0)  # 0.25 * 60 * 2 / 1 s = 30 restarts a minute for 2 children
+        assert pytest.approx(30.0) == e.storm.cap(2)
