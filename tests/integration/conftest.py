@@ -284,7 +284,7 @@ StartWorker = Callable[..., Worker]
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     """Factory: ``start_worker(broker, conf=..., pool=..., concurrency=..., table_mib=..., memguard=..., ready=True,
-    args=())`` (``args``: extra ``celery worker`` options).
+    args=(), extra_env=...)`` (``args``: extra ``celery worker`` options; ``extra_env``: extra environment).
 
     ``conf`` is merged into ``app.conf`` after the harness's own
     ``memguard_log_format="json"`` and ``memguard_log_file`` (in ``tmp_path``). With
@@ -295,13 +295,15 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     workers: list[Worker] = []
 
     def start(broker: str, *, conf: dict[str, Any] | None = None, pool: str = "prefork", concurrency: int = 2,
-              table_mib: int = 0, memguard: bool = True, ready: bool = True, args: Iterable[str] = ()) -> Worker:
+              table_mib: int = 0, memguard: bool = True, ready: bool = True, args: Iterable[str] = (),
+              extra_env: dict[str, str] | None = None) -> Worker:
         require_port("Redis (result backend)", REDIS_HOST, REDIS_PORT)
         n = len(workers)
         name = f"mg-it-{uuid.uuid4().hex[:12]}"
         event_file = tmp_path / f"events-{n}.jsonl"
         full_conf = {"memguard_log_format": "json", "memguard_log_file": str(event_file), **(conf or {})}
         env = worker_env(broker=broker, queue=name, conf=full_conf, memguard=memguard, table_mib=table_mib)
+        env.update(extra_env or {})
         stdout_path, stderr_path = tmp_path / f"worker-{n}.out", tmp_path / f"worker-{n}.err"
         client = make_app(env)
         client.control.purge()  # declares the test's queue and empties it

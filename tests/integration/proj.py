@@ -12,6 +12,13 @@ results:
   ``worker_max_memory_per_child``, ...). Values go in unchanged, so a bad value
   such as ``"lots"`` reaches MemGuard's validation exactly as a user would write it.
 * ``MG_MEMGUARD``: ``"0"`` leaves the MemGuard bootstep out (default ``"1"``).
+* ``MG_NAMESPACED_CONF``: a JSON object loaded the way Django projects configure Celery,
+  ``app.config_from_object(settings, namespace="CELERY")`` (keys like
+  ``CELERY_MEMGUARD_SOFT_LIMIT``), before ``MG_CONF``.
+* ``MG_LOGGING_FILE``: attach a :class:`logging.FileHandler` writing ``%(message)s`` to that
+  file to the ``celery_memguard`` logger, as a project's own logging configuration would
+  (for ``memguard_log_target = "logging"``/``"both"``); ``MG_LOGGING_PREFIX`` is put before
+  each message (a handler's own format).
 * ``MG_TABLE_MIB``: build a table of that many MiB at import, in the worker's main
   process before the pool forks, so every child shares it copy-on-write (the
   situation of celery #4125).
@@ -23,6 +30,7 @@ which children were replaced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any, Mapping
@@ -77,6 +85,9 @@ def make_app(env: Mapping[str, str]) -> Celery:
         broker=env.get("MG_BROKER", "redis://127.0.0.1:6379/13"),
         backend=env.get("MG_BACKEND", "redis://127.0.0.1:6379/14"),
     )
+    if env.get("MG_NAMESPACED_CONF"):
+        settings = type("DjangoSettings", (), json.loads(env["MG_NAMESPACED_CONF"]))
+        app.config_from_object(settings, namespace="CELERY")
     app.conf.update(
         task_default_queue=env.get("MG_QUEUE", "memguard-it"),
         task_serializer="json",
@@ -90,6 +101,10 @@ def make_app(env: Mapping[str, str]) -> Celery:
         worker_redirect_stdouts=False,
     )
     app.conf.update(json.loads(env.get("MG_CONF") or "{}"))
+    if env.get("MG_LOGGING_FILE") and env is os.environ:
+        handler = logging.FileHandler(env["MG_LOGGING_FILE"])
+        handler.setFormatter(logging.Formatter(env.get("MG_LOGGING_PREFIX", "") + "%(message)s"))
+        logging.getLogger("celery_memguard").addHandler(handler)
     if env.get("MG_MEMGUARD", "1") != "0":
         app.steps["worker"].add(MemGuard)
     _register_tasks(app)
