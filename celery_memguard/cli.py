@@ -182,6 +182,11 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
     decisions = status.get("decisions") or {}
     if isinstance(decisions, dict):
         out.append("  decisions: " + (", ".join(f"{k} {v}" for k, v in decisions.items()) or "none"))
+    log = status.get("events")
+    if isinstance(log, dict):
+        dropped = log.get("dropped")
+        out.append(f"  events: {log.get('log', '?')}"
+                   + (f", {_num(dropped, digits=0)} DROPPED (could not be written)" if dropped else ""))
     return out
 
 

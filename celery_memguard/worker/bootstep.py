@@ -77,7 +77,7 @@ class MemGuard(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        overrides = overrides_from(kwargs)  # the worker's --memguard-* options
+        overrides = self._overrides = overrides_from(kwargs)  # the worker's --memguard-* options
         try:
             self.config = MemGuardConfig.from_mapping(parent.app.conf, effective_memory(), overrides=overrides,
                                                       namespace=getattr(parent.app, "namespace", None))
@@ -123,8 +123,9 @@ class MemGuard(bootsteps.StartStopStep):
         except (OSError, ValueError) as exc:
             if explicit:
                 reason = getattr(exc, "strerror", None) or str(exc)
+                given_as = option_name("memguard_log_file") if "memguard_log_file" in self._overrides else None
                 raise WorkerConfigError("memguard_log_file", cfg.log_file,
-                                        f"a file MemGuard can open for appending ({reason})") from None
+                                        f"a file MemGuard can open for appending ({reason})", given_as) from None
         # The default file could not be opened: fall back to standard error, which is all there is.
         events.configure(fmt=cfg.log_format, log_file=None, hostname=hostname, target=cfg.log_target)
 

@@ -34,6 +34,8 @@ import click
 from ..config import _PARSERS, DEFAULTS, KEYS
 from ..exceptions import ConfigError
 
+MiB = 1024 * 1024
+
 __all__ = ["HELP_GROUP", "option_name", "worker_options", "register", "overrides_from"]
 
 #: The heading the options are listed under in ``celery worker --help``.
@@ -59,6 +61,22 @@ def _accepts_none(name: str) -> bool:
     return True
 
 
+def _shown(default: Any) -> str:
+    """A default as a user would write it (sizes in MiB)."""
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    if isinstance(default, int) and default >= MiB and default % MiB == 0:
+        return f"{default // MiB}MiB"
+    if isinstance(default, tuple):
+        size, multiple = (default + (None, None))[:2] if len(default) == 2 else (None, None)
+        if multiple is not None:
+            return f"{multiple:g}x"
+        return "none" if size is None else _shown(size)
+    return str(default)
+
+
 def worker_options() -> list[click.Option]:
     """One click option per ``memguard_*`` setting, in the settings table's order."""
     try:
@@ -71,8 +89,7 @@ def worker_options() -> list[click.Option]:
     options: list[click.Option] = []
     for key in KEYS:
         name = key[len("memguard_"):]
-        default = DEFAULTS[name]
-        shown = "None" if default is None else ("()" if default == () else str(default))
+        shown = _shown(DEFAULTS[name])
         help_text = f"Overrides app.conf.{key} (default {shown})."
         if _accepts_none(name):
             help_text += f" '{NONE}' sets it to None."

@@ -361,3 +361,23 @@ class TestDefaultLogFile:
             os.close(saved)
             os.close(null)
         assert not events.stderr_lost()
+
+
+def test_forked_child_reopens_a_moved_file_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool child (forked, sharing the descriptor) notices the rotation itself; its line lands in the new file."""
+    monkeypatch.setattr(events, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "events.log"
+    log = EventLog(fmt="json", log_file=str(path))
+    try:
+        log.emit(events.STOPPED, polls=0, decisions=0)
+        path.rename(tmp_path / "events.log.1")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            log.emit(events.STOPPED, polls=1, decisions=0)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        log.emit(events.STOPPED, polls=2, decisions=0)
+    finally:
+        log.close()
+    assert [0] == [r["polls"] for r in json_lines(tmp_path / "events.log.1")]
+    assert [1, 2] == [r["polls"] for r in json_lines(path)]
