@@ -5,13 +5,23 @@ workers, rotated logs read in any order): per host it keeps each suspect's
 *latest* estimate by the event's ``ts`` (ISO 8601 UTC strings compare in time
 order), counts recycles and kills by reason, keeps the worst heavy call per
 task and the latest master-growth finding, and groups errors by cause. An event
-whose fields have the wrong types is counted as corrupt, never raised.
+whose fields have the wrong types or values (wrong type, NaN, infinite, a count
+beyond 2**53) is counted as corrupt under the field that was wrong, never raised.
+
+Memory is bounded whatever the input (:class:`_Budget`): at most :data:`MAX_HOSTS`
+hosts, :data:`MAX_KEYS` distinct keys per table of a host (suspects, heavy tasks,
+errors, reasons, tasks, signals, pools, other event names) and :data:`MAX_ENTRIES`
+over everything, strings cut to :data:`MAX_KEY` / :data:`MAX_TEXT` characters.
+What does not fit is still counted (under ``(other)`` in a count table, under
+``(other hosts)`` for a host) and the report says how much was not itemised.
 :func:`verdict` then writes the short conclusion and advice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import re
+from typing import Any, Hashable, Mapping
 
 from .model import (
     ErrorItem,
@@ -28,35 +38,77 @@ from .model import (
     Verdict,
 )
 
-__all__ = ["Aggregator", "verdict", "UNKNOWN_HOST"]
+__all__ = ["Aggregator", "verdict", "UNKNOWN_HOST", "OTHER", "OTHER_HOSTS", "MAX_HOSTS", "MAX_KEYS",
+           "MAX_ENTRIES", "MAX_KEY", "MAX_TEXT"]
 
 UNKNOWN_HOST = "(unknown host)"
+#: Where the events of hosts beyond :data:`MAX_HOSTS` are counted.
+OTHER_HOSTS = "(other hosts)"
+#: The key a count table counts everything under once it holds :data:`MAX_KEYS` keys.
+OTHER = "(other)"
+#: Hosts itemised in the report.
+MAX_HOSTS = 256
+#: Distinct keys kept per table of a host (suspects, heavy tasks, errors, reasons, tasks, ...).
+MAX_KEYS = 256
+#: Distinct keys kept over all tables and hosts together (a diagnostics site or type counts as one).
+MAX_ENTRIES = 10_000
+#: Characters kept of a string used as a key (task, host, reason, cause, file) and of a message (advice, note).
+MAX_KEY = 200
+MAX_TEXT = 1000
 #: Top entries kept per diagnostics list.
 _TOP = 10
+#: Counts above this are not counts (and would not survive a float): the value is malformed.
+_MAX_COUNT = 2**53
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _Invalid(Exception):
-    """An event field is missing or of the wrong type."""
+    """An event field is missing, of the wrong type, or not a finite number."""
 
 
-def _count(by_reason: dict[str, int], event: dict[str, Any], by_task: dict[str, int] | None = None) -> None:
-    """Count one intervention event under its reason (and, with ``by_task``, under its task)."""
-    reason = _str(event, "reason") or "unknown"
-    by_reason[reason] = by_reason.get(reason, 0) + 1
-    task = _str(event, "task")
-    if by_task is not None and task:
-        by_task[task] = by_task.get(task, 0) + 1
+class _Budget:
+    """Admits new keys into the report's tables while they fit; counts, per table, what did not."""
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.dropped: dict[str, int] = {}
+
+    def admit(self, table: Mapping[Any, Any], key: Hashable, name: str, cost: int = 1) -> bool:
+        """Whether ``key`` is (or may now be) in ``table``; a refusal is counted under ``name``."""
+        if key in table:
+            return True
+        if len(table) < MAX_KEYS and self.used + cost <= MAX_ENTRIES:
+            self.used += cost
+            return True
+        self.refuse(name)
+        return False
+
+    def refuse(self, name: str, count: int = 1) -> None:
+        self.dropped[name] = self.dropped.get(name, 0) + count
+
+    def count(self, counts: dict[str, int], key: str, name: str) -> None:
+        """Count one occurrence of ``key``, under :data:`OTHER` once the table is full."""
+        if not self.admit(counts, key, name):
+            key = OTHER
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _episode(episodes: Episodes, event: dict[str, Any], ts: str | None) -> None:
     """Count one once-per-episode event; keep the latest one's cause."""
-    cause = _str(event, "cause")
+    cause = _str(event, "cause", limit=MAX_TEXT)
     episodes.count += 1
     if _later(ts, episodes.last_seen):
         episodes.last_seen, episodes.cause = ts, cause or episodes.cause
 
 
-def _str(event: dict[str, Any], key: str, required: bool = False) -> str | None:
+def _clean(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, control characters (terminal escapes) replaced."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text if text.isprintable() else _CONTROL.sub("?", text)
+
+
+def _str(event: dict[str, Any], key: str, required: bool = False, limit: int = MAX_KEY) -> str | None:
     value = event.get(key)
     if value is None:
         if required:
@@ -64,7 +116,9 @@ def _str(event: dict[str, Any], key: str, required: bool = False) -> str | None:
         return None
     if isinstance(value, (dict, list)):
         raise _Invalid(key)
-    return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(key)
+    return _clean(value if isinstance(value, str) else str(value), limit)
 
 
 def _num(event: dict[str, Any], key: str, required: bool = False) -> float | None:
@@ -73,21 +127,24 @@ def _num(event: dict[str, Any], key: str, required: bool = False) -> float | Non
         if required:
             raise _Invalid(key)
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _Invalid(key)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise _Invalid(key) from None
-    raise _Invalid(key)
+    try:
+        number = float(value)  # an int beyond a float's range, or "1e400" (inf), or "nan" / NaN
+    except (ValueError, OverflowError):
+        raise _Invalid(key) from None
+    if not math.isfinite(number):
+        raise _Invalid(key)
+    return number
 
 
 def _int(event: dict[str, Any], key: str, required: bool = False) -> int | None:
     value = _num(event, key, required)
-    return None if value is None else int(value)
+    if value is None:
+        return None
+    if abs(value) > _MAX_COUNT:
+        raise _Invalid(key)
+    return int(value)
 
 
 def _later(ts: str | None, than: str | None) -> bool:
@@ -98,7 +155,8 @@ def _later(ts: str | None, than: str | None) -> bool:
 class _Host:
     """Mutable per-host state while events stream in."""
 
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, budget: _Budget) -> None:
+        self.budget = budget
         self.report = HostReport(hostname=hostname)
         self.suspects: dict[str, Suspect] = {}
         self.suspect_ts: dict[str, str | None] = {}
@@ -107,13 +165,20 @@ class _Host:
         self.types_ts: dict[str, str | None] = {}
         self.heavy: dict[str, HeavyTask] = {}
         self.errors: dict[tuple[str, str], ErrorItem] = {}
+        self.pools: set[str] = set()
         self.config_ts: str | None = None
 
-    def suspect(self, task: str) -> Suspect:
+    def suspect(self, task: str) -> Suspect | None:
+        """The suspect ``task``, made on first sight; None when the suspects table is full."""
         found = self.suspects.get(task)
         if found is None:
+            if not self.budget.admit(self.suspects, task, "suspects"):
+                return None
             found = self.suspects[task] = Suspect(task=task)
         return found
+
+    def count(self, counts: dict[str, int], key: str, name: str) -> None:
+        self.budget.count(counts, key, name)
 
 
 class Aggregator:
@@ -121,14 +186,19 @@ class Aggregator:
 
     def __init__(self) -> None:
         self._hosts: dict[str, _Host] = {}
+        self._budget = _Budget()
         self.events = 0
         self.corrupt = 0
+        #: Events skipped as corrupt, by the field that was wrong.
+        self.invalid: dict[str, int] = {}
 
     def feed(self, event: dict[str, Any], source: SourceStats | None = None) -> bool:
         """Add one event; returns False (and counts it corrupt) when its fields are unusable."""
         try:
             self._feed(event)
-        except _Invalid:
+        except Exception as exc:  # _Invalid, or a value no check foresaw: never a traceback
+            field = str(exc.args[0]) if isinstance(exc, _Invalid) and exc.args else f"({type(exc).__name__})"
+            self.invalid[field] = self.invalid.get(field, 0) + 1
             self.corrupt += 1
             if source is not None:
                 source.events -= 1
@@ -139,19 +209,25 @@ class Aggregator:
 
     def _feed(self, event: dict[str, Any]) -> None:
         name = _str(event, "event", required=True) or ""
-        ts = _str(event, "ts")
+        ts = _str(event, "ts", limit=64)
         hostname = _str(event, "hostname") or UNKNOWN_HOST
         handler = _HANDLERS.get(name)
         host = self._hosts.get(hostname)
+        folded = host is None and len(self._hosts) >= MAX_HOSTS
+        if folded:  # one host stands for all the hosts beyond the cap
+            hostname = OTHER_HOSTS
+            host = self._hosts.get(hostname)
         if host is None:
-            probe = _Host(hostname)
+            probe = _Host(hostname, self._budget)
             if handler is not None:
                 handler(self, probe, event, ts)  # validate before creating the host
             host = self._hosts[hostname] = probe
         elif handler is not None:
             handler(self, host, event, ts)
+        if folded:
+            self._budget.refuse("hosts")
         if handler is None:
-            host.report.other_events[name] = host.report.other_events.get(name, 0) + 1
+            host.count(host.report.other_events, name, "other event names")
         report = host.report
         report.events += 1
         if ts is not None:
@@ -163,7 +239,17 @@ class Aggregator:
     # -- handlers ---------------------------------------------------------------
     def _started(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         keys = ("pool", "concurrency", "metric", "soft_limit_mib", "hard_limit_mib", "poll_interval", "dry_run")
-        config = {k: event[k] for k in keys if k in event and not isinstance(event[k], (dict, list))}
+        config: dict[str, object] = {}
+        for key in keys:
+            value = event.get(key)
+            if isinstance(value, bool):
+                config[key] = value
+            elif isinstance(value, int):
+                config[key] = _int(event, key)  # a malformed number makes the event corrupt
+            elif isinstance(value, float):
+                config[key] = _num(event, key)
+            elif value is not None:
+                config[key] = _str(event, key)
         host.report.starts += 1
         if _later(ts, host.config_ts):
             host.report.config = config
@@ -177,6 +263,8 @@ class Aggregator:
         children = _int(event, "children")
         projected = _int(event, "projected_calls_to_soft_limit")
         suspect = host.suspect(task)
+        if suspect is None:
+            return
         suspect.reports += 1
         if suspect.first_seen is None or (ts is not None and ts < suspect.first_seen):
             suspect.first_seen = ts
@@ -191,10 +279,11 @@ class Aggregator:
 
     def _leak_cleared(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         task = _str(event, "task", required=True) or ""
-        reason = _str(event, "reason")
-        if task not in host.cleared_ts or _later(ts, host.cleared_ts[task]):
+        reason = _str(event, "reason", limit=MAX_TEXT)
+        suspect = host.suspect(task)
+        if suspect is not None and (task not in host.cleared_ts or _later(ts, host.cleared_ts[task])):
             host.cleared_ts[task] = ts
-            host.suspect(task).cleared_reason = reason
+            suspect.cleared_reason = reason
 
     def _leak_sites(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         self._latest_list(host, event, ts, "sites", host.sites_ts, lambda item: Site(
@@ -220,9 +309,16 @@ class Aggregator:
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw[:_TOP]):
             raise _Invalid(key)
         items = [build(item) for item in raw[:_TOP]]
-        if task not in seen or _later(ts, seen[task]):
-            seen[task] = ts
-            setattr(host.suspect(task), key, items)
+        suspect = host.suspect(task)
+        if suspect is None or not (task not in seen or _later(ts, seen[task])):
+            return
+        kept: list[Any] = getattr(suspect, key)
+        if host.budget.used + len(items) - len(kept) > MAX_ENTRIES:  # each item is an entry of the budget
+            host.budget.refuse(key)
+            return
+        host.budget.used += len(items) - len(kept)
+        seen[task] = ts
+        setattr(suspect, key, items)
 
     def _heavy_task(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         task = _str(event, "task", required=True) or ""
@@ -231,9 +327,11 @@ class Aggregator:
         occurrences = _int(event, "occurrences") or 1
         task_id = _str(event, "task_id")
         pid = _int(event, "pid")
-        advice = _str(event, "advice")
+        advice = _str(event, "advice", limit=MAX_TEXT)
         heavy = host.heavy.get(task)
         if heavy is None:
+            if not host.budget.admit(host.heavy, task, "heavy tasks"):
+                return
             heavy = host.heavy[task] = HeavyTask(task=task)
         heavy.occurrences += max(1, occurrences)
         heavy.max_peak_mib = max(heavy.max_peak_mib, peak)
@@ -244,19 +342,29 @@ class Aggregator:
             heavy.last_pid = pid
             heavy.advice = advice or heavy.advice
 
+    @staticmethod
+    def _count(host: _Host, by_reason: dict[str, int], event: dict[str, Any],
+               by_task: dict[str, int] | None = None) -> None:
+        """Count one intervention event under its reason (and, with ``by_task``, under its task)."""
+        reason = _str(event, "reason") or "unknown"
+        task = _str(event, "task")
+        host.count(by_reason, reason, "reasons")
+        if by_task is not None and task:
+            host.count(by_task, task, "tasks")
+
     def _recycled(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         counts = host.report.interventions
-        _count(counts.recycled, event, counts.recycled_during)
+        self._count(host, counts.recycled, event, counts.recycled_during)
 
     def _killed(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         counts = host.report.interventions
-        _count(counts.killed, event, counts.killed_tasks)
+        self._count(host, counts.killed, event, counts.killed_tasks)
 
     def _would_recycle(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        _count(host.report.interventions.would_recycle, event)
+        self._count(host, host.report.interventions.would_recycle, event)
 
     def _would_kill(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
-        _count(host.report.interventions.would_kill, event)
+        self._count(host, host.report.interventions.would_kill, event)
 
     def _child_lost(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         lost: LostChildren = host.report.lost
@@ -265,13 +373,13 @@ class Aggregator:
         if likely is not None and not isinstance(likely, bool):
             raise _Invalid("likely_oom")
         mem = _num(event, "last_mem_mib")
-        reason = _str(event, "reason")
+        reason = _str(event, "reason", limit=MAX_TEXT)
         task = _str(event, "task")
         lost.count += 1
         lost.likely_oom += bool(likely)
-        lost.by_signal[signal] = lost.by_signal.get(signal, 0) + 1
+        host.count(lost.by_signal, signal, "signals")
         if task:
-            lost.tasks[task] = lost.tasks.get(task, 0) + 1
+            host.count(lost.tasks, task, "tasks")
         if mem is not None:
             lost.max_last_mem_mib = mem if lost.max_last_mem_mib is None else max(lost.max_last_mem_mib, mem)
         if _later(ts, lost.last_seen):
@@ -290,7 +398,7 @@ class Aggregator:
             since_s=_num(event, "since_s"),
             growth_mib=_num(event, "growth_mib", required=True),
             reserved=_int(event, "reserved"),
-            note=_str(event, "note"),
+            note=_str(event, "note", limit=MAX_TEXT),
             last_seen=ts,
         )
         previous = host.report.master
@@ -305,6 +413,8 @@ class Aggregator:
         error = _str(event, "error") or "?"
         item = host.errors.get((where, error))
         if item is None:
+            if not host.budget.admit(host.errors, (where, error), "errors"):
+                return
             item = host.errors[(where, error)] = ErrorItem(where=where, error=error)
         item.count += 1
         if item.first_seen is None or (ts is not None and ts < item.first_seen):
@@ -312,7 +422,8 @@ class Aggregator:
 
     def _pool_unsupported(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         pool = _str(event, "pool") or "?"
-        if pool not in host.report.unsupported_pools:
+        if pool not in host.pools and host.budget.admit(host.pools, pool, "pools"):
+            host.pools.add(pool)
             host.report.unsupported_pools.append(pool)
 
     def _stopped(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
@@ -341,6 +452,8 @@ class Aggregator:
             foreign=sum(s.foreign for s in sources),
             corrupt=sum(s.corrupt for s in sources),
             console=sum(s.console for s in sources),
+            invalid=dict(sorted(self.invalid.items(), key=lambda kv: (-kv[1], kv[0]))),
+            not_itemised=dict(self._budget.dropped),
         )
         result.verdict = verdict(result)
         return result

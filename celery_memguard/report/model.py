@@ -213,6 +213,11 @@ class Report:
     foreign: int = 0
     corrupt: int = 0
     console: int = 0
+    #: Events skipped as corrupt, by the field whose value was unusable (NaN, infinite, wrong type, ...).
+    invalid: dict[str, int] = field(default_factory=dict)
+    #: Occurrences not itemised because a table was full (``hosts``, ``suspects``, ``reasons``, ...): they are
+    #: counted under ``(other)`` or ``(other hosts)``, or only here (suspects, heavy tasks, errors, sites).
+    not_itemised: dict[str, int] = field(default_factory=dict)
     schema: int = SCHEMA
 
     @property

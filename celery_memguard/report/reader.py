@@ -50,7 +50,7 @@ def parse_line(text: str) -> tuple[str, dict[str, Any] | None]:
         return "foreign", None
     try:
         obj, _end = _decoder.raw_decode(stripped, brace)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
         # A line that is nothing but (broken) JSON, or broken JSON that names our events, is
         # corrupt; text with braces in it (a Celery log line printing a dict) is foreign.
         ours = brace == 0 or "memguard." in stripped or '"event"' in stripped

@@ -11,6 +11,7 @@ import json
 import textwrap
 from typing import Any
 
+from .aggregate import MAX_ENTRIES, MAX_HOSTS, MAX_KEYS, OTHER, OTHER_HOSTS
 from .model import HostReport, Report
 
 __all__ = ["render_text", "render_json", "to_dict", "table", "duration"]
@@ -188,6 +189,14 @@ def render_text(report: Report) -> str:
         + (f", {_plural(report.console, 'console-format event')} not readable" if report.console else "")
         + "."
     )
+    if report.invalid:
+        out.extend(_wrap(f"Skipped {_plural(sum(report.invalid.values()), 'MemGuard event')} with unusable values "
+                         f"(counted corrupt above), by field: {_counts(report.invalid)}.", ""))
+    if report.not_itemised:
+        out.extend(_wrap(
+            f"Too many distinct keys to list them all (at most {MAX_HOSTS:,} hosts, {MAX_KEYS:,} keys per table, "
+            f"{MAX_ENTRIES:,} in all); not itemised: {_counts(report.not_itemised)}. They are counted under "
+            f'"{OTHER}" / "{OTHER_HOSTS}" where a table counts.', ""))
     for source in report.sources:
         if source.error:
             state = "unreadable" if not source.readable else "partly read"
