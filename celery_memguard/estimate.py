@@ -8,7 +8,8 @@ exact readings a child's private memory can only grow by pages it newly maps
 
     bound = exact + max(0, rss - rss_then) + PAGE * (faults - faults_then)
 
-is an upper bound, and RSS itself always is one. Conversely ``exact - max(0,
+is an upper bound, and RSS itself always is one (``PAGE``: the kernel's page size,
+:data:`celery_memguard.units.PAGE_SIZE`, 16 or 64 KiB on some arm64 kernels). Conversely ``exact - max(0,
 rss_then - rss)`` is a lower bound: a child known to be above a limit stays known
 above it without a new exact reading while that bound is above the limit. Pages can also become private
 without a fault in the child, when every other sharer drops or copies them; an
@@ -23,18 +24,19 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MetricEstimate", "PAGE_SIZE"]
+from .units import PAGE_SIZE
 
-PAGE_SIZE = 4096
+__all__ = ["MetricEstimate", "PAGE_SIZE"]
 
 
 class MetricEstimate:
     """Tracks one child's last exact reading and bounds the metric from cheap readings."""
 
-    __slots__ = ("refresh", "cost_ratio", "exact", "rss_then", "faults_then", "at", "refresh_after")
+    __slots__ = ("refresh", "cost_ratio", "page_size", "exact", "rss_then", "faults_then", "at", "refresh_after")
 
-    def __init__(self, *, refresh: float = 60.0, cost_ratio: float = 40_000.0) -> None:
+    def __init__(self, *, refresh: float = 60.0, cost_ratio: float = 40_000.0, page_size: int = PAGE_SIZE) -> None:
         self.refresh = refresh
+        self.page_size = page_size
         self.cost_ratio = cost_ratio
         self.refresh_after = refresh
         self.exact: int | None = None
@@ -46,7 +48,7 @@ class MetricEstimate:
         """An upper bound for the metric given the current RSS and minor-fault count."""
         if self.exact is None:
             return rss
-        grown = max(0, rss - self.rss_then) + PAGE_SIZE * max(0, faults - self.faults_then)
+        grown = max(0, rss - self.rss_then) + self.page_size * max(0, faults - self.faults_then)
         return min(rss, self.exact + grown)
 
     def known_above(self, rss: int, threshold: int | None, now: float) -> int | None:

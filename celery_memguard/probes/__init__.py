@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .base import ProbeError, ProcessGone, ProcessProbe
 from .heap import HeapProbe, heap_probe
-from .procfs import ProcfsProbe, parse_smaps_rollup, parse_stat_minflt, parse_statm_rss
+from .procfs import ProcfsProbe, parse_smaps, parse_smaps_rollup, parse_stat_minflt, parse_statm_rss
 from .psutil_probe import PsutilProbe
 from .self_probe import SelfProbe
 from .system import effective_memory, open_process_probe
@@ -27,6 +27,7 @@ __all__ = [
     "effective_memory",
     "heap_probe",
     "open_process_probe",
+    "parse_smaps",
     "parse_smaps_rollup",
     "parse_stat_minflt",
     "parse_statm_rss",

@@ -1,6 +1,12 @@
 """Linux /proc readers: one fd per file kept open and read with ``pread``.
 
 Parse functions take the raw bytes so they are tested on recorded /proc text.
+The exact USS/PSS come from ``/proc/PID/smaps_rollup`` (Linux 4.14+); where it is
+missing (an older kernel, or a kernel built without it) they are summed from
+``/proc/PID/smaps`` instead, as psutil does: slower (every mapping is listed), but
+still exact. A process that has gone raises :class:`ProcessGone` whatever file
+told; only a live process none of whose files can be read raises
+:class:`ProbeError`, so the caller never takes RSS for an exact reading unknowingly.
 """
 
 from __future__ import annotations
@@ -8,11 +14,12 @@ from __future__ import annotations
 import errno
 import os
 
+from ..units import PAGE_SIZE
 from .base import ProbeError, ProcessGone
 
-__all__ = ["ProcfsProbe", "parse_statm_rss", "parse_stat_minflt", "parse_smaps_rollup", "PAGE_SIZE"]
+__all__ = ["ProcfsProbe", "parse_statm_rss", "parse_stat_minflt", "parse_smaps_rollup", "parse_smaps", "PAGE_SIZE"]
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_SMAPS_CHUNK = 256 * 1024
 
 
 def parse_statm_rss(data: bytes, page_size: int = PAGE_SIZE) -> int:
@@ -31,14 +38,23 @@ def parse_smaps_rollup(data: bytes) -> dict[str, int]:
     USS is ``Private_Clean + Private_Dirty + Private_Hugetlb``: pages only this process
     maps, so pages still shared copy-on-write with the master are not counted.
     """
+    return _memory_fields(data, "smaps_rollup")
+
+
+def parse_smaps(data: bytes) -> dict[str, int]:
+    """The same as :func:`parse_smaps_rollup`, summed over every mapping of ``/proc/PID/smaps``."""
+    return _memory_fields(data, "smaps")
+
+
+def _memory_fields(data: bytes, source: str) -> dict[str, int]:
     fields: dict[bytes, int] = {}
     for line in data.splitlines():
         name, _, rest = line.partition(b":")
         parts = rest.split()
-        if len(parts) == 2 and parts[1] == b"kB":
-            fields[name] = int(parts[0]) * 1024
+        if len(parts) == 2 and parts[1] == b"kB":  # mapping headers and VmFlags never end in "kB"
+            fields[name] = fields.get(name, 0) + int(parts[0]) * 1024
     if b"Rss" not in fields:
-        raise ProbeError(errno.EINVAL, "no Rss line in smaps_rollup")
+        raise ProbeError(errno.EINVAL, f"no Rss line in {source}")
     uss = fields.get(b"Private_Clean", 0) + fields.get(b"Private_Dirty", 0) + fields.get(b"Private_Hugetlb", 0)
     return {"rss": fields[b"Rss"], "pss": fields.get(b"Pss", fields[b"Rss"]), "uss": uss}
 
@@ -46,12 +62,13 @@ def parse_smaps_rollup(data: bytes) -> dict[str, int]:
 class ProcfsProbe:
     """Reads ``statm``, ``stat`` and ``smaps_rollup`` of one pid through fds opened once."""
 
-    __slots__ = ("pid", "_root", "_statm", "_stat", "_rollup")
+    __slots__ = ("pid", "_root", "_statm", "_stat", "_rollup", "_smaps")
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         self.pid = pid
         self._root = f"{proc_root}/{pid}"
         self._rollup: int | None = None
+        self._smaps = False  #: smaps_rollup is missing: read /proc/PID/smaps instead
         try:
             self._statm = os.open(f"{self._root}/statm", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -83,16 +100,45 @@ class ProcfsProbe:
     def exact(self, metric: str) -> int:
         if metric == "rss":
             return self.rss()
+        if self._smaps:
+            return parse_smaps(self._read_smaps())[metric]
         if self._rollup is None:
             try:
                 self._rollup = os.open(f"{self._root}/smaps_rollup", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                if not os.path.exists(self._root):
-                    raise ProcessGone(errno.ESRCH, f"process {self.pid} exited") from None
-                raise ProbeError(errno.ENOENT, "smaps_rollup needs Linux 4.14+") from None
+            except (FileNotFoundError, ProcessLookupError):
+                self.rss()  # raises ProcessGone if the process has exited (ENOENT/ESRCH then mean that)
+                self._smaps = True  # a live process without smaps_rollup: an older kernel
+                return parse_smaps(self._read_smaps())[metric]
             except PermissionError as exc:
                 raise ProbeError(errno.EACCES, f"cannot read {self._root}/smaps_rollup: {exc}") from None
         return parse_smaps_rollup(self._read(self._rollup, 4096))[metric]
+
+    def _read_smaps(self) -> bytes:
+        """The whole of ``/proc/PID/smaps`` (opened per reading: its size follows the mappings)."""
+        try:
+            fd = os.open(f"{self._root}/smaps", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            self.rss()  # gone: ProcessGone
+            raise ProbeError(errno.ENOENT, f"{self._root} has neither smaps_rollup nor smaps: "
+                                           "no exact USS/PSS on this kernel") from None
+        except PermissionError as exc:
+            raise ProbeError(errno.EACCES, f"cannot read {self._root}/smaps: {exc}") from None
+        try:
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(fd, _SMAPS_CHUNK)
+                except ProcessLookupError:
+                    raise ProcessGone(errno.ESRCH, f"process {self.pid} exited") from None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        if not chunks:  # an exited process lists no mappings
+            self.rss()
+            raise ProbeError(errno.ENODATA, f"{self._root}/smaps is empty")
+        return b"".join(chunks)
 
     def close(self) -> None:
         for fd in (self._statm, self._stat, self._rollup):

@@ -13,6 +13,8 @@ import os
 import resource
 import sys
 
+from ..units import PAGE_SIZE
+
 __all__ = ["SelfProbe"]
 
 _KIB = 1024 if sys.platform != "darwin" else 1  # macOS reports ru_maxrss in bytes
@@ -22,7 +24,7 @@ class SelfProbe:
     __slots__ = ("_statm", "_clear_refs", "_page", "_psutil_proc", "peak_supported")
 
     def __init__(self, proc_root: str = "/proc") -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._page = PAGE_SIZE
         self._psutil_proc = None
         self._clear_refs: int | None = None
         try:

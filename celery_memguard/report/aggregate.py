@@ -88,6 +88,9 @@ class _Budget:
 
     def count(self, counts: dict[str, int], key: str, name: str) -> None:
         """Count one occurrence of ``key``, under :data:`OTHER` once the table is full."""
+        if key in counts:
+            counts[key] += 1
+            return
         if not self.admit(counts, key, name):
             key = OTHER
         counts[key] = counts.get(key, 0) + 1
@@ -110,6 +113,8 @@ def _clean(text: str, limit: int) -> str:
 
 def _str(event: dict[str, Any], key: str, required: bool = False, limit: int = MAX_KEY) -> str | None:
     value = event.get(key)
+    if type(value) is str and len(value) <= limit and value.isprintable():
+        return value  # the common case, first
     if value is None:
         if required:
             raise _Invalid(key)
@@ -127,6 +132,10 @@ def _num(event: dict[str, Any], key: str, required: bool = False) -> float | Non
         if required:
             raise _Invalid(key)
         return None
+    if type(value) is float:
+        if value - value == 0.0:  # finite (NaN and infinities give NaN)
+            return value
+        raise _Invalid(key)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _Invalid(key)
     try:

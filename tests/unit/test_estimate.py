@@ -155,6 +155,28 @@ class TestMetricEstimateBound:
         """The fault-to-bytes factor is this machine's page size (a smaller one would under-bound CoW growth)."""
         assert os.sysconf("SC_PAGE_SIZE") == PAGE_SIZE
 
+    def test_page_size_has_one_home_asked_of_the_kernel(self) -> None:
+        """On a 16 KiB-page kernel (faked: ``os.sysconf`` patched before the package is imported) the
+        estimate, the /proc reader and the child's own probe all count 16 KiB pages. The estimate used a
+        hard-coded 4096 and undercounted copy-on-write growth 4x there."""
+        import subprocess
+        import sys
+        import textwrap
+
+        code = textwrap.dedent("""
+            import os
+            real = os.sysconf
+            os.sysconf = lambda name: 16384 if name == "SC_PAGE_SIZE" else real(name)
+            from celery_memguard import estimate, units
+            from celery_memguard.probes import procfs, self_probe
+            e = estimate.MetricEstimate()
+            e.record_exact(100 << 20, rss=150 << 20, faults=1000, now=0.0)
+            grown = e.bound(rss=150 << 20, faults=1010) - (100 << 20)
+            print(units.PAGE_SIZE, estimate.PAGE_SIZE, procfs.PAGE_SIZE, grown, self_probe.SelfProbe()._page)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert "16384 16384 16384 163840 16384" == out.strip()
+
 
 class TestMetricEstimateNeedsExact:
     """MetricEstimate.needs_exact(rss, bound, threshold, now)."""

@@ -22,6 +22,7 @@ from celery_memguard.probes import (
     SelfProbe,
     effective_memory,
     open_process_probe,
+    parse_smaps,
     parse_smaps_rollup,
     parse_stat_minflt,
     parse_statm_rss,
@@ -245,8 +246,54 @@ class TestProcfsProbe:
         finally:
             probe.close()
 
+    SMAPS = (b"55d0c0a00000-55d0c0a21000 r--p 00000000 08:01 1234   /usr/bin/python3.11\n"
+             b"Size:                132 kB\nRss:                 120 kB\nPss:                  60 kB\n"
+             b"Shared_Clean:        100 kB\nPrivate_Clean:        12 kB\nPrivate_Dirty:         8 kB\n"
+             b"Private_Hugetlb:       0 kB\nVmFlags: rd mr mw me dw sd\n"
+             b"7f0000000000-7f0000400000 rw-p 00000000 00:00 0 \n"
+             b"Size:               4096 kB\nRss:                4000 kB\nPss:                4000 kB\n"
+             b"Private_Clean:         0 kB\nPrivate_Dirty:      4000 kB\nPrivate_Hugetlb:    2048 kB\n"
+             b"THPeligible:    0\nVmFlags: rd wr mr mw me ac sd\n")
+
+    def test_smaps_fallback_without_smaps_rollup(self, tmp_path: Path) -> None:
+        """A live process without smaps_rollup (a kernel before 4.14) is read exactly from /proc/PID/smaps,
+        summed over its mappings, as psutil does. It used to be a ProbeError, on which the monitor acted on
+        RSS as if it were the exact USS."""
+        root = copy_fixture_pid(tmp_path, 4321, ("statm", "stat"))
+        (tmp_path / "4321" / "smaps").write_bytes(self.SMAPS)
+        probe = ProcfsProbe(4321, proc_root=root)
+        try:
+            assert (12 + 8 + 4000 + 2048) * KiB == probe.exact("uss")
+            assert 4060 * KiB == probe.exact("pss")
+            assert {"rss": 4120 * KiB, "pss": 4060 * KiB, "uss": 6068 * KiB} == parse_smaps(self.SMAPS)
+        finally:
+            probe.close()
+
+    def test_smaps_fallback_process_gone(self, tmp_path: Path) -> None:
+        """Without smaps_rollup, a process that has exited (RSS 0: a zombie) is ProcessGone, not a kernel
+        too old to read."""
+        root = copy_fixture_pid(tmp_path, 4321, ("statm", "stat"))
+        probe = ProcfsProbe(4321, proc_root=root)
+        try:
+            (tmp_path / "4321" / "statm").write_bytes(b"0 0 0 0 0 0 0\n")
+            with pytest.raises(ProcessGone):
+                probe.exact("uss")
+        finally:
+            probe.close()
+
+    def test_live_smaps_agrees_with_smaps_rollup(self) -> None:
+        """On this kernel the summed smaps of a live process give what its smaps_rollup gives."""
+        path = Path(f"/proc/{os.getpid()}")
+        if not (path / "smaps_rollup").exists():
+            pytest.skip("no smaps_rollup to compare with")
+        rollup = parse_smaps_rollup((path / "smaps_rollup").read_bytes())
+        summed = parse_smaps((path / "smaps").read_bytes())
+        for key in ("rss", "pss", "uss"):
+            assert abs(summed[key] - rollup[key]) <= max(2 * MiB, rollup[key] // 20), (key, summed, rollup)
+
     def test_missing_smaps_rollup_is_probe_error(self, tmp_path: Path) -> None:
-        """A live process without smaps_rollup (old kernel) gives ProbeError, not ProcessGone."""
+        """A live process with neither smaps_rollup nor smaps gives ProbeError (no exact reading), not
+        ProcessGone."""
         probe = ProcfsProbe(4321, proc_root=copy_fixture_pid(tmp_path, 4321, ("statm", "stat")))
         try:
             with pytest.raises(ProbeError) as info:
