@@ -1,7 +1,10 @@
 """Carry decisions out: order a recycle, stop a task, SIGKILL; or, in dry run, only log.
 
 Every action is logged with the task, the memory and the limit. This is the only
-module that sends signals to pool children.
+module that sends signals to pool children. In dry run a stop is logged once per
+child and task: the engine escalates the unstopped task to ``FORCE_KILL`` after
+``kill_grace`` as it would for real, but that second ``memguard.would_kill`` is not
+logged (nothing was stopped, so it says nothing new).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class Actuator:
         self.metric = metric
         self.dry_run = dry_run
         self._kill = kill
+        #: Dry run: the task each child was last (would-be) stopped in, so the escalation is not logged again.
+        self._would_kill: dict[int, str | None] = {}
 
     def apply(self, decision: Decision, index: int | None) -> None:
         d = decision
@@ -36,15 +41,18 @@ class Actuator:
                       tasks_run=d.tasks_run, lifetime_s=round(d.lifetime, 1))
             if not self.dry_run:
                 self._order(d, index, ORDER_RECYCLE)
+        elif self.dry_run:  # KILL or FORCE_KILL: once per child and task
+            if d.pid in self._would_kill and self._would_kill[d.pid] == d.task_id:
+                return
+            self._would_kill[d.pid] = d.task_id
+            self._log(events.WOULD_KILL, "error", d,
+                      signal="MemoryLimitExceeded" if d.action is Action.KILL else "SIGKILL")
         elif d.action is Action.KILL:
-            self._log(events.WOULD_KILL if self.dry_run else events.TASK_KILLED, "error", d,
-                      signal="MemoryLimitExceeded")
-            if not self.dry_run:
-                self._order(d, index, ORDER_KILL)
+            self._log(events.TASK_KILLED, "error", d, signal="MemoryLimitExceeded")
+            self._order(d, index, ORDER_KILL)
         elif d.action is Action.FORCE_KILL:
-            self._log(events.WOULD_KILL if self.dry_run else events.TASK_KILLED, "error", d, signal="SIGKILL")
-            if not self.dry_run:
-                self._signal(d.pid, signal.SIGKILL)
+            self._log(events.TASK_KILLED, "error", d, signal="SIGKILL")
+            self._signal(d.pid, signal.SIGKILL)
 
     def remind(self, pid: int) -> None:
         """Repeat the order signal to an idle child that has an order pending (no-op in dry run)."""

@@ -344,13 +344,3 @@ def install(board: Board, metric: str, diagnostics: str = "off", heap: HeapProbe
 
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="memguard.process_init")
     _installed = True
-
-
-def uninstall() -> None:
-    global _board, _installed
-    from celery import signals
-
-    signals.worker_process_init.disconnect(dispatch_uid="memguard.process_init")
-    signals.task_prerun.disconnect(dispatch_uid="memguard.prerun")
-    signals.task_postrun.disconnect(dispatch_uid="memguard.postrun")
-    _board, _installed = None, False

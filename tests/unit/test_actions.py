@@ -67,6 +67,21 @@ def decision(action: Action, *, pid: int = 4242, task_id: str | None = "id-7", r
 class TestActuator:
     """Actuator.apply(decision, pool_index)."""
 
+    def test_dry_run_would_kill_once_per_child_and_task(self, logged: EventFile) -> None:
+        """Dry run: the escalation of a task that (of course) was not stopped is not a second would_kill;
+        the same child's next task, or another child, is logged again. It used to log a second
+        would_kill (signal SIGKILL) after kill_grace for every long task, against the docs."""
+        kill = FakeKill()
+        act = Actuator(Board(2), metric="uss", dry_run=True, kill=kill)
+        act.apply(decision(Action.KILL), 0)
+        act.apply(decision(Action.FORCE_KILL), 0)
+        act.apply(decision(Action.KILL, task_id="id-8"), 0)
+        act.apply(decision(Action.FORCE_KILL, pid=99, task_id="id-8"), 1)
+        assert [("id-7", 4242, "MemoryLimitExceeded"), ("id-8", 4242, "MemoryLimitExceeded"),
+                ("id-8", 99, "SIGKILL")] == [(r["task_id"], r["pid"], r["signal"]) for r in logged.records()]
+        assert ["memguard.would_kill"] * 3 == logged.names()
+        assert [] == kill.calls
+
     def test_recycle_writes_order_and_signals(self, logged: EventFile) -> None:
         """RECYCLE writes ORDER_RECYCLE to the child's slot and sends SIGURG."""
         board, kill = Board(4), FakeKill()

@@ -195,7 +195,7 @@ class TestModuleHelpers:
         assert {events.STARTED, events.CHILD_RECYCLED, events.TASK_KILLED, events.WOULD_RECYCLE, events.WOULD_KILL,
                 events.ERROR} <= set(EVENT_KEYS)
         assert ("pool", "concurrency", "metric", "soft_limit_mib", "hard_limit_mib", "poll_interval",
-                "dry_run") == EVENT_KEYS[events.STARTED]
+                "dry_run") == EVENT_KEYS[events.STARTED][:7]
         assert {"pid", "reason", "mem_mib", "tasks_run", "lifetime_s"} <= set(EVENT_KEYS[events.CHILD_RECYCLED])
         assert {"task", "task_id", "pid", "mem_mib", "limit_mib"} <= set(EVENT_KEYS[events.TASK_KILLED])
         assert EVENT_KEYS[events.CHILD_RECYCLED] == EVENT_KEYS[events.WOULD_RECYCLE]
@@ -381,3 +381,88 @@ def test_forked_child_reopens_a_moved_file_on_its_own(tmp_path: Path, monkeypatc
         log.close()
     assert [0] == [r["polls"] for r in json_lines(tmp_path / "events.log.1")]
     assert [1, 2] == [r["polls"] for r in json_lines(path)]
+PACKAGE = Path(events.__file__).resolve().parent
+
+
+def _event_constants(trees: dict[Path, Any]) -> dict[str, str]:
+    """Module-level ``NAME = "memguard.x"`` constants of the package, by name."""
+    import ast
+
+    names: dict[str, str] = {}
+    for tree in trees.values():
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                    and isinstance(node.value.value, str) and node.value.value.startswith("memguard.")):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        names[target.id] = node.value.value
+    return names
+
+
+def emitted_keys() -> dict[str, set[str]]:
+    """Event name -> every key the package's code logs with it, read from the source: the keywords of each
+    ``events.emit(NAME, ...)`` call, and the keys of the fields dict of each ``Finding(NAME, fields)`` /
+    ``LossReport(NAME, fields)`` (a dict literal, or a local variable built from literals and
+    ``fields["key"] = ...``). Calls whose event name is not a constant (actions' shared ``_log``) are
+    covered by the events' own tests."""
+    import ast
+
+    trees = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    constants = _event_constants(trees)
+
+    def name_of(node: Any) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("memguard."):
+            return node.value
+        if isinstance(node, ast.Name):
+            return constants.get(node.id)
+        if isinstance(node, ast.Attribute):
+            return constants.get(node.attr)
+        return None
+
+    def dict_keys(node: Any, scope: Any) -> set[str]:
+        if isinstance(node, ast.Dict):
+            return {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            return {k.arg for k in node.keywords if k.arg}
+        if not isinstance(node, ast.Name):
+            return set()
+        keys: set[str] = set()
+        for sub in ast.walk(scope):
+            if isinstance(sub, (ast.Assign, ast.AnnAssign)):
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id == node.id and sub.value is not None:
+                        keys |= dict_keys(sub.value, scope) if not isinstance(sub.value, ast.Name) else set()
+                    if (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
+                            and target.value.id == node.id and isinstance(target.slice, ast.Constant)):
+                        keys.add(target.slice.value)
+        return keys
+
+    found: dict[str, set[str]] = {}
+    for tree in trees.values():
+        scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for scope in scopes:
+            for call in ast.walk(scope):
+                if not isinstance(call, ast.Call) or not call.args:
+                    continue
+                event = name_of(call.args[0])
+                if event is None:
+                    continue
+                callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+                if callee == "emit":
+                    keys = {k.arg for k in call.keywords if k.arg and k.arg != "level"}  # level: emit's own
+                elif callee in ("Finding", "LossReport") and len(call.args) > 1:
+                    keys = dict_keys(call.args[1], scope)
+                else:
+                    continue
+                found.setdefault(event, set()).update(keys)
+    return found
+
+
+def test_every_emitted_key_is_documented_in_event_keys() -> None:
+    """Each key the code logs with an event is listed in EVENT_KEYS (the public API table); before, four
+    keys of memguard.started (kill_grace, effective_memory_mib, policies, leak_attribution) were not."""
+    found = emitted_keys()
+    assert {events.STARTED, "memguard.heavy_task", "memguard.child_lost", events.ERROR} <= set(found)
+    missing = {name: sorted(keys - set(EVENT_KEYS.get(name, ()))) for name, keys in found.items()}
+    assert {} == {name: keys for name, keys in missing.items() if keys}, "add these to events.EVENT_KEYS"
