@@ -7,4 +7,4 @@ import sys
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog_name="python -m celery_memguard"))

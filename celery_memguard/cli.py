@@ -1,26 +1,26 @@
-"""Command-line entry points: the leak report, and the live status of running workers.
+"""The command line: one click group, ``memguard``, with ``report`` and ``status``.
 
-The report has two front ends over one function, :func:`run_report`:
+The same group is reachable three ways:
 
-* ``python -m celery_memguard report FILE... [--format text|json]`` (argparse,
-  :func:`main`);
-* ``celery [-A proj] memguard report FILE... [--format text|json]``: the click
-  group :data:`memguard`, which Celery adds to its CLI through the
-  ``celery.commands`` entry-point group (``memguard = "celery_memguard.cli:memguard"``).
+* ``celery [-A proj] memguard ...``: Celery adds it to its own CLI through the
+  ``celery.commands`` entry-point group (``memguard = "celery_memguard.cli:memguard"``);
+* ``celery-memguard ...``: the console script (:func:`main`);
+* ``python -m celery_memguard ...``: :mod:`celery_memguard.__main__` (:func:`main`).
 
-``-`` reads standard input. The exit status is 0 when at least one input could be
-read, whatever it contained (foreign and corrupt lines are counted in the report,
-not fatal), and 2 when none could (or on a usage error).
+``report FILE... [--format text|json]`` summarises MemGuard's JSON event logs
+(:func:`run_report`); ``-`` reads standard input. Its exit status is 0 when at
+least one input could be read, whatever it contained (foreign and corrupt lines
+are counted in the report, not fatal), and 2 when none could (or on a usage error).
 
-``celery -A proj memguard status [-d WORKER,...] [--timeout S] [--format text|json]``
-broadcasts the ``memguard`` inspect command (:mod:`celery_memguard.worker.control`)
-and prints each worker's reply (:func:`render_status`); exit status 2 when no worker
-replied in time.
+``status [-d WORKER,...] [--timeout S] [--format text|json]`` broadcasts the
+``memguard`` inspect command (:mod:`celery_memguard.worker.control`) and prints each
+worker's reply (:func:`render_status`); exit status 2 when no worker replied in
+time. It needs the app: ``celery -A proj memguard status``, or outside Celery's
+CLI ``celery-memguard -A proj status``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,14 +28,17 @@ from typing import Any, Sequence, TextIO
 
 import click
 
+from . import __version__
 from .report import build_report, render_json, render_text
 from .report.render import duration, table
 
-__all__ = ["run_report", "build_parser", "main", "memguard", "render_status", "FORMATS"]
+__all__ = ["run_report", "main", "memguard", "render_status", "FORMATS", "PROG"]
 
 FORMATS = ("text", "json")
 EXIT_OK = 0
 EXIT_NO_INPUT = 2
+#: The program name shown in usage lines when run as the console script or ``python -m celery_memguard``.
+PROG = "celery-memguard"
 
 
 def run_report(files: Sequence[str], fmt: str = "text", out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -54,20 +57,6 @@ def run_report(files: Sequence[str], fmt: str = "text", out: TextIO | None = Non
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m celery_memguard", description="celery-memguard tools")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    report = commands.add_parser(
-        "report",
-        help="summarise MemGuard JSON event logs: leak suspects, heavy tasks, recycles, kills, master growth",
-        description="Read MemGuard JSON event logs (plain, gzip'd or rotated; several workers at once; '-' for "
-                    "standard input) and print a leak report.",
-    )
-    report.add_argument("files", nargs="+", metavar="FILE", help="event log(s); '-' reads standard input")
-    report.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
-    return parser
-
-
 def _quiet_broken_pipe() -> None:
     # The reader of our output went away (``| head``): do not print a traceback on exit.
     try:
@@ -77,26 +66,24 @@ def _quiet_broken_pipe() -> None:
         pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m celery_memguard``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run_report(args.files, args.format)
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-        return EXIT_OK
-
-
-@click.group(name="memguard", help="celery-memguard tools (memory limits, leak detection).")
-def memguard(**_preload_options: Any) -> None:
-    """The ``celery memguard`` command group (accepts and ignores the app's preload options)."""
+@click.group(name="memguard", help="celery-memguard tools: the leak report of event logs, the live status of workers.")
+@click.option("-A", "--app", "app_name", metavar="MODULE",
+              help="the Celery app, for 'status' outside Celery's CLI (celery-memguard -A proj status); "
+                   "under 'celery -A proj memguard' the app is Celery's")
+@click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
+@click.pass_context
+def memguard(ctx: click.Context, app_name: str | None = None, **_preload_options: Any) -> None:
+    """The ``memguard`` command group (accepts and ignores the app's preload options under Celery's CLI)."""
+    if app_name:
+        ctx.meta["celery_memguard.app_name"] = app_name
 
 
 @memguard.command(name="report")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="output format")
-def report_command(files: tuple[str, ...], fmt: str) -> None:
+@click.pass_context
+def report_command(ctx: click.Context, files: tuple[str, ...], fmt: str) -> None:
     """Summarise MemGuard JSON event logs (plain, gzip'd or rotated, several workers; '-' for stdin)."""
     try:
         code = run_report(list(files), fmt)
@@ -104,7 +91,7 @@ def report_command(files: tuple[str, ...], fmt: str) -> None:
         _quiet_broken_pipe()
         code = EXIT_OK
     if code:
-        raise SystemExit(code)
+        ctx.exit(code)
 
 
 def _num(value: Any, unit: str = "", digits: int = 1) -> str:
@@ -211,17 +198,40 @@ def status_command(ctx: click.Context, destination: str | None, timeout: float, 
     """Ask running workers what MemGuard sees now: children's memory, limits, suspects, decisions."""
     from .worker import control  # registers the command for Celery's broadcast (and needs Celery)
 
-    app = getattr(ctx.obj, "app", None)
+    app = getattr(ctx.obj, "app", None)  # under Celery's CLI: its CLIContext
+    app_name = ctx.meta.get("celery_memguard.app_name")
+    if app_name:
+        try:
+            app = control.load_app(app_name)
+        except Exception as exc:
+            raise click.UsageError(f"cannot load the Celery app {app_name!r}: {exc}") from exc
     if app is None:
-        raise click.UsageError("needs the app: celery -A proj memguard status")
+        raise click.UsageError(f"needs the app: celery -A proj memguard status, or {PROG} -A proj status")
     replies = app.control.broadcast(control.COMMAND, reply=True, timeout=timeout,
                                     destination=destination.split(",") if destination else None) or []
     if not replies:
         click.echo(f"memguard status: no worker replied within {timeout} s (is the worker running, with "
                    "remote control enabled and MemGuard installed?)", err=True)
-        raise SystemExit(EXIT_NO_INPUT)
+        ctx.exit(EXIT_NO_INPUT)
     if fmt == "json":
         merged = {name: status for reply in replies for name, status in reply.items()}
         click.echo(json.dumps(merged, indent=2, sort_keys=True))
     else:
         click.echo(render_status(replies), nl=False)
+
+
+def main(argv: Sequence[str] | None = None, prog_name: str = PROG) -> int:
+    """``celery-memguard`` and ``python -m celery_memguard``: run the group; returns the exit status.
+
+    Usage errors print the usage and return 2, ``--help`` and ``--version`` return 0.
+    """
+    try:
+        result = memguard.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
+                               standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    return result if isinstance(result, int) else EXIT_OK

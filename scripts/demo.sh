@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install into .venv (Python 3.11+) and run the demo: a real prefork worker on kombu's filesystem
+# Install into .venv (Python 3.10+) and run the demo: a real prefork worker on kombu's filesystem
 # transport (no broker server) showing a soft recycle, a hard kill and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,13 +1,197 @@
 #!/usr/bin/env bash
-# Install everything into .venv (Python 3.11+) and run the whole test suite:
+# The test matrix (what CI runs, through .ci/run, on a clean clone):
 #   bash scripts/test.sh [pytest args]
-set -euo pipefail
+#
+#   package   build the wheel and the sdist (python -m build), check what the sdist carries, install the
+#             wheel in a fresh venv (.venv-wheel) and run it from outside the checkout: import,
+#             celery-memguard --help, python -m celery_memguard --help, celery memguard --help
+#   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install)
+#   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
+#             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests plus the real-worker
+#             smoke set (pytest -m smoke); on the oldest Python twice: the oldest Celery (celery==5.3.*,
+#             kombu==5.3.*, billiard==4.2.*, in .venv-3.10-celery5.3) and the latest
+#
+# An interpreter is found as python3.X on PATH, else as pyenv's newest 3.X.*; one that is missing is
+# reported as MISSING in the summary and the rest runs. The summary table comes last; the exit status is
+# non-zero when any leg that ran failed.
+#
+# Environment: PYTHON (the main interpreter), MATRIX_PYTHONS, OLDEST_CELERY (the pins of the oldest-Celery
+# leg), TEST_MATRIX=main (only the package check and the main suite, for a quick local run).
+set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -e ".[test]"
+MATRIX_PYTHONS="${MATRIX_PYTHONS:-3.10 3.11 3.12 3.13}"
+OLDEST_CELERY="${OLDEST_CELERY:-celery==5.3.* kombu==5.3.* billiard==4.2.*}"
+LATEST_CELERY="celery kombu billiard"   # with --upgrade: the newest releases, also in a venv kept from an earlier run
+TEST_MATRIX="${TEST_MATRIX:-all}"
+LOGS="$ROOT/build/matrix"
+PIP_QUIET=(--quiet --disable-pip-version-check)
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+
+ROWS=()      # "python|celery|what ran|result|seconds"
+FAILED=0
+T0=$SECONDS
+
+say() { printf '\n=== %s\n' "$*"; }
+
+# pip prints one warning per missing local index directory on some machines: keep the logs readable.
+pipq() { "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+
+# A pytest summary line ("890 passed, 2 skipped in 38.05s") from a log, without its duration.
+outcome() {
+  local line
+  line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped|deselected|xfailed|xpassed)|no tests ran' "$1" \
+         | tail -n 1 | sed -E 's/^=+ //; s/ =+$//; s/ in [0-9.]+s.*$//')
+  echo "${line:-no summary}"
+}
+
+row() { ROWS+=("$1|$2|$3|$4|$5"); case "$4" in PASS*|MISSING*) ;; *) FAILED=1 ;; esac; }
+
+# The interpreter for version X.Y: python3.X on PATH, else pyenv's newest X.Y.* (pyenv on PATH, $PYENV_ROOT or
+# ~/.pyenv); each candidate must run and be X.Y (a pyenv shim for a version not selected does not). Empty if none.
+find_python() {
+  local v="$1" root exe
+  local candidates=("$(command -v "python$v" 2>/dev/null || true)")
+  for root in "$(pyenv root 2>/dev/null || true)" "${PYENV_ROOT:-}" "$HOME/.pyenv"; do
+    [ -n "$root" ] && candidates+=("$(ls -d "$root"/versions/"$v".*/bin/python3 2>/dev/null | sort -V | tail -n 1)")
+  done
+  for exe in "${candidates[@]}"; do
+    if [ -n "$exe" ] && [ "$("$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$v" ]; then
+      echo "$exe"
+      return
+    fi
+  done
+}
+
+pyver() { "$1" -c 'import platform; print(platform.python_version())'; }
+celery_of() { "$1" -c 'import celery; print(celery.__version__)' 2>/dev/null || echo '?'; }
+
 bash scripts/services.sh
-exec .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
+
+# -- main venv (editable) -------------------------------------------------------------------------------
+say "main: $PYTHON in .venv"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv || { echo "cannot create .venv with $PYTHON"; exit 2; }
+fi
+pipq .venv/bin/python -m pip install "${PIP_QUIET[@]}" --upgrade pip >/dev/null 2>&1 || true
+if ! pipq .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e ".[test]"; then
+  echo "cannot install the package into .venv"; exit 2
+fi
+MAIN_VER=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+# -- package: wheel + sdist, the wheel in a fresh venv ---------------------------------------------------
+say "package: python -m build; the wheel in a fresh venv"
+t=$SECONDS
+package_check() {
+  rm -rf dist .venv-wheel
+  pipq .venv/bin/python -m build --outdir dist . >"$LOGS/build.log" 2>&1 || { tail -n 30 "$LOGS/build.log"; return 1; }
+  local sdist wheel listing missing=""
+  sdist=$(ls dist/*.tar.gz) && wheel=$(ls dist/*.whl) || return 1
+  listing=$(tar tzf "$sdist")
+  for need in LICENSE CHANGELOG.md README.md pyproject.toml docs/how-it-works.md tests/unit/test_cli.py \
+              tests/integration/test_smoke.py tests/unit/fixtures/report_sample.log celery_memguard/py.typed; do
+    grep -q "^[^/]*/$need\$" <<<"$listing" || missing="$missing $need"
+  done
+  [ -z "$missing" ] || { echo "sdist lacks:$missing"; return 1; }
+  unzip -l "$wheel" | grep -q 'celery_memguard/py.typed' || { echo "wheel lacks py.typed"; return 1; }
+  "$PYTHON" -m venv .venv-wheel || return 1
+  pipq .venv-wheel/bin/python -m pip install "${PIP_QUIET[@]}" "$wheel" || return 1
+  local here version
+  here=$(mktemp -d)  # outside the checkout: the installed wheel, not the source tree, is imported
+  version=$(cd "$here" && "$ROOT/.venv-wheel/bin/python" -c \
+    'import celery_memguard, pathlib; assert "site-packages" in celery_memguard.__file__, celery_memguard.__file__
+assert (pathlib.Path(celery_memguard.__file__).parent / "py.typed").exists(); print(celery_memguard.__version__)') \
+    || return 1
+  grep -q "$version" <<<"$wheel" || { echo "wheel name does not carry the version $version"; return 1; }
+  (cd "$here" && "$ROOT/.venv-wheel/bin/celery-memguard" --help | grep -q 'status') || return 1
+  (cd "$here" && [ "$("$ROOT/.venv-wheel/bin/celery-memguard" --version)" = "celery-memguard $version" ]) || return 1
+  (cd "$here" && "$ROOT/.venv-wheel/bin/python" -m celery_memguard --help | grep -q 'report') || return 1
+  (cd "$here" && "$ROOT/.venv-wheel/bin/celery" memguard --help | grep -q 'status') || return 1
+  rm -rf "$here"
+  echo "package: $(basename "$sdist") and $(basename "$wheel") built; wheel $version installs and runs"
+}
+if package_check >"$LOGS/package.log" 2>&1; then
+  cat "$LOGS/package.log"; row "$(pyver "$PYTHON")" "$(celery_of .venv-wheel/bin/python)" "build + wheel install smoke" PASS $((SECONDS - t))
+else
+  cat "$LOGS/package.log"; row "$(pyver "$PYTHON")" "-" "build + wheel install smoke" FAIL $((SECONDS - t))
+fi
+WHEEL=$(ls "$ROOT"/dist/*.whl 2>/dev/null | head -n 1)
+
+# -- other Pythons: set their venvs up side by side (mostly network and disk) ----------------------------
+LEGS=()   # "name|interpreter|pins"
+MISSING=()
+if [ "$TEST_MATRIX" != "main" ]; then
+  oldest=""   # the oldest Python found also runs the oldest Celery
+  for v in $MATRIX_PYTHONS; do
+    exe=$(find_python "$v")
+    if [ -z "$exe" ]; then
+      MISSING+=("$v")
+      continue
+    fi
+    if [ -z "$oldest" ]; then
+      oldest="$v"
+      LEGS+=("$v-celery5.3|$exe|$OLDEST_CELERY")
+    fi
+    [ "$v" = "$MAIN_VER" ] || LEGS+=("$v|$exe|$LATEST_CELERY")
+  done
+  if [ -z "$WHEEL" ]; then
+    echo "no wheel was built: the other Pythons cannot be set up"
+  else
+    for leg in ${LEGS[@]+"${LEGS[@]}"}; do
+      IFS='|' read -r name exe pins <<<"$leg"
+      (
+        [ -x ".venv-$name/bin/python" ] || "$exe" -m venv ".venv-$name" || exit 1
+        # shellcheck disable=SC2086 # the pins are separate words
+        pipq ".venv-$name/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade "$WHEEL[test]" $pins
+      ) >"$LOGS/setup-$name.log" 2>&1 &
+    done
+  fi
+fi
+
+# -- the main suite ------------------------------------------------------------------------------------
+# Wait for the other venvs first: their installs would compete with the timing-sensitive worker tests.
+wait
+say "main: the whole suite on Python $(pyver .venv/bin/python)"
+t=$SECONDS
+.venv/bin/python -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$LOGS/main.log"
+rc=${PIPESTATUS[0]}
+row "$(pyver .venv/bin/python)" "$(celery_of .venv/bin/python)" "full suite" \
+    "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/main.log"))" $((SECONDS - t))
+
+# -- the other legs: unit tests + the real-worker smoke set ----------------------------------------------
+for leg in ${LEGS[@]+"${LEGS[@]}"}; do
+  IFS='|' read -r name exe pins <<<"$leg"
+  py=".venv-$name/bin/python"
+  say "leg $name: unit tests + smoke set on Python $(pyver "$exe") ($exe), $([ "$pins" = "$LATEST_CELERY" ] && echo 'the latest Celery' || echo "$pins")"
+  t=$SECONDS
+  if [ -z "$WHEEL" ] || ! "$py" -c 'import celery_memguard, celery, pytest' >/dev/null 2>&1; then
+    [ -f "$LOGS/setup-$name.log" ] && tail -n 30 "$LOGS/setup-$name.log"
+    row "$(pyver "$exe")" "-" "unit + smoke" "FAIL (setup)" $((SECONDS - t))
+    continue
+  fi
+  "$py" -m pytest -p no:cacheprovider -ra -m "not integration or smoke" "$@" 2>&1 | tee "$LOGS/$name.log"
+  rc=${PIPESTATUS[0]}
+  row "$(pyver "$exe")" "$(celery_of "$py")" "unit + smoke" \
+      "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/$name.log"))" $((SECONDS - t))
+done
+for v in ${MISSING[@]+"${MISSING[@]}"}; do
+  row "$v" "-" "nothing: interpreter not found (python$v, pyenv)" "MISSING" 0
+done
+
+# -- summary ------------------------------------------------------------------------------------------
+say "matrix summary (logs in build/matrix/)"
+for r in "${ROWS[@]}"; do echo "$r"; done | awk -F'|' '
+  { for (i = 1; i <= 4; i++) cell[NR, i] = $i; cell[NR, 5] = sprintf("%dm%02ds", $5 / 60, $5 % 60) }
+  END {
+    split("Python|Celery|ran|result|time", head, "|")
+    for (i = 1; i <= 5; i++) { w[i] = length(head[i]); for (r = 1; r <= NR; r++) if (length(cell[r, i]) > w[i]) w[i] = length(cell[r, i]) }
+    line = ""; rule = ""
+    for (i = 1; i <= 5; i++) { line = line sprintf("%-" w[i] "s  ", head[i]); rule = rule sprintf("%s  ", substr("----------------------------------------------------------------------------------------------------", 1, w[i])) }
+    print line; print rule
+    for (r = 1; r <= NR; r++) { line = ""; for (i = 1; i <= 5; i++) line = line sprintf("%-" w[i] "s  ", cell[r, i]); print line }
+  }'
+total=$((SECONDS - T0))
+printf 'total %dm%02ds; %s\n' $((total / 60)) $((total % 60)) "$([ "$FAILED" = 0 ] && echo 'all legs passed' || echo 'FAILED')"
+exit "$FAILED"

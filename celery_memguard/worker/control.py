@@ -32,7 +32,7 @@ from ..samples import MiB
 if TYPE_CHECKING:
     from .bootstep import MemGuard
 
-__all__ = ["COMMAND", "status_of", "memguard_status"]
+__all__ = ["COMMAND", "status_of", "memguard_status", "load_app"]
 
 #: The remote-control command name: ``celery inspect memguard``, ``app.control.broadcast("memguard")``.
 COMMAND = "memguard"
@@ -121,3 +121,10 @@ def memguard_status(state: Any, **_kwargs: Any) -> dict[str, Any]:
     except Exception as exc:  # fail open: the reply says what went wrong, the worker carries on
         events.error("control.status", exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def load_app(name: str) -> Any:
+    """The Celery app named like ``celery -A NAME`` (module, ``module:attr`` or package; found from the cwd)."""
+    from celery.app.utils import find_app
+
+    return find_app(name)
