@@ -48,6 +48,8 @@ import tracemalloc
 import types
 from typing import Any, Callable
 
+from . import events
+
 __all__ = ["LeakSiteTracer", "MODES"]
 
 MODES = ("off", "tracemalloc", "pympler", "both")
@@ -156,12 +158,12 @@ class LeakSiteTracer:
                 if summary_before is not None:
                     growth = self._type_growth(summary_before, self._type_summary())
                     del summary_before
-                    self._emitter()("memguard.leak_types", "warning", task=task, task_id=task_id, pid=pid,
+                    self._emitter()(events.LEAK_TYPES, "warning", task=task, task_id=task_id, pid=pid,
                                     calls_traced=1, types=growth[: self.top])
             sites_finished = not self._sites_wanted or self._site_calls >= self.calls
             if sites_finished and not self._types_pending:
                 if self._sites_wanted:
-                    self._emitter()("memguard.leak_sites", "warning", task=task, task_id=task_id, pid=pid,
+                    self._emitter()(events.LEAK_SITES, "warning", task=task, task_id=task_id, pid=pid,
                                     calls_traced=self._site_calls, sites=self._top_sites())
                 self._stop_own_tracemalloc()
                 self._reset()
@@ -230,11 +232,7 @@ class LeakSiteTracer:
     # -- errors and events ------------------------------------------------
 
     def _emitter(self) -> Callable[..., None]:
-        if self._emit is not None:
-            return self._emit
-        from . import events
-
-        return events.emit
+        return self._emit if self._emit is not None else events.emit
 
     def _give_up(self, task: str, where: str, exc: BaseException) -> None:
         """Leave tracemalloc off, forget the task (never traced again here) and report the error once."""
@@ -246,10 +244,8 @@ class LeakSiteTracer:
         self.done.add(task)
         try:
             if self._emit is not None:
-                self._emit("memguard.error", "error", where=where, error=f"{type(exc).__name__}: {exc}")
+                self._emit(events.ERROR, "error", where=where, error=f"{type(exc).__name__}: {exc}")
             else:
-                from . import events
-
                 events.error(where, exc)
         except Exception:  # pragma: no cover - reporting must not fail the task either
             pass

@@ -45,6 +45,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from . import events
 from .detectors.base import Finding
 from .policies import AnyPolicy, build_policies
 from .policies.base import Policy, PoolPolicy, as_policy, policy_name
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "POLICY_ERROR"]
 
 #: The event name of a finding about a policy that raised (same keys as ``memguard.error``).
-POLICY_ERROR = "memguard.error"
+POLICY_ERROR = events.ERROR
 
 #: Poll again before a growing child can use this fraction of its remaining headroom.
 HEADROOM_FRACTION = 0.25

@@ -66,6 +66,19 @@ __all__ = [
     "WOULD_KILL",
     "ERROR",
     "STOPPED",
+    "DRAINING",
+    "CHILD_UNGUARDED",
+    "LEAK_SUSPECTED",
+    "LEAK_CLEARED",
+    "LEAK_SITES",
+    "LEAK_TYPES",
+    "HEAVY_TASK",
+    "MASTER_GROWTH",
+    "CHILD_LOST",
+    "RECYCLE_STORM",
+    "LIMIT_UNREACHABLE",
+    "PRESSURE_UNRELIEVED",
+    "EVENT_KEYS",
     "LOGGER_NAME",
     "TARGETS",
     "EventLog",
@@ -90,6 +103,17 @@ STOPPED = "memguard.stopped"
 DRAINING = "memguard.draining"
 #: A pool child with no board slot (its pool index is beyond the board): measured, only SIGKILL possible.
 CHILD_UNGUARDED = "memguard.child_unguarded"
+# Findings (detectors, diagnostics, forensics, pool policies); every module names events from here.
+LEAK_SUSPECTED = "memguard.leak_suspected"
+LEAK_CLEARED = "memguard.leak_cleared"
+LEAK_SITES = "memguard.leak_sites"
+LEAK_TYPES = "memguard.leak_types"
+HEAVY_TASK = "memguard.heavy_task"
+MASTER_GROWTH = "memguard.master_growth"
+CHILD_LOST = "memguard.child_lost"
+RECYCLE_STORM = "memguard.recycle_storm"
+LIMIT_UNREACHABLE = "memguard.limit_unreachable"
+PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -104,21 +128,21 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     STOPPED: ("polls", "decisions", "shutdown", "drained_s", "events_dropped"),
     DRAINING: ("children", "busy", "enforcing"),
     CHILD_UNGUARDED: ("pid", "index", "board_slots", "effect", "fix"),
-    "memguard.leak_suspected": ("task", "kib_per_call", "confidence", "calls_observed", "children",
+    LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
-    "memguard.leak_cleared": ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
-    "memguard.heavy_task": ("task", "task_id", "peak_mib", "retained_mib", "pid", "occurrences",
+    LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
+    HEAVY_TASK: ("task", "task_id", "peak_mib", "retained_mib", "pid", "occurrences",
                             "typical_peak_mib", "advice"),
-    "memguard.master_growth": ("mem_mib", "mib_per_hour", "since_s", "growth_mib", "reserved", "note"),
-    "memguard.leak_sites": ("task", "task_id", "pid", "calls_traced", "sites"),
-    "memguard.leak_types": ("task", "task_id", "pid", "calls_traced", "types"),
-    "memguard.child_lost": ("pid", "signal", "exitcode", "task", "task_id", "last_mem_mib", "last_rss_mib",
+    MASTER_GROWTH: ("mem_mib", "mib_per_hour", "since_s", "growth_mib", "reserved", "note"),
+    LEAK_SITES: ("task", "task_id", "pid", "calls_traced", "sites"),
+    LEAK_TYPES: ("task", "task_id", "pid", "calls_traced", "types"),
+    CHILD_LOST: ("pid", "signal", "exitcode", "task", "task_id", "last_mem_mib", "last_rss_mib",
                             "growth_mib_per_s", "oom_kill_delta", "likely_oom", "reason", "hard_limit_mib"),
-    "memguard.recycle_storm": ("spawn_time_s", "recycles_per_minute", "max_recycles_per_minute",
+    RECYCLE_STORM: ("spawn_time_s", "recycles_per_minute", "max_recycles_per_minute",
                                "throughput_lost", "concurrency", "deferred", "reasons", "cause"),
-    "memguard.limit_unreachable": ("reason", "limit_mib", "fresh_child_mib", "master_mib", "metric", "pid", "cause",
+    LIMIT_UNREACHABLE: ("reason", "limit_mib", "fresh_child_mib", "master_mib", "metric", "pid", "cause",
                                    "fix"),
-    "memguard.pressure_unrelieved": ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
+    PRESSURE_UNRELIEVED: ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),
 }

@@ -15,11 +15,11 @@ import signal as _signal
 from collections import deque
 from dataclasses import dataclass
 
+from .events import CHILD_LOST
 from .samples import ChildSample, MiB
 
 __all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CLEAN_EXITS", "CHILD_LOST"]
 
-CHILD_LOST = "memguard.child_lost"
 #: billiard's exit code for a planned recycle; 0 is a clean exit.
 EX_RECYCLE = 0x9B
 CLEAN_EXITS = (0, EX_RECYCLE)

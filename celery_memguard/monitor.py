@@ -29,6 +29,7 @@ from .engine import Engine
 from .estimate import MetricEstimate
 from .forensics import CLEAN_EXITS, ChildHistory, explain_loss
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
+from .probes.system import read_system
 from .detectors.base import Detector, Finding
 from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
 
@@ -400,12 +401,22 @@ class Monitor:
             oom_now = self._read_oom_kills()
             report = explain_loss(pid, exitcode, _history_of(self._tracked.get(pid)), oom_kills_before=self._oom_baseline,
                                   oom_kills_now=oom_now, hard_limit=self.hard_limit,
-                                  effective_memory=self.effective_memory)
+                                  effective_memory=self.effective_memory, available=self._available_now())
             self._oom_baseline = oom_now
             if report is not None:
                 events.emit(report.event, "error", **report.fields)
         except Exception as exc:
             events.error("monitor.child_lost", exc)
+
+    def _available_now(self) -> int | None:
+        """Memory available right now (for a lost child's verdict): the pressure policies' reader when
+        configured, else one reading of the machine/cgroup (a child is rarely lost, ~0.5 ms)."""
+        reader = self.system if self.system is not None else read_system
+        try:
+            return reader(time.monotonic()).available
+        except Exception as exc:
+            events.error("monitor.system", exc)
+            return None
 
     def _forget(self, pid: int) -> None:
         tracked = self._tracked.pop(pid, None)

@@ -13,14 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..events import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH
 from ..samples import MasterSample, TaskSample
 
 __all__ = ["Finding", "Detector", "LEAK_SUSPECTED", "LEAK_CLEARED", "HEAVY_TASK", "MASTER_GROWTH"]
-
-LEAK_SUSPECTED = "memguard.leak_suspected"
-LEAK_CLEARED = "memguard.leak_cleared"
-HEAVY_TASK = "memguard.heavy_task"
-MASTER_GROWTH = "memguard.master_growth"
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,13 +59,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from ..detectors.base import Finding
+from ..events import PRESSURE_UNRELIEVED
 from ..samples import MiB, Action, ChildSample, SystemSample, Violation
 from .base import PoolPolicy, Verdict
 
 __all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
 
-#: The finding logged once per pressure episode in which no child holds enough to be worth recycling.
-PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
 #: How many of the latest children's first RSS readings a fresh child's RSS is the smallest of.
 FRESH_READINGS = 8
 

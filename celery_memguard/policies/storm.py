@@ -36,13 +36,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..detectors.base import Finding
+from ..events import LIMIT_UNREACHABLE, RECYCLE_STORM
 from ..samples import MiB, Violation
 
 __all__ = ["StormGuard", "RECYCLE_STORM", "LIMIT_UNREACHABLE", "UnreachableLimits", "Restart", "restart_of",
            "describe_cause", "FRESH_AGE", "UNREACHABLE_REASONS"]
 
-RECYCLE_STORM = "memguard.recycle_storm"
-LIMIT_UNREACHABLE = "memguard.limit_unreachable"
 #: Seconds after its spawn during which a child's first reading counts as a fresh child's.
 FRESH_AGE = 2.0
 #: Soft violations a fresh child can make unreachable (per-child memory limits).

@@ -23,6 +23,7 @@ import math
 import re
 from typing import Any, Hashable, Mapping
 
+from .. import events
 from .model import (
     ErrorItem,
     HeavyTask,
@@ -469,23 +470,23 @@ class Aggregator:
 
 
 _HANDLERS = {
-    "memguard.started": Aggregator._started,
-    "memguard.leak_suspected": Aggregator._leak_suspected,
-    "memguard.leak_cleared": Aggregator._leak_cleared,
-    "memguard.leak_sites": Aggregator._leak_sites,
-    "memguard.leak_types": Aggregator._leak_types,
-    "memguard.heavy_task": Aggregator._heavy_task,
-    "memguard.child_recycled": Aggregator._recycled,
-    "memguard.task_killed": Aggregator._killed,
-    "memguard.would_recycle": Aggregator._would_recycle,
-    "memguard.would_kill": Aggregator._would_kill,
-    "memguard.master_growth": Aggregator._master_growth,
-    "memguard.child_lost": Aggregator._child_lost,
-    "memguard.recycle_storm": Aggregator._recycle_storm,
-    "memguard.pressure_unrelieved": Aggregator._pressure_unrelieved,
-    "memguard.error": Aggregator._error,
-    "memguard.pool_unsupported": Aggregator._pool_unsupported,
-    "memguard.stopped": Aggregator._stopped,
+    events.STARTED: Aggregator._started,
+    events.LEAK_SUSPECTED: Aggregator._leak_suspected,
+    events.LEAK_CLEARED: Aggregator._leak_cleared,
+    events.LEAK_SITES: Aggregator._leak_sites,
+    events.LEAK_TYPES: Aggregator._leak_types,
+    events.HEAVY_TASK: Aggregator._heavy_task,
+    events.CHILD_RECYCLED: Aggregator._recycled,
+    events.TASK_KILLED: Aggregator._killed,
+    events.WOULD_RECYCLE: Aggregator._would_recycle,
+    events.WOULD_KILL: Aggregator._would_kill,
+    events.MASTER_GROWTH: Aggregator._master_growth,
+    events.CHILD_LOST: Aggregator._child_lost,
+    events.RECYCLE_STORM: Aggregator._recycle_storm,
+    events.PRESSURE_UNRELIEVED: Aggregator._pressure_unrelieved,
+    events.ERROR: Aggregator._error,
+    events.POOL_UNSUPPORTED: Aggregator._pool_unsupported,
+    events.STOPPED: Aggregator._stopped,
 }
 
 

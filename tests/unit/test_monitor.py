@@ -582,3 +582,29 @@ class TestMonitorMaster:
         h.world.add(FakeProbe(11, rss=300 * MiB, uss=250 * MiB), 0)
         h.poll()
         assert h.monitor.decided == {("recycle", "soft_limit"): 1} and h.monitor.decisions == 1
+
+
+class TestMonitorChildLost:
+    """A child killed by a signal MemGuard did not send: memguard.child_lost with the system's memory."""
+
+    def test_low_available_memory_makes_a_sigkill_likely_oom(self, logged: Path) -> None:
+        """SIGKILL with no oom_kill counter, a small child not growing, but under 5 % of memory available
+        when it died: likely OOM. explain_loss's ``available`` was never passed, so this branch never ran."""
+        from celery_memguard.samples import SystemSample
+
+        gib = 1024 * MiB
+        world = World()
+        world.add(FakeProbe(11, 50 * MiB), 0)
+        engine = SpyEngine([], kill_grace=2.0, poll_interval=1.0)
+        clock = Clock()
+        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=None, metric="uss", open_probe=world.open_probe,  # type: ignore[arg-type]
+                          clock=clock, exit_code=lambda pid: -9, effective_memory=8 * gib,
+                          system=lambda now: SystemSample(available=100 * MiB, total=8 * gib, used=8 * gib - 100 * MiB,
+                                                          at=now))
+        monitor.poll()
+        world.remove(11)
+        clock.now += 1.0
+        monitor.poll()
+        (lost,) = [r for r in event_records(logged) if r["event"] == "memguard.child_lost"]
+        assert lost["likely_oom"] is True and "under 5%" in lost["reason"], lost
