@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from .exceptions import ConfigError
 
-__all__ = ["MemGuardConfig", "parse_size", "DEFAULTS", "KEYS"]
+__all__ = ["MemGuardConfig", "parse_size", "key_name", "DEFAULTS", "KEYS"]
 
 MiB = 1024 * 1024
 
@@ -268,24 +268,28 @@ class MemGuardConfig:
         a typo never silently disables a limit.
         """
         given = dict(overrides or {})
+        present = set(_keys(conf)) if namespace else set()
+        names: dict[str, str] = {}  # each key as the user spelled it, for the error message
         raws: dict[str, Any] = {}
         values: dict[str, Any] = {}
         for key, parser in _PARSERS.items():
             full = "memguard_" + key
+            names[key] = full if full in given else key_name(full, namespace, present)
             raw = given[full] if full in given else _get(conf, full, _UNSET)
             raws[key] = DEFAULTS[key] if raw is _UNSET else raw
-            values[key] = DEFAULTS[key] if raw is _UNSET else parser(full, raw, effective_memory)
+            values[key] = DEFAULTS[key] if raw is _UNSET else parser(names[key], raw, effective_memory)
         _check_keys(conf, namespace)
         soft, hard = values["soft_limit"], values["hard_limit"]
         if soft is not None and hard is not None and soft >= hard:
-            raise ConfigError("memguard_soft_limit", raws["soft_limit"], f"a size below memguard_hard_limit ({hard} bytes)")
+            raise ConfigError(names["soft_limit"], raws["soft_limit"],
+                              f"a size below {names['hard_limit']} ({hard} bytes)")
         pool, pool_hard = values["pool_limit"], values["pool_hard_limit"]
         if pool_hard is not None and (pool is None or pool_hard <= pool):
-            raise ConfigError("memguard_pool_hard_limit", raws["pool_hard_limit"],
-                              "a size above memguard_pool_limit (which must be set)")
+            raise ConfigError(names["pool_hard_limit"], raws["pool_hard_limit"],
+                              f"a size above {names['pool_limit']} (which must be set)")
         if values["recycle_on_leak"] and soft is None and hard is None:
             raise ConfigError(
-                "memguard_recycle_on_leak", raws["recycle_on_leak"],
+                names["recycle_on_leak"], raws["recycle_on_leak"],
                 "False, or True together with memguard_soft_limit or memguard_hard_limit (the limit a leak is projected to)",
             )
         for key in ("min_available", "pressure_min_relief"):
@@ -293,10 +297,10 @@ class MemGuardConfig:
             # policy that can never be satisfied would recycle children for nothing.
             if effective_memory > 0 and values[key] is not None and values[key] >= effective_memory \
                     and values[key] != DEFAULTS[key]:
-                raise ConfigError(f"memguard_{key}", raws[key],
+                raise ConfigError(names[key], raws[key],
                                   f"a size below the effective memory ({effective_memory // MiB} MiB)")
         if values["log_target"] == "logging" and values["log_file"] is not None:
-            raise ConfigError("memguard_log_file", raws["log_file"],
+            raise ConfigError(names["log_file"], raws["log_file"],
                               'None with memguard_log_target="logging" (events go to the celery_memguard logger; '
                               'use "both" to write the file too)')
         return cls(effective_memory=effective_memory, **values)
@@ -311,6 +315,16 @@ def _get(conf: Any, key: str, default: Any) -> Any:
         return conf.get(key, default)
     except Exception:  # a Celery Settings object may raise on odd keys
         return getattr(conf, key, default)
+
+
+def key_name(full: str, namespace: str | None, present: set[str]) -> str:
+    """``full`` (``memguard_soft_limit``) as the configuration spells it: ``CELERY_MEMGUARD_SOFT_LIMIT`` when the
+    app has that namespace and the key is set that way, else ``full``."""
+    if namespace:
+        spelled = f"{namespace.rstrip('_')}_{full.upper()}"
+        if spelled in present:
+            return spelled
+    return full
 
 
 def _check_keys(conf: Any, namespace: str | None) -> None:

@@ -48,6 +48,7 @@ import errno
 import logging
 import mmap
 import os
+import socket
 import stat
 import struct
 import sys
@@ -212,8 +213,8 @@ def _open_stderr() -> tuple[int, bool]:
 
     A pipe, FIFO or terminal is reopened through ``/proc/self/fd`` with ``O_NONBLOCK`` (a new open
     file description: the flag does not leak to the shell or to Celery's own writes). A regular file
-    or a socket keeps the inherited descriptor (a file never blocks; reopening it would lose its
-    offset).
+    keeps the inherited descriptor (a file never blocks; reopening it would lose its offset), and so
+    does a socket (journald's stream), which :class:`EventLog` writes with ``MSG_DONTWAIT``.
     """
     fd = _stderr_fd()
     try:
@@ -283,6 +284,14 @@ class EventLog:
                 self._identity = self._stat_identity(self.fd)
             else:
                 self.fd, self._owns_fd = _open_stderr()
+        self._send: Callable[[Any], int] | None = None
+        if self.fd >= 0:
+            try:
+                if stat.S_ISSOCK(os.fstat(self.fd).st_mode):
+                    sock = socket.socket(fileno=os.dup(self.fd))
+                    self._send = lambda data: sock.send(data, socket.MSG_DONTWAIT)
+            except (OSError, ValueError):
+                self._send = None
         renderer: Callable[..., Any]
         if fmt == "json":
             renderer = structlog.processors.JSONRenderer(sort_keys=False)
@@ -378,12 +387,14 @@ class EventLog:
         view = memoryview(data)
         try:
             while view:
-                written = os.write(self.fd, view)
+                written = self._send(view) if self._send is not None else os.write(self.fd, view)
                 view = view[written:]
                 self._cut = bool(view)
             return None
         except OSError as exc:
             return exc
+        except Exception as exc:  # never raised by os.write; counted as a drop all the same
+            return OSError(errno.EIO, f"{type(exc).__name__}: {exc}")
 
     def _count_drop(self, error: OSError) -> None:
         try:

@@ -27,7 +27,7 @@ from celery import bootsteps
 from .. import events
 from ..actions import Actuator
 from ..board import TRACE_MAX, Board, board_slots
-from ..config import MemGuardConfig
+from ..config import MemGuardConfig, key_name
 from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
 from ..detectors.base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
 from ..engine import Engine
@@ -123,8 +123,12 @@ class MemGuard(bootsteps.StartStopStep):
         except (OSError, ValueError) as exc:
             if explicit:
                 reason = getattr(exc, "strerror", None) or str(exc)
-                given_as = option_name("memguard_log_file") if "memguard_log_file" in self._overrides else None
-                raise WorkerConfigError("memguard_log_file", cfg.log_file,
+                given = "memguard_log_file" in self._overrides
+                given_as = option_name("memguard_log_file") if given else None
+                namespace = getattr(parent.app, "namespace", None)
+                key = "memguard_log_file" if given else key_name("memguard_log_file", namespace,
+                                                                 set(_conf_keys(parent.app.conf)))
+                raise WorkerConfigError(key, cfg.log_file,
                                         f"a file MemGuard can open for appending ({reason})", given_as) from None
         # The default file could not be opened: fall back to standard error, which is all there is.
         events.configure(fmt=cfg.log_format, log_file=None, hostname=hostname, target=cfg.log_target)
@@ -409,6 +413,13 @@ def _worker_logfile(parent: Any, hostname: str | None) -> str | None:
         return node_format(logfile, hostname) if hostname else logfile
     except Exception:
         return logfile
+
+
+def _conf_keys(conf: Any) -> list[str]:
+    try:
+        return [k for k in conf.keys() if isinstance(k, str)]
+    except Exception:
+        return []
 
 
 def _node_name(hostname: str | None) -> str:

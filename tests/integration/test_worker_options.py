@@ -67,11 +67,14 @@ def test_django_namespace_keys_are_read(start_worker: StartWorker, redis_url: st
     assert worker.wait_for_event("memguard.child_recycled")["limit_mib"] == 100.0
 
 
-@pytest.mark.parametrize("key", ["CELERY_MEMGUARD_SOFT_LIMT", "MEMGUARD_SOFT_LIMIT"])
-def test_django_namespace_typos_stop_the_worker(start_worker: StartWorker, redis_url: str, key: str) -> None:
-    worker = start_worker(redis_url, extra_env={"MG_NAMESPACED_CONF": json.dumps({key: "100MiB"})}, ready=False)
+@pytest.mark.parametrize(("key", "value"), [("CELERY_MEMGUARD_SOFT_LIMT", "100MiB"), ("MEMGUARD_SOFT_LIMIT", "100MiB"),
+                                            ("CELERY_MEMGUARD_SOFT_LIMIT", "lots")])
+def test_django_namespace_typos_stop_the_worker(start_worker: StartWorker, redis_url: str, key: str,
+                                                value: str) -> None:
+    """A typo, a key Celery never passes on, or a bad value: the one-line error names the key as written."""
+    worker = start_worker(redis_url, extra_env={"MG_NAMESPACED_CONF": json.dumps({key: value})}, ready=False)
     status = worker.proc.wait(EXIT_TIMEOUT)
     stderr = worker.stderr_path.read_text(errors="replace")
     assert status != 0
-    assert f"Error: celery-memguard: invalid {key}='100MiB': expected" in stderr, stderr
+    assert f"Error: celery-memguard: invalid {key}={value!r}: expected" in stderr, stderr
     assert "Traceback" not in stderr, stderr

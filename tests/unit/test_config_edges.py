@@ -151,6 +151,14 @@ class TestKeyGuard:
         if namespace and "LIMT" not in key:
             assert "CELERY_MEMGUARD_SOFT_LIMIT" in info.value.accepted
 
+    def test_errors_name_the_key_as_spelled(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            self.load(self.app("CELERY", CELERY_MEMGUARD_SOFT_LIMIT="lots"))
+        assert info.value.key == "CELERY_MEMGUARD_SOFT_LIMIT"
+        with pytest.raises(ConfigError) as info:
+            self.load(self.app("CELERY", CELERY_MEMGUARD_SOFT_LIMIT="2GiB", CELERY_MEMGUARD_HARD_LIMIT="1GiB"))
+        assert info.value.key == "CELERY_MEMGUARD_SOFT_LIMIT" and "CELERY_MEMGUARD_HARD_LIMIT" in info.value.accepted
+
     def test_overrides_win_and_are_validated(self) -> None:
         conf = {"memguard_soft_limit": "100MiB", "memguard_hard_limit": "1GiB"}
         config = MemGuardConfig.from_mapping(conf, MEM, overrides={"memguard_soft_limit": "400MiB"})

@@ -381,6 +381,51 @@ def test_forked_child_reopens_a_moved_file_on_its_own(tmp_path: Path, monkeypatc
         log.close()
     assert [0] == [r["polls"] for r in json_lines(tmp_path / "events.log.1")]
     assert [1, 2] == [r["polls"] for r in json_lines(path)]
+
+
+def test_stderr_socket_nobody_reads_never_blocks() -> None:
+    """Standard error a stream socket (journald) nobody drains: sends are non-blocking, drops counted."""
+    import socket
+    import subprocess
+    import sys
+
+    reader, writer = socket.socketpair()
+    code = ("from celery_memguard import events\n"
+            "log = events.EventLog(fmt='json')\n"
+            "for n in range(2000):\n"
+            "    log.emit(events.STOPPED, polls=n, decisions=0, pad='x' * 1000)\n"
+            "print(log.dropped)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stderr=writer.fileno(), stdout=subprocess.PIPE,
+                              timeout=60, text=True)
+    finally:
+        writer.close()
+    reader.close()
+    assert proc.returncode == 0
+    assert int(proc.stdout) > 0
+
+
+def test_stderr_pipe_nobody_reads_never_blocks() -> None:
+    """Standard error a pipe nobody drains: reopened non-blocking, drops counted, the process carries on."""
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    code = ("from celery_memguard import events\n"
+            "log = events.EventLog(fmt='json')\n"
+            "for n in range(2000):\n"
+            "    log.emit(events.STOPPED, polls=n, decisions=0, pad='x' * 1000)\n"
+            "print(log.dropped)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stderr=write_end, stdout=subprocess.PIPE,
+                              timeout=60, text=True)
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    assert proc.returncode == 0
+    assert int(proc.stdout) > 0
+
+
 PACKAGE = Path(events.__file__).resolve().parent
 
 
