@@ -65,7 +65,10 @@ _COUNT_AT = _RING_SEQ + _SEQ.size
 _READY = struct.Struct("<d")  # seconds from fork to ready for the first job, written once by the child
 _READY_AT = _COUNT_AT + _COUNT.size
 _RING_AT = _READY_AT + _READY.size
-SLOT_SIZE = (_RING_AT + RING_SIZE * _REC.size + 63) // 64 * 64
+#: The previous occupant's head, copied by ``claim`` before a new child overwrites it, so the task a
+#: child was running when it died survives its replacement (read by ``task_of`` for child_lost).
+_PREV_AT = _RING_AT + RING_SIZE * _REC.size
+SLOT_SIZE = (_PREV_AT + _HEAD.size + 63) // 64 * 64
 
 
 #: The fewest slots a board is made with: room for ``pool_grow``/``autoscale`` far beyond the start.
@@ -128,6 +131,9 @@ class Board:
         (seq,) = _SEQ.unpack_from(m, base + _HEAD_SEQ)
         odd = seq | 1
         _SEQ.pack_into(m, base + _HEAD_SEQ, odd)
+        (previous,) = struct.unpack_from("<q", m, base + _HEAD_AT)
+        if previous and previous != pid:
+            m[base + _PREV_AT:base + _PREV_AT + _HEAD.size] = m[base + _HEAD_AT:base + _HEAD_AT + _HEAD.size]
         _HEAD.pack_into(m, base + _HEAD_AT, pid, 0, 0.0, 0, 0, now, b"", b"")
         _ORDER.pack_into(m, base + _ORDER_AT, 0, ORDER_NONE, 0, 0, b"", b"")
         _SEQ.pack_into(m, base + _HEAD_SEQ, odd + 1)
@@ -187,6 +193,25 @@ class Board:
             if s1 == s2:
                 return CurrentTask(pid, bool(busy), _text(name) if busy else None, _text(tid) if busy else None,
                                    started, rss, tasks_run, spawned)
+        return None
+
+    def task_of(self, index: int, pid: int) -> CurrentTask | None:
+        """What child ``pid`` last recorded in slot ``index`` (its task if it was busy), also after a
+        replacement child claimed the slot; None if ``pid`` is not (or no longer) known there."""
+        base = self._base(index)
+        for _ in range(4):
+            (s1,) = _SEQ.unpack_from(self._map, base + _HEAD_SEQ)
+            if s1 & 1:
+                continue
+            heads = [_HEAD.unpack_from(self._map, base + at) for at in (_HEAD_AT, _PREV_AT)]
+            (s2,) = _SEQ.unpack_from(self._map, base + _HEAD_SEQ)
+            if s1 != s2:
+                continue
+            for head_pid, busy, started, rss, tasks_run, spawned, tid, name in heads:
+                if head_pid == pid:
+                    return CurrentTask(pid, bool(busy), _text(name) if busy else None, _text(tid) if busy else None,
+                                       started, rss, tasks_run, spawned)
+            return None
         return None
 
     def drain(self, index: int, since: int) -> tuple[int, list[TaskSample]]:

@@ -7,6 +7,16 @@ code (killed by a signal) or an unexpected exit code, and MemGuard had not sent
 ``memguard.child_lost`` event: which task it was running, its last memory and its
 growth just before death, the change of the cgroup's ``oom_kill`` counter, and a
 ``likely_oom`` verdict with the reason.
+
+The task comes from what the child itself wrote on the board when the task started
+(``task_source="board"``; it survives the child, even once a replacement has taken
+its slot), not from the master's last poll, which may predate the task: a child
+killed a fraction of a second into a task is still named with it. The memory fields
+say what they are: ``last_mem_mib``/``last_rss_mib`` are the master's last poll of the
+child, ``last_poll_s_before`` how long before the loss was noticed that poll was
+taken, ``last_poll_during_task`` whether it was taken while the fatal task ran (if
+not, the reading predates the task and says nothing about it), and
+``rss_at_task_start_mib`` is the child's own RSS reading when the task started.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import signal as _signal
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from .events import CHILD_LOST
 from .samples import ChildSample, MiB
@@ -40,6 +51,11 @@ class ChildHistory:
     def last(self) -> ChildSample | None:
         return self.samples[-1][1] if self.samples else None
 
+    @property
+    def last_at(self) -> float | None:
+        """When the last sample was taken."""
+        return self.samples[-1][0] if self.samples else None
+
     def growth_rate(self) -> float | None:
         """RSS growth in bytes/s over the kept window (None with fewer than two samples)."""
         if len(self.samples) < 2:
@@ -48,6 +64,16 @@ class ChildHistory:
         if t1 <= t0:
             return None
         return (s1.rss - s0.rss) / (t1 - t0)
+
+
+class RecordedTask(Protocol):
+    """What a child recorded about itself on the board (``board.CurrentTask``)."""
+
+    busy: bool
+    task: str | None
+    task_id: str | None
+    started: float
+    rss_before: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +99,14 @@ def explain_loss(
     hard_limit: int | None,
     effective_memory: int,
     available: int | None = None,
+    recorded: RecordedTask | None = None,
+    now: float | None = None,
 ) -> LossReport | None:
-    """A ``memguard.child_lost`` report, or None for a clean exit or an unknown one."""
+    """A ``memguard.child_lost`` report, or None for a clean exit or an unknown one.
+
+    ``recorded``: what the child last wrote on the board about itself (None if unknown); ``now``: when
+    the loss was noticed (same clock as the history and the board's task start).
+    """
     if exitcode is None or exitcode in CLEAN_EXITS:
         return None
     signum = -exitcode if exitcode < 0 else None
@@ -98,14 +130,27 @@ def explain_loss(
             reason = "SIGKILL, but the cgroup's oom_kill counter did not change: likely an operator, a time limit or another process"
         else:
             reason = "SIGKILL with no memory pressure seen (oom_kill counter not readable)"
+    last_at = history.last_at if history is not None else None
+    if recorded is not None:
+        task, task_id, source = recorded.task, recorded.task_id, "board"
+    elif last is not None:
+        task, task_id, source = last.task, last.task_id, "last_poll"
+    else:
+        task, task_id, source = None, None, None
+    busy = recorded is not None and recorded.busy
     fields: dict[str, object] = {
         "pid": pid,
         "signal": _signal_name(signum) if signum is not None else None,
         "exitcode": exitcode,
-        "task": last.task if last is not None else None,
-        "task_id": last.task_id if last is not None else None,
+        "task": task,
+        "task_id": task_id,
+        "task_source": source,
+        "task_started_s_before": round(now - recorded.started, 3) if busy and now is not None else None,
+        "rss_at_task_start_mib": round(recorded.rss_before / MiB, 1) if busy else None,
         "last_mem_mib": round(last.mem / MiB, 1) if last is not None else None,
         "last_rss_mib": round(last.rss / MiB, 1) if last is not None else None,
+        "last_poll_s_before": round(now - last_at, 3) if last_at is not None and now is not None else None,
+        "last_poll_during_task": (last_at >= recorded.started) if busy and last_at is not None else None,
         "growth_mib_per_s": round(rate / MiB, 1) if rate is not None else None,
         "oom_kill_delta": oom_delta,
         "likely_oom": likely,

@@ -63,7 +63,7 @@ class PollView:
 class _Tracked:
     """What the monitor keeps about one child between polls."""
 
-    __slots__ = ("probe", "estimate", "history", "spawn_seen", "slot_checked")
+    __slots__ = ("probe", "estimate", "history", "spawn_seen", "slot_checked", "index")
 
     def __init__(self, probe: ProcessProbe) -> None:
         self.probe = probe
@@ -71,6 +71,7 @@ class _Tracked:
         self.history = ChildHistory()
         self.spawn_seen = False
         self.slot_checked = False
+        self.index: int | None = None
 
     def close(self) -> None:
         self.probe.close()
@@ -221,7 +222,7 @@ class Monitor:
                 tracked.slot_checked = True
                 self._check_slot(pid, index)
         for pid in [p for p in self._tracked if p not in index_of]:
-            self._lost(pid)
+            self._lost(pid, now)
             self._forget(pid)
         try:
             self._drain_all(now)
@@ -255,6 +256,7 @@ class Monitor:
         tracked = self._tracked.get(pid)
         if tracked is None:
             tracked = self._tracked[pid] = _Tracked(self.open_probe(pid))
+        tracked.index = index  # known even if the child is found dead: its board slot names its task
         probe = tracked.probe
         rss, faults = probe.cheap()
         if self.metric == "rss":
@@ -387,7 +389,7 @@ class Monitor:
             events.error("monitor.oom_kills", exc)
             return None
 
-    def _lost(self, pid: int) -> None:
+    def _lost(self, pid: int, now: float) -> None:
         """A child left the pool: report it if it died in a way MemGuard did not cause."""
         if self.exit_code is None or pid in self._killed:
             self._killed.discard(pid)
@@ -399,9 +401,15 @@ class Monitor:
             if exitcode is None or exitcode in CLEAN_EXITS:
                 return
             oom_now = self._read_oom_kills()
-            report = explain_loss(pid, exitcode, _history_of(self._tracked.get(pid)), oom_kills_before=self._oom_baseline,
+            tracked = self._tracked.get(pid)
+            index = tracked.index if tracked is not None else None
+            recorded = None
+            if self.board is not None and index is not None and self.board.has_slot(index):
+                recorded = self.board.task_of(index, pid)  # what the child wrote at task start: survives it
+            report = explain_loss(pid, exitcode, _history_of(tracked), oom_kills_before=self._oom_baseline,
                                   oom_kills_now=oom_now, hard_limit=self.hard_limit,
-                                  effective_memory=self.effective_memory, available=self._available_now())
+                                  effective_memory=self.effective_memory, available=self._available_now(),
+                                  recorded=recorded, now=now)
             self._oom_baseline = oom_now
             if report is not None:
                 events.emit(report.event, "error", **report.fields)

@@ -16,6 +16,8 @@ which child ran what.
   ``mib`` while its RSS does not.
 * ``pt.marker``: a no-op the custom policy :class:`MyPolicy` reacts to.
 * ``pt.sleep``: write the child's pid to a file, then sleep (a target for an external SIGKILL).
+* ``pt.load``: allocate ``mib`` MiB at once (a big payload), write the pid, then sleep: a target
+  for a SIGKILL a fraction of a second into the task, as the OOM killer would send.
 * ``pt.stubborn``: grow past a hard limit, then swallow every ``Exception``
   (``MemoryLimitExceeded`` included) while keeping the memory, until SIGKILLed.
 
@@ -112,6 +114,15 @@ def sleep(seconds: float, pid_file: str | None = None) -> int:
         _write(pid_file, str(os.getpid()))
     time.sleep(seconds)
     return os.getpid()
+
+
+@app.task(name="pt.load")
+def load(mib: int, seconds: float, pid_file: str) -> int:
+    """Allocate ``mib`` MiB at once, write this child's pid to ``pid_file``, then sleep ``seconds``."""
+    payload = _touched(mib * MiB)
+    _write(pid_file, str(os.getpid()))
+    time.sleep(seconds)
+    return len(payload) and os.getpid()
 
 
 @app.task(name="pt.stubborn")

@@ -65,6 +65,39 @@ def test_externally_killed_child_is_reported_with_its_task(start_worker: StartWo
     assert any("killed outside MemGuard (0 likely by the OOM killer)" in f for f in report["verdict"]["findings"])
 
 
+def test_a_child_killed_right_after_its_task_started_is_named(start_worker: StartWorker, redis_url: str,
+                                                             tmp_path: Path) -> None:
+    """Issue 13.10: a SIGKILL ~0.1 s into a task (within one poll interval of its start): child_lost names
+    the task from what the child recorded at task start, and its memory fields say what they are."""
+    worker = start_worker(redis_url, concurrency=2, conf={"imports": [MODULE]})  # default 1 s poll interval
+    for attempt in range(3):
+        pid_file = tmp_path / f"victim-{attempt}.pid"
+        victim = worker.send("pt.load", 150, 30, str(pid_file))
+        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, interval=0.01,
+                             what="the loading task to start"))
+        time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        event = worker.wait_for_event("memguard.child_lost", where=lambda e: e["pid"] == pid)
+        (lost,) = worker.collect([victim])
+        assert _lost(lost), (lost.state, lost.value, lost.traceback)
+        assert event["task"] == "pt.load" and event["task_id"] == victim.id, event
+        assert event["task_source"] == "board", event
+        assert event["task_started_s_before"] is not None and event["task_started_s_before"] >= 0.1, event
+        assert event["rss_at_task_start_mib"] is not None and event["rss_at_task_start_mib"] > 0, event
+        assert event["last_poll_s_before"] is not None and event["last_poll_s_before"] >= 0, event
+        # The last poll's reading predates the task or falls within it, and the event says which.
+        assert event["last_poll_during_task"] in (True, False), event
+        if event["last_poll_during_task"] is False:
+            assert event["last_rss_mib"] < event["rss_at_task_start_mib"] + 150, event
+        # The next victim must be a child the monitor has polled at least once (a child born and killed
+        # between two polls is never listed by the pool: see docs/how-it-works.md, failure modes).
+        wait_until(lambda: pid not in worker.child_pids() and len(worker.child_pids()) == 2, 20,
+                   what="the killed child to be replaced")
+        time.sleep(2.5)
+    assert [o.state for o in worker.collect([worker.send("it.ping") for _ in range(5)])] == ["SUCCESS"] * 5
+    assert worker.events("memguard.error") == []
+
+
 def test_a_child_memguard_sigkills_is_not_reported_lost(start_worker: StartWorker, redis_url: str,
                                                         tmp_path: Path) -> None:
     """A task swallowing MemoryLimitExceeded is SIGKILLed after kill_grace: task_killed (SIGKILL), no child_lost."""

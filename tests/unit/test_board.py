@@ -275,3 +275,31 @@ def test_board_is_sized_for_grown_pools() -> None:
     assert board.has_slot(MIN_SLOTS - 1) and not board.has_slot(MIN_SLOTS) and not board.has_slot(None)
     board.claim(MIN_SLOTS - 1, 4242, 1.0)
     assert board.current(MIN_SLOTS - 1) is not None and board.current(MIN_SLOTS - 1).pid == 4242
+
+
+class TestTaskOfADeadChild:
+    """Issue 13.10: the task a child recorded at start survives the child and its replacement's claim."""
+
+    def test_task_of_the_current_occupant(self) -> None:
+        b = Board(2)
+        b.claim(1, 100, 1.0)
+        b.task_started(1, 100, "app.load", "tid-1", 5.0, 40 * MiB, 0, 1.0)
+        assert CurrentTask(100, True, "app.load", "tid-1", 5.0, 40 * MiB, 0, 1.0) == b.task_of(1, 100)
+
+    def test_task_of_a_replaced_child(self) -> None:
+        b = Board(2)
+        b.claim(1, 100, 1.0)
+        b.task_started(1, 100, "app.load", "tid-1", 5.0, 40 * MiB, 0, 1.0)
+        b.claim(1, 200, 6.0)  # the replacement takes the slot before the master noticed the death
+        assert b.task_of(1, 100) == CurrentTask(100, True, "app.load", "tid-1", 5.0, 40 * MiB, 0, 1.0)
+        assert b.task_of(1, 200) == CurrentTask(200, False, None, None, 0.0, 0, 0, 6.0)
+        assert b.task_of(1, 300) is None
+
+    def test_idle_child_recorded_idle(self) -> None:
+        b = Board(2)
+        b.claim(0, 100, 1.0)
+        b.task_started(0, 100, "app.a", "tid-1", 5.0, 40 * MiB, 0, 1.0)
+        b.task_finished(0, 100, "app.a", "tid-1", 5.0, 0.1, 40 * MiB, 41 * MiB, None, True, 1, 1.0)
+        b.claim(0, 200, 6.0)
+        recorded = b.task_of(0, 100)
+        assert recorded is not None and not recorded.busy and recorded.task is None
