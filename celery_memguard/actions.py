@@ -15,13 +15,10 @@ from typing import Callable
 
 from . import events
 from .board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
-from .samples import Action, Decision, MiB
+from .samples import Action, Decision
+from .units import mib
 
 __all__ = ["Actuator"]
-
-
-def _mib(value: int) -> float:
-    return round(value / MiB, 1)
 
 
 class Actuator:
@@ -84,11 +81,11 @@ class Actuator:
         elif unit == "tasks":
             limit = {"limit_tasks": d.limit}
         else:
-            limit = {"limit_mib": _mib(d.limit)}
+            limit = {"limit_mib": mib(d.limit)}
         ranking = getattr(d, "ranking", ())
         if ranking:
-            extra["ranking"] = [{"pid": pid, "mem_mib": _mib(mem)} for pid, mem in ranking]
+            extra["ranking"] = [{"pid": pid, "mem_mib": mib(mem)} for pid, mem in ranking]
         for key, value in getattr(d, "detail", ()) or ():
             extra.setdefault(key, value)
         events.emit(event, level, pid=d.pid, task=d.task, task_id=d.task_id, reason=d.reason,
-                    mem_mib=_mib(d.mem), metric=self.metric, **limit, **extra)
+                    mem_mib=mib(d.mem), metric=self.metric, **limit, **extra)

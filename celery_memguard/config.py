@@ -17,10 +17,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from .exceptions import ConfigError
+from .units import MiB
 
 __all__ = ["MemGuardConfig", "parse_size", "key_name", "DEFAULTS", "KEYS"]
 
-MiB = 1024 * 1024
 
 _UNITS: dict[str, int] = {
     "": 1,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .units import MiB
+
 __all__ = ["ConfigError", "MemoryLimitExceeded"]
 
-MiB = 1024 * 1024
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .events import CHILD_LOST
-from .samples import ChildSample, MiB
+from .samples import ChildSample
+from .units import MiB, mib
 
 __all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CLEAN_EXITS", "CHILD_LOST"]
 
@@ -146,16 +147,16 @@ def explain_loss(
         "task_id": task_id,
         "task_source": source,
         "task_started_s_before": round(now - recorded.started, 3) if busy and now is not None else None,
-        "rss_at_task_start_mib": round(recorded.rss_before / MiB, 1) if busy else None,
-        "last_mem_mib": round(last.mem / MiB, 1) if last is not None else None,
-        "last_rss_mib": round(last.rss / MiB, 1) if last is not None else None,
+        "rss_at_task_start_mib": mib(recorded.rss_before) if busy else None,
+        "last_mem_mib": mib(last.mem) if last is not None else None,
+        "last_rss_mib": mib(last.rss) if last is not None else None,
         "last_poll_s_before": round(now - last_at, 3) if last_at is not None and now is not None else None,
         "last_poll_during_task": (last_at >= recorded.started) if busy and last_at is not None else None,
-        "growth_mib_per_s": round(rate / MiB, 1) if rate is not None else None,
+        "growth_mib_per_s": mib(rate),
         "oom_kill_delta": oom_delta,
         "likely_oom": likely,
         "reason": reason,
     }
     if hard_limit is not None and last is not None:
-        fields["hard_limit_mib"] = round(hard_limit / MiB, 1)
+        fields["hard_limit_mib"] = mib(hard_limit)
     return LossReport(CHILD_LOST, fields)

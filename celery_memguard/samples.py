@@ -26,7 +26,7 @@ __all__ = [
     "MiB",
 ]
 
-MiB = 1024 * 1024
+from .units import MiB  # re-exported: sizes have one home, units.py
 
 
 class Action(enum.Enum):

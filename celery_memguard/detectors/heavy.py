@@ -19,23 +19,19 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from ..samples import TaskSample
+from ..units import MiB, format_mib, mib
 from .base import HEAVY_TASK, Detector, Finding
 from .stats import median
 
 __all__ = ["HeavyTaskDetector", "advice"]
 
-MiB = 1024 * 1024
-
-
-def _mib(size: float) -> str:
-    return f"{size / MiB:.1f}" if size < 10 * MiB else f"{size / MiB:.0f}"
 
 
 def advice(task: str, peak: int, typical: float | None) -> str:
     """The operator advice attached to a heavy-task finding."""
-    compared = f" (typical task: {_mib(typical)} MiB)" if typical else ""
+    compared = f" (typical task: {format_mib(typical)})" if typical else ""
     return (
-        f"{task} needed {_mib(peak)} MiB of its own{compared}; the child keeps that high-watermark until it "
+        f"{task} needed {format_mib(peak)} of its own{compared}; the child keeps that high-watermark until it "
         f"exits. Chunk the work (smaller inputs per call, stream instead of loading whole payloads), or route "
         f"{task} to its own queue (task_routes) served by a dedicated worker with low concurrency and its own "
         f"memory limits."
@@ -135,12 +131,12 @@ class HeavyTaskDetector(Detector):
         fields: dict[str, object] = {
             "task": sample.task,
             "task_id": sample.task_id,
-            "peak_mib": round(peak / MiB, 1),
+            "peak_mib": mib(peak),
             "retained_mib": round((sample.mem_after - sample.mem_before) / MiB, 1),
             "pid": sample.pid,
             "occurrences": occurrences,
         }
         if self._typical is not None:
-            fields["typical_peak_mib"] = round(self._typical / MiB, 1)
+            fields["typical_peak_mib"] = mib(self._typical)
         fields["advice"] = advice(sample.task, peak, self._typical)
         return [Finding(HEAVY_TASK, fields, task=sample.task)]

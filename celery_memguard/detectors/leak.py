@@ -52,13 +52,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..samples import TaskSample
+from ..units import MiB
 from .base import LEAK_CLEARED, LEAK_SUSPECTED, Detector, Finding
 from .stats import Kendall, downsample, mann_kendall, normal_sf, sign_test_p, theil_sen, weighted_median
 
 __all__ = ["LeakDetector", "LeakEstimate"]
 
 KiB = 1024
-MiB = 1024 * 1024
 
 #: Most points one child contributes to the pairwise statistics (O(points²)).
 _POINTS = 32

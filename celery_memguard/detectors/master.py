@@ -35,12 +35,12 @@ history is full, so hours of polls fit in ``max_points`` readings.
 from __future__ import annotations
 
 from ..samples import MasterSample
+from ..units import mib
 from .base import MASTER_GROWTH, Detector, Finding
 from .stats import downsample, kendall_tau_b, mann_kendall, median, normal_sf, theil_sen
 
 __all__ = ["MasterGrowthDetector", "MAX_SAMPLE_INTERVAL", "MIN_SAMPLE_INTERVAL", "READINGS_PER_SPAN", "PATIENT_SPAN"]
 
-MiB = 1024 * 1024
 _POINTS = 48
 #: Longest spacing (seconds) of master readings the detector asks for: the master changes slowly.
 MAX_SAMPLE_INTERVAL = 10.0
@@ -175,10 +175,10 @@ class MasterGrowthDetector(Detector):
             return []  # most of the growth came in one short stretch: a step, not a leak
         self._reported_growth = growth
         fields: dict[str, object] = {
-            "mem_mib": round(current / MiB, 1),
-            "mib_per_hour": round(slope * 3600 / MiB, 1),
+            "mem_mib": mib(current),
+            "mib_per_hour": mib(slope * 3600),
             "since_s": round(span, 1),
-            "growth_mib": round(growth / MiB, 1),
+            "growth_mib": mib(growth),
         }
         if reserved_now is not None:
             fields["reserved"] = reserved_now

@@ -60,7 +60,8 @@ from typing import ClassVar, Sequence
 
 from ..detectors.base import Finding
 from ..events import PRESSURE_UNRELIEVED
-from ..samples import MiB, Action, ChildSample, SystemSample, Violation
+from ..samples import Action, ChildSample, SystemSample, Violation
+from ..units import MiB, mib
 from .base import PoolPolicy, Verdict
 
 __all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
@@ -258,7 +259,7 @@ class SystemPressure(PoolPolicy):
             "psi_threshold": self.psi_threshold,
             "children": len(children),
             "children_rss_mib": round(sum(c.rss for c in children) / MiB, 1),
-            "fresh_rss_mib": round(fresh / MiB, 1),
+            "fresh_rss_mib": mib(fresh),
             "largest_pid": largest.pid,
             "largest_relief_mib": round((largest.rss - fresh) / MiB, 1),
             "min_relief_mib": round((self.min_relief or 0) / MiB, 1),

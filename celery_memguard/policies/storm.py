@@ -37,7 +37,8 @@ from typing import Sequence
 
 from ..detectors.base import Finding
 from ..events import LIMIT_UNREACHABLE, RECYCLE_STORM
-from ..samples import MiB, Violation
+from ..samples import Violation
+from ..units import format_mib, mib
 
 __all__ = ["StormGuard", "RECYCLE_STORM", "LIMIT_UNREACHABLE", "UnreachableLimits", "Restart", "restart_of",
            "describe_cause", "FRESH_AGE", "UNREACHABLE_REASONS"]
@@ -64,13 +65,9 @@ class Restart:
     tasks_run: int
 
 
-def _mib(value: float) -> str:
-    return f"{value / MiB:.0f} MiB"
-
-
 def _amount(value: float, unit: str) -> str:
     if unit == "bytes":
-        return _mib(value)
+        return format_mib(value)
     if unit == "seconds":
         return f"{value:.0f} s"
     return f"{value:.0f} {unit}"
@@ -254,22 +251,22 @@ class UnreachableLimits:
         name = _LIMIT_NAMES.get(reason, reason)
         if self.metric == "rss":
             fix = (f"a fresh child's RSS counts the pages it shares copy-on-write with the master"
-                   + (f" ({_mib(master_mem)})" if master_mem is not None else "")
+                   + (f" ({format_mib(master_mem)})" if master_mem is not None else "")
                    + f": set memguard_metric to 'uss' or 'pss' (memory the child really owns), or raise "
-                   f"memguard_{reason} well above {_mib(mem)}")
+                   f"memguard_{reason} well above {format_mib(mem)}")
         else:
-            fix = (f"raise memguard_{reason} well above {_mib(mem)} (a fresh child's {self.metric.upper()} plus "
+            fix = (f"raise memguard_{reason} well above {format_mib(mem)} (a fresh child's {self.metric.upper()} plus "
                    f"the tasks' working memory), or make the children start smaller (less work in "
                    f"worker_process_init)")
         return Finding(LIMIT_UNREACHABLE, {
             "reason": reason,
-            "limit_mib": round(limit / MiB, 1),
-            "fresh_child_mib": round(mem / MiB, 1),
-            "master_mib": None if master_mem is None else round(master_mem / MiB, 1),
+            "limit_mib": mib(limit),
+            "fresh_child_mib": mib(mem),
+            "master_mib": mib(master_mem),
             "metric": self.metric,
             "pid": pid,
-            "cause": (f"a freshly forked child is already at {_mib(mem)} {self.metric.upper()}, above the "
-                      f"{name} {_mib(limit)}: every replacement would be over it too; recycling for the {name} "
+            "cause": (f"a freshly forked child is already at {format_mib(mem)} {self.metric.upper()}, above the "
+                      f"{name} {format_mib(limit)}: every replacement would be over it too; recycling for the {name} "
                       f"stops until a fresh child starts below it (the hard limit still applies)"),
             "fix": fix,
         })
@@ -291,7 +288,7 @@ def describe_cause(restarts: Sequence[Restart], spawn: float | None, window: flo
     fresh = [r for r in mine if r.tasks_run <= 1]
     if reason in _LIMIT_NAMES and len(fresh) * 2 >= len(mine):
         baseline = statistics.median(r.mem for r in fresh)
-        return (f"{_LIMIT_NAMES[reason]} {_mib(limit)} is below the children's baseline {_mib(baseline)} "
+        return (f"{_LIMIT_NAMES[reason]} {format_mib(limit)} is below the children's baseline {format_mib(baseline)} "
                 f"right after spawn")
     spawn_note = f" with a {spawn:.1f} s spawn time" if spawn is not None else ""
     if reason == "max_tasks":
@@ -300,4 +297,4 @@ def describe_cause(restarts: Sequence[Restart], spawn: float | None, window: flo
         return f"max child lifetime {_amount(limit, unit)} is too short{spawn_note}"
     median_mem = statistics.median(r.mem for r in mine)
     return (f"{count} of {len(restarts)} restarts in the last {window:.0f} s were for {reason} "
-            f"(median {_mib(median_mem)} against {_amount(limit, unit)})")
+            f"(median {format_mib(median_mem)} against {_amount(limit, unit)})")

@@ -36,10 +36,10 @@ from ..monitor import Monitor
 from ..policies import build_policies
 from ..probes import HeapProbe, effective_memory, heap_probe
 from ..probes.system import oom_kill_count, read_system
-from ..samples import MiB
 from . import child
 from .control import status_of
 from .options import option_name, overrides_from, register
+from ..units import mib
 
 register()  # the --memguard-* options of `celery worker`, when Celery's command line is what imports us
 
@@ -166,12 +166,12 @@ class MemGuard(bootsteps.StartStopStep):
             pool=pool_name,
             concurrency=parent.concurrency,
             metric=cfg.metric,
-            soft_limit_mib=_mib(cfg.soft_limit),
-            hard_limit_mib=_mib(cfg.hard_limit),
+            soft_limit_mib=mib(cfg.soft_limit),
+            hard_limit_mib=mib(cfg.hard_limit),
             poll_interval=cfg.poll_interval,
             dry_run=cfg.dry_run,
             kill_grace=cfg.kill_grace,
-            effective_memory_mib=_mib(cfg.effective_memory),
+            effective_memory_mib=mib(cfg.effective_memory),
             policies=[p.reason for p in engine.policies] if engine else [],
             leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
             log=events.get().describe(),
@@ -358,10 +358,6 @@ def _leak_rates(detectors: list[Any]) -> Any:
         if callable(rates):
             return rates
     return None
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else round(value / MiB, 1)
 
 
 def _pool_name(parent: Any) -> str:

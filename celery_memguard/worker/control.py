@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from celery.worker.control import inspect_command
 
 from .. import events
-from ..samples import MiB
+from ..units import mib
 
 if TYPE_CHECKING:
     from .bootstep import MemGuard
@@ -40,10 +40,6 @@ NOT_ENABLED = ("MemGuard is not running in this worker: add it with app.steps['w
                "and keep memguard_enabled = True")
 
 
-def _mib(value: int | float | None) -> float | None:
-    return None if value is None else round(value / MiB, 1)
-
-
 def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
     """The JSON-able status of a running MemGuard bootstep; ``now`` on the monitor's clock."""
     cfg = step.config
@@ -54,10 +50,10 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         "metric": cfg.metric,
         "dry_run": cfg.dry_run,
         "limits": {
-            "soft_limit_mib": _mib(cfg.soft_limit),
-            "hard_limit_mib": _mib(cfg.hard_limit),
-            "pool_limit_mib": _mib(cfg.pool_limit),
-            "min_available_mib": _mib(cfg.min_available),
+            "soft_limit_mib": mib(cfg.soft_limit),
+            "hard_limit_mib": mib(cfg.hard_limit),
+            "pool_limit_mib": mib(cfg.pool_limit),
+            "min_available_mib": mib(cfg.min_available),
             "psi_threshold": cfg.psi_threshold,
         },
         "suspects": sorted(step.live_suspects().values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
@@ -80,9 +76,9 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         pending = monitor.engine.pending(child.pid)
         children.append({
             "pid": child.pid,
-            "mem_mib": _mib(child.mem),
+            "mem_mib": mib(child.mem),
             "exact": child.exact,  # False: mem_mib is an upper bound (the exact reading was not needed)
-            "rss_mib": _mib(child.rss),
+            "rss_mib": mib(child.rss),
             "task": child.task,
             "task_id": child.task_id,
             "tasks_run": child.tasks_run,
@@ -90,16 +86,16 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
             "leaving": pending.value if pending is not None else None,
         })
     status["children"] = children
-    status["pool_mib"] = _mib(sum(child.mem for child in view.children))
+    status["pool_mib"] = mib(sum(child.mem for child in view.children))
     status["pool_exact"] = all(child.exact for child in view.children)
     status["poll_age_s"] = round(max(0.0, now - view.at), 3)
     master = view.master
     if master is not None:
-        status["master"] = {"pid": master.pid, "mem_mib": _mib(master.mem), "rss_mib": _mib(master.rss),
+        status["master"] = {"pid": master.pid, "mem_mib": mib(master.mem), "rss_mib": mib(master.rss),
                             "age_s": round(max(0.0, now - master.at), 1)}
     if view.system is not None:
         system = view.system
-        status["system"] = {"available_mib": _mib(system.available), "total_mib": _mib(system.total),
+        status["system"] = {"available_mib": mib(system.available), "total_mib": mib(system.total),
                             "psi_some_avg10": system.psi_some_avg10}
     return status
 

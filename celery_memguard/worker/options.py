@@ -33,8 +33,8 @@ import click
 
 from ..config import _PARSERS, DEFAULTS, KEYS
 from ..exceptions import ConfigError
+from ..units import MiB
 
-MiB = 1024 * 1024
 
 __all__ = ["HELP_GROUP", "option_name", "worker_options", "register", "overrides_from"]
 
