@@ -65,8 +65,23 @@ class Detached:
             args.append(f"--logfile={self.logfile}")
         launcher = subprocess.run(args, cwd=REPO, env=self.env, capture_output=True, timeout=60)
         assert launcher.returncode == 0, launcher
-        self.pid = int(wait_until(self._pid, 60, what="the detached worker's pidfile"))
-        self.pgid = os.getpgid(self.pid)
+        try:
+            self.pid = int(wait_until(self._pid, 60, what="the detached worker's pidfile"))
+            self.pgid = os.getpgid(self.pid)
+        except BaseException:
+            self._kill_strays()
+            raise
+
+    def _kill_strays(self) -> None:
+        """No pidfile: kill, by pid, the processes of this test's own worker (its unique queue is on their command line)."""
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any(self.queue in part for part in proc.info["cmdline"] or ()):
+                try:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        _delete_queue(self)  # type: ignore[arg-type]
+        self.app.close()
 
     def _pid(self) -> int | None:
         try:
