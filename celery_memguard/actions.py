@@ -64,7 +64,10 @@ class Actuator:
                 self._signal(d.pid, signal.SIGKILL)
             return
         assert index is not None
-        self.board.write_order(index, action, d.mem, d.limit, d.task_id, d.reason)
+        # A fallback reading's metric travels with the reason ("hard_limit|rss"), so the child's
+        # MemoryLimitExceeded names the metric really compared with the limit.
+        reason = d.reason if d.metric is None else f"{d.reason}|{d.metric}"
+        self.board.write_order(index, action, d.mem, d.limit, d.task_id, reason)
         self._signal(d.pid, ORDER_SIGNAL)
 
     def _signal(self, pid: int, signum: int) -> None:
@@ -88,4 +91,4 @@ class Actuator:
         for key, value in getattr(d, "detail", ()) or ():
             extra.setdefault(key, value)
         events.emit(event, level, pid=d.pid, task=d.task, task_id=d.task_id, reason=d.reason,
-                    mem_mib=mib(d.mem), metric=self.metric, **limit, **extra)
+                    mem_mib=mib(d.mem), metric=d.metric or self.metric, **limit, **extra)

@@ -139,12 +139,17 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
                 continue
             mem = _num(c.get("mem_mib"))
             age = c.get("age_s")
+            if c.get("metric") not in (None, metric):
+                mem += f" ({c.get('metric')})"  # the configured metric could not be read for this child
             rows.append([str(c.get("pid")), mem if c.get("exact", True) else "<=" + mem, _num(c.get("rss_mib")),
                          _num(c.get("tasks_run"), digits=0),
                          duration(float(age)) if isinstance(age, (int, float)) else "?", c.get("leaving") or "",
                          f"{c.get('task')} {c.get('task_id')}" if c.get("task") else "idle"])
         out.extend(table(rows, ["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"], "    ",
                          right={1, 2, 3, 4}))
+        if status.get("unreadable_children"):
+            out.append(f"    {status['unreadable_children']} children: {metric} unreadable, RSS stands in (marked "
+                       f"'(rss)'); hard limit only, no soft recycles on it (see memguard.metric_unavailable)")
         total = _num(status.get("pool_mib"), " MiB")
         out.append(f"    pool total {total if status.get('pool_exact', True) else '<=' + total}"
                    + ("" if all(isinstance(c, dict) and c.get("exact", True) for c in children) else

@@ -85,6 +85,7 @@ class _Last:
     rss: int
     at: float
     rate: float = 0.0
+    first: int = 0  #: RSS at the first look (a fresh child's, or as near as the engine saw it)
 
 
 class Engine:
@@ -129,6 +130,8 @@ class Engine:
         #: Set during a warm shutdown: the pool is draining, every child leaves after its task anyway, so
         #: only hard limits (and their escalation to SIGKILL) are enforced; no soft recycle is ordered.
         self.draining = False
+        #: Actions not taken because they were judged on a fallback reading (see ``_fallback_blocks``).
+        self.fallback_blocked = 0
         #: Smallest memory at which any policy can act; below it no exact reading is needed.
         #: Recomputed after every poll (pool and leak policies move theirs).
         self.threshold: int | None = self._threshold()
@@ -210,6 +213,8 @@ class Engine:
                 continue
             if not _is_hard(violation) and self.unreachable.blocks(violation):
                 continue  # a fresh child would be over this limit too: recycling cannot help
+            if child.fallback is not None and self._fallback_blocks(child, violation):
+                continue
             if _is_hard(violation):
                 decisions.append((i, self._order(child, violation, now)))
             elif self.draining:
@@ -228,6 +233,25 @@ class Engine:
             delay = 0.0
         self._next_delay = delay
         return [d for _, d in decisions]
+
+    def _fallback_blocks(self, child: ChildSample, violation: Violation) -> bool:
+        """Whether a violation judged on a fallback reading (RSS for an unreadable USS/PSS) must not be acted on.
+
+        RSS also counts the pages a child shares copy-on-write with the master, so a fresh child may be
+        over a USS soft limit on RSS: a memory-based soft recycle on it could repeat forever. A hard limit
+        is still enforced on RSS (an upper bound: no runaway gets past it), unless the child was already
+        over it at the engine's first look (its shared pages alone: every task would be stopped).
+        """
+        if violation.unit != "bytes":
+            return False  # lifetime and task-count limits do not depend on the reading
+        if not _is_hard(violation):
+            self.fallback_blocked += 1
+            return True
+        last = self._last.get(child.pid)
+        if last is not None and last.first >= violation.limit:
+            self.fallback_blocked += 1
+            return True
+        return False
 
     # -- policies -------------------------------------------------------
     def _annotate(self, child: ChildSample) -> ChildSample:
@@ -272,8 +296,9 @@ class Engine:
             if child.pid in self._looked:
                 continue
             self._looked.add(child.pid)
-            if not UnreachableLimits.is_fresh(child.tasks_run, child.busy, child.spawned_at, now):
-                continue
+            if child.fallback is not None or not UnreachableLimits.is_fresh(child.tasks_run, child.busy,
+                                                                             child.spawned_at, now):
+                continue  # a fallback reading (RSS for USS) says nothing about what a fresh child's USS is
             violation = worst.get(child.pid, (None, True))[0]
             finding = self.unreachable.fresh(now, child.pid, child.mem, child.exact, violation, self._master_mem)
             if finding is not None:
@@ -393,7 +418,7 @@ class Engine:
         if last is None:
             # Growth rate unknown: look again soon, so a child that is already growing fast is not
             # left alone for a whole interval.
-            self._last[child.pid] = _Last(child.rss, now)
+            self._last[child.pid] = _Last(child.rss, now, first=child.rss)
             return min(self.poll_interval, FIRST_LOOK)
         dt = now - last.at
         if dt > 0:
@@ -425,6 +450,7 @@ class Engine:
             ranking=violation.ranking,
             detail=violation.detail,
             unit=violation.unit,
+            metric=child.fallback if violation.unit == "bytes" else None,
         )
 
 

@@ -104,6 +104,8 @@ STOPPED = "memguard.stopped"
 DRAINING = "memguard.draining"
 #: A pool child with no board slot (its pool index is beyond the board): measured, only SIGKILL possible.
 CHILD_UNGUARDED = "memguard.child_unguarded"
+#: The configured metric (USS/PSS) cannot be read for a child: RSS stands in; logged once per worker.
+METRIC_UNAVAILABLE = "memguard.metric_unavailable"
 # Findings (detectors, diagnostics, forensics, pool policies); every module names events from here.
 LEAK_SUSPECTED = "memguard.leak_suspected"
 LEAK_CLEARED = "memguard.leak_cleared"
@@ -129,6 +131,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     STOPPED: ("polls", "decisions", "shutdown", "drained_s", "events_dropped"),
     DRAINING: ("children", "busy", "enforcing"),
     CHILD_UNGUARDED: ("pid", "index", "board_slots", "effect", "fix"),
+    METRIC_UNAVAILABLE: ("pid", "metric", "used", "error", "effect", "fix"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),

@@ -63,7 +63,7 @@ class PollView:
 class _Tracked:
     """What the monitor keeps about one child between polls."""
 
-    __slots__ = ("probe", "estimate", "history", "spawn_seen", "slot_checked", "index")
+    __slots__ = ("probe", "estimate", "history", "spawn_seen", "slot_checked", "index", "unreadable")
 
     def __init__(self, probe: ProcessProbe) -> None:
         self.probe = probe
@@ -72,6 +72,7 @@ class _Tracked:
         self.spawn_seen = False
         self.slot_checked = False
         self.index: int | None = None
+        self.unreadable = False  # the configured metric cannot be read for this child: RSS stands in
 
     def close(self) -> None:
         self.probe.close()
@@ -142,6 +143,7 @@ class Monitor:
         #: The latest reading of the master (None before the first, or when no detector needs it).
         self.master_reading: MasterSample | None = None
         self._drained: dict[int, int] = {}  # board slot index -> records read so far
+        self._unreadable_reported = False
         self._top_index = -1  # highest pool index seen: slots 0.._top_index are drained (billiard fills the lowest free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -259,6 +261,7 @@ class Monitor:
         tracked.index = index  # known even if the child is found dead: its board slot names its task
         probe = tracked.probe
         rss, faults = probe.cheap()
+        fallback: str | None = None
         if self.metric == "rss":
             mem, exact = rss, True
         else:
@@ -269,6 +272,8 @@ class Monitor:
             known_above = estimate.known_above(rss, self.engine.ceiling, now) if threshold is not None else None
             if known_above is not None:
                 mem, exact = known_above, True
+            elif tracked.unreadable:
+                mem, exact, fallback = rss, True, "rss"  # said once; see _metric_unavailable
             elif estimate.needs_exact(rss, bound, threshold, now):
                 try:
                     started = time.perf_counter()
@@ -277,9 +282,11 @@ class Monitor:
                 except ProcessGone:
                     raise
                 except ProbeError as exc:
-                    # No exact reading possible: act on RSS, which over-counts shared pages.
-                    events.error("monitor.exact_reading", exc)
-                    mem, exact = rss, True
+                    # No exact reading possible for this child (a non-dumpable child, another user's): its
+                    # RSS stands in, labelled as such; the engine acts on it only for the hard limit.
+                    tracked.unreadable = True
+                    self._metric_unavailable(pid, exc)
+                    mem, exact, fallback = rss, True, "rss"
             else:
                 mem, exact = bound, False
         task = task_id = None
@@ -296,7 +303,31 @@ class Monitor:
         leak_per_call, calls_per_second = self.leak_rates(pid) if self.leak_rates is not None else (0.0, 0.0)
         return ChildSample(pid=pid, mem=mem, exact=exact, rss=rss, task=task, task_id=task_id,
                            tasks_run=tasks_run, spawned_at=spawned_at, leak_bytes_per_call=leak_per_call,
-                           calls_per_second=calls_per_second)
+                           calls_per_second=calls_per_second, fallback=fallback)
+
+    @property
+    def unreadable_children(self) -> int:
+        """Live children whose configured metric cannot be read (RSS stands in for them)."""
+        return sum(1 for tracked in self._tracked.values() if tracked.unreadable)
+
+    def _metric_unavailable(self, pid: int, exc: BaseException) -> None:
+        """Tell the operator once that the configured metric could not be read, what is done instead, and
+        how to fix it."""
+        if self._unreadable_reported:
+            return
+        self._unreadable_reported = True
+        events.emit(
+            events.METRIC_UNAVAILABLE, "warning", pid=pid, metric=self.metric, used="rss",
+            error=f"{type(exc).__name__}: {exc}",
+            effect=(f"{self.metric.upper()} is read from /proc/PID/smaps_rollup, which this worker's main process "
+                    f"may not read for this child; RSS (which also counts pages shared with the master) stands "
+                    f"in for it, reported as metric 'rss': the hard limit is enforced on RSS, no memory-based "
+                    f"soft recycle is ordered on it (a fresh child could be over the limit: endless recycling)"),
+            fix=("let the worker's main process read its children's smaps_rollup: run master and children as the "
+                 "same user and do not make the children non-dumpable (prctl PR_SET_DUMPABLE 0, setuid in "
+                 "worker_process_init), or grant the main process CAP_SYS_PTRACE; or set memguard_metric='rss' "
+                 "with limits sized for RSS"),
+        )
 
     def _check_slot(self, pid: int, index: int | None) -> None:
         """Say once per child if it has no board slot: it is measured, but cannot record its tasks nor

@@ -60,6 +60,9 @@ class ChildSample:
     (0: unknown; policies then use ``tasks_run`` over the child's lifetime).
     ``pending`` is set by the engine, not by probes: the order memguard has already
     given this child (it is leaving), so policies can skip it.
+    ``fallback`` names the metric ``mem`` is really in when the configured one could
+    not be read for this child (``"rss"``: e.g. a non-dumpable child's smaps_rollup),
+    else None; the engine orders no memory-based soft recycle on such a reading.
     """
 
     pid: int
@@ -73,6 +76,7 @@ class ChildSample:
     leak_bytes_per_call: float = 0.0
     calls_per_second: float = 0.0
     pending: Action | None = None
+    fallback: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -187,3 +191,5 @@ class Decision:
     ranking: Ranking = ()
     detail: Detail = ()
     unit: str = "bytes"
+    #: The metric ``mem`` is in when it is not the configured one (a fallback reading), else None.
+    metric: str | None = None

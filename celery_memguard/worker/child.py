@@ -184,7 +184,8 @@ class ChildRuntime:
                 # A child that crossed its hard limit is not reused, whatever happens to the task.
                 self.recycle_requested = True
                 if self.task_id is not None and self.task_id == order.task_id:
-                    raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, _metric, self.pid)
+                    metric = order.reason.partition("|")[2] or _metric  # "hard_limit|rss": a fallback reading
+                    raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, metric, self.pid)
         # The master repeats the signal while an idle child has not left yet. Leave now only if the
         # child is blocked before the first byte of its next job: nothing has been read, so nothing is lost.
         if self.recycle_requested and self.task_id is None and self._waiting_for_job(frame):

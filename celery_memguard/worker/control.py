@@ -67,6 +67,7 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         return status
     view = monitor.last_poll
     status["polls"] = monitor.polls
+    status["unreadable_children"] = getattr(monitor, "unreadable_children", 0)
     status["decisions"] = {f"{action}:{reason}": count for (action, reason), count in sorted(monitor.decided.items())}
     if view is None:
         status["children"] = []
@@ -78,6 +79,7 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
             "pid": child.pid,
             "mem_mib": mib(child.mem),
             "exact": child.exact,  # False: mem_mib is an upper bound (the exact reading was not needed)
+            "metric": child.fallback or cfg.metric,  # "rss" when the configured metric cannot be read for it
             "rss_mib": mib(child.rss),
             "task": child.task,
             "task_id": child.task_id,

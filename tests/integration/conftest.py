@@ -296,7 +296,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
 
     def start(broker: str, *, conf: dict[str, Any] | None = None, pool: str = "prefork", concurrency: int = 2,
               table_mib: int = 0, memguard: bool = True, ready: bool = True, args: Iterable[str] = (),
-              extra_env: dict[str, str] | None = None) -> Worker:
+              extra_env: dict[str, str] | None = None, wrapper: Iterable[str] = ()) -> Worker:
         require_port("Redis (result backend)", REDIS_HOST, REDIS_PORT)
         n = len(workers)
         name = f"mg-it-{uuid.uuid4().hex[:12]}"
@@ -308,7 +308,8 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
         client = make_app(env)
         client.control.purge()  # declares the test's queue and empties it
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(worker_command(pool=pool, concurrency=concurrency, hostname=name, args=args),
+            command = [*wrapper, *worker_command(pool=pool, concurrency=concurrency, hostname=name, args=args)]
+            proc = subprocess.Popen(command,
                                     cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     start_new_session=True)
         worker = Worker(proc=proc, env=env, app=client, queue=name, pool=pool, concurrency=concurrency,

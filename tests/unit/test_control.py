@@ -49,7 +49,7 @@ class TestStatusOf:
         assert (status["active"], status["pool"], status["metric"], status["polls"]) == (True, "prefork", "uss", 42)
         assert status["limits"]["soft_limit_mib"] == 512.0 and status["limits"]["hard_limit_mib"] is None
         first, second = status["children"]
-        assert first == {"pid": 101, "mem_mib": 300.0, "exact": True, "rss_mib": 340.0, "task": "app.leak",
+        assert first == {"pid": 101, "mem_mib": 300.0, "exact": True, "metric": "uss", "rss_mib": 340.0, "task": "app.leak",
                          "task_id": "t1", "tasks_run": 9, "age_s": 10.0, "leaving": "recycle"}
         assert (second["exact"], second["leaving"], second["task"]) == (False, None, None)
         assert (status["pool_mib"], status["pool_exact"], status["poll_age_s"]) == (350.0, False, 0.5)

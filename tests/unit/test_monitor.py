@@ -257,16 +257,35 @@ class TestMonitorExactReadings:
         assert [] == probe.exact_calls
 
     def test_exact_probe_error_falls_back_to_rss(self, logged: Path) -> None:
-        """If the exact reading is unavailable the monitor logs memguard.error once and acts on RSS."""
+        """Issue 13.4: an unreadable smaps_rollup makes RSS stand in, labelled 'rss'; said once with the fix;
+        no soft recycle on it, no retry of the unreadable file each poll; the hard limit still holds."""
         h = Harness()
         probe = h.world.add(FakeProbe(11, rss=300 * MiB), 0)
+        other = h.world.add(FakeProbe(12, rss=250 * MiB), 1)
+        probe.exact_error = other.exact_error = ProbeError(13, "smaps_rollup not permitted")
+        h.poll()
+        assert ChildSample(pid=11, mem=300 * MiB, exact=True, rss=300 * MiB, fallback="rss") == h.engine.last(11)
+        for _ in range(3):
+            h.poll()
+        assert [] == h.decisions()  # 300 MiB RSS is above the 200 MiB soft limit: not acted on
+        assert len(probe.exact_calls) == 1 and h.monitor.unreadable_children == 2
+        records = event_records(logged)
+        assert ["memguard.metric_unavailable"] == [r["event"] for r in records]
+        assert records[0]["metric"] == "uss" and records[0]["used"] == "rss" and "PR_SET_DUMPABLE" in records[0]["fix"]
+        probe.rss = 500 * MiB  # a task grows past the 400 MiB hard limit (on RSS)
+        h.poll()
+        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()  # idle: a hard recycle
+        assert h.actuator.applied[0][0].metric == "rss"
+
+    def test_fallback_child_born_over_the_hard_limit_is_left_alone(self, logged: Path) -> None:
+        """A child whose RSS (shared pages counted) is over the hard limit at first sight: every task would be
+        stopped, so the fallback reading does not drive the hard limit either."""
+        h = Harness()
+        probe = h.world.add(FakeProbe(11, rss=450 * MiB), 0)
         probe.exact_error = ProbeError(13, "smaps_rollup not permitted")
-        h.poll()
-        assert ChildSample(pid=11, mem=300 * MiB, exact=True, rss=300 * MiB) == h.engine.last(11)
-        h.poll()
-        assert [(Action.RECYCLE, 11, None, 0)] == h.decisions()
-        assert [("memguard.error", "monitor.exact_reading")] == [
-            (r["event"], r["where"]) for r in event_records(logged)]
+        for _ in range(3):
+            h.poll()
+        assert [] == h.decisions() and h.engine.fallback_blocked >= 3
 
 
 class TestMonitorFailures:
