@@ -56,7 +56,6 @@ import threading
 import time
 from typing import Any, Callable, MutableMapping
 
-import structlog
 
 __all__ = [
     "STARTED",
@@ -297,6 +296,8 @@ class EventLog:
                     self._send = lambda data: sock.send(data, socket.MSG_DONTWAIT)
             except (OSError, ValueError):
                 self._send = None
+        import structlog  # here, not at module level: importing the event names (the report does) stays light
+
         renderer: Callable[..., Any]
         if fmt == "json":
             renderer = structlog.processors.JSONRenderer(sort_keys=False)

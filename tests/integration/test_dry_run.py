@@ -55,3 +55,24 @@ def test_dry_run_logs_would_recycle_and_would_kill_and_changes_nothing(start_wor
     assert worker.events("memguard.child_recycled") == []
     assert worker.events("memguard.task_killed") == []
     assert worker.events("memguard.error") == []
+
+
+def test_dry_run_would_kill_once_per_child_and_task(start_worker: StartWorker, redis_url: str,
+                                                    tmp_path: Path) -> None:
+    """A task held above the hard limit for several kill_grace periods: one would_kill (MemoryLimitExceeded),
+    not a second one (SIGKILL) when the engine escalates the task nothing stopped."""
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf={
+        "memguard_dry_run": True,
+        "memguard_hard_limit": f"{HARD_LIMIT_MIB}MiB",
+        "memguard_kill_grace": 0.5,
+        "memguard_poll_interval": 0.2,
+    })
+    peak_file = tmp_path / "peak.json"
+    (grown,) = worker.collect([worker.send("it.grow", 200, int(1.5 * HARD_LIMIT_MIB), str(peak_file), hold=3.0)])
+    assert grown.state == "SUCCESS", grown.traceback
+    worker.wait_for_event("memguard.would_kill", where=lambda e: e["task_id"] == grown.task_id)
+    pings = worker.collect([worker.send("it.ping") for _ in range(4)])  # a few more polls after the task
+    assert [o.state for o in pings] == ["SUCCESS"] * 4
+    mine = [e for e in worker.events("memguard.would_kill") if e["task_id"] == grown.task_id]
+    assert [e["signal"] for e in mine] == ["MemoryLimitExceeded"], mine
+    assert worker.events("memguard.task_killed") == []
