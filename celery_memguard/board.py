@@ -52,8 +52,13 @@ _REC = struct.Struct("<qddqqqqBxxxxxxx40s128s")
 #: ``heap_retained`` of a task the child did not measure it for.
 _NOT_MEASURED = -(1 << 63)
 _COUNT = struct.Struct("<Q")
-#: Trace list (after the slots): generation, number of names, names of suspected tasks to trace.
-TRACE_MAX = 8
+#: Trace list (after the slots): generation, number of names, names of suspected tasks to trace and of
+#: watched task names (prefixed with WATCH_MARK) whose every call children measure with the heap probe.
+TRACE_MAX = 16
+#: Prefix of a trace-list entry that asks children to measure (not trace) the task (see worker/child.py).
+WATCH_MARK = "\x1f"
+#: Bit of a record's ``ok`` byte: the heap reading was settled (cyclic garbage collected, see worker/child.py).
+_SETTLED = 2
 _TRACE_HEAD = struct.Struct("<QB7x")
 _TRACE_NAME = struct.Struct("<128s")
 
@@ -152,7 +157,7 @@ class Board:
 
     def task_finished(self, index: int, pid: int, task: str, task_id: str, started: float, duration: float,
                       rss_before: int, rss_after: int, peak: int | None, ok: bool, tasks_run: int,
-                      spawned_at: float, heap_retained: int | None = None) -> None:
+                      spawned_at: float, heap_retained: int | None = None, heap_settled: bool = False) -> None:
         base = self._base(index)
         m = self._map
         self._bump(base + _RING_SEQ)
@@ -161,7 +166,8 @@ class Board:
         tid = task_id.encode()[:40]
         _REC.pack_into(m, base + _RING_AT + (count % RING_SIZE) * _REC.size, pid, started, duration, rss_before,
                        rss_after, -1 if peak is None else peak,
-                       _NOT_MEASURED if heap_retained is None else heap_retained, 1 if ok else 0, tid, name)
+                       _NOT_MEASURED if heap_retained is None else heap_retained,
+                       (1 if ok else 0) | (_SETTLED if heap_settled else 0), tid, name)
         _COUNT.pack_into(m, base + _COUNT_AT, count + 1)
         self._bump(base + _RING_SEQ)
         self._bump(base + _HEAD_SEQ)
@@ -232,7 +238,8 @@ class Board:
             if s1 == s2:
                 return count, [
                     TaskSample(pid, _text(name), _text(tid), started, duration, before, after,
-                               None if peak < 0 else peak, bool(ok), None if heap == _NOT_MEASURED else heap)
+                               None if peak < 0 else peak, bool(ok & 1), None if heap == _NOT_MEASURED else heap,
+                               bool(ok & _SETTLED) and heap != _NOT_MEASURED)
                     for pid, started, duration, before, after, peak, heap, ok, tid, name in raw
                 ]
         return since, []
@@ -245,7 +252,8 @@ class Board:
 
     # -- trace list (master writes, children read) ------------------------
     def set_trace(self, tasks: list[str]) -> None:
-        """Publish the suspected task names children should trace (at most TRACE_MAX)."""
+        """Publish the suspected task names children should trace, and (prefixed with WATCH_MARK) the names
+        they should measure (at most TRACE_MAX)."""
         names = [t.encode()[:128] for t in tasks[:TRACE_MAX]]
         (gen, _n) = _TRACE_HEAD.unpack_from(self._map, self._trace_at)
         _TRACE_HEAD.pack_into(self._map, self._trace_at, gen | 1, 0)  # odd: being written

@@ -108,6 +108,8 @@ METRIC_UNAVAILABLE = "memguard.metric_unavailable"
 # Findings (detectors, diagnostics, forensics, pool policies); every module names events from here.
 LEAK_SUSPECTED = "memguard.leak_suspected"
 LEAK_CLEARED = "memguard.leak_cleared"
+#: Informational: a task's retained memory grows but is not judged yet (or stopped before it was).
+GROWTH_WATCH = "memguard.growth_watch"
 LEAK_SITES = "memguard.leak_sites"
 LEAK_TYPES = "memguard.leak_types"
 HEAVY_TASK = "memguard.heavy_task"
@@ -134,6 +136,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
+    GROWTH_WATCH: ("task", "state", "kib_per_call", "growth_mib_per_child", "calls_observed", "children",
+                   "reason", "note"),
     HEAVY_TASK: ("task", "task_id", "peak_mib", "retained_mib", "pid", "occurrences",
                             "typical_peak_mib", "advice"),
     MASTER_GROWTH: ("mem_mib", "mib_per_hour", "since_s", "growth_mib", "reserved", "note"),

@@ -97,7 +97,10 @@ class TaskSample:
     reset is not permitted. ``heap_retained`` is the change, across the task, of the
     bytes the child's allocators hold in use (malloc and pymalloc, see
     :mod:`celery_memguard.probes.heap`), or ``None`` when the child did not measure
-    it for this task.
+    it for this task. ``heap_settled`` says that reading was *settled*: the child
+    collected the task's own cyclic garbage before the after-reading and let no
+    collection free older garbage during the task (see
+    :mod:`celery_memguard.worker.child`), so deferred frees do not move it.
     """
 
     pid: int
@@ -110,6 +113,7 @@ class TaskSample:
     per_task_peak: int | None
     succeeded: bool
     heap_retained: int | None = None
+    heap_settled: bool = False
 
     @property
     def retained(self) -> int:

@@ -7,7 +7,7 @@ the caller logs as ``memguard.*`` events.
 
 from __future__ import annotations
 
-from .base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Detector, Finding
+from .base import GROWTH_WATCH, HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Detector, Finding
 from .heavy import HeavyTaskDetector
 from .leak import LeakDetector, LeakEstimate
 from .master import MasterGrowthDetector
@@ -21,6 +21,7 @@ __all__ = [
     "MasterGrowthDetector",
     "LEAK_SUSPECTED",
     "LEAK_CLEARED",
+    "GROWTH_WATCH",
     "HEAVY_TASK",
     "MASTER_GROWTH",
 ]

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..events import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH
+from ..events import GROWTH_WATCH, HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH
 from ..samples import MasterSample, TaskSample
 
-__all__ = ["Finding", "Detector", "LEAK_SUSPECTED", "LEAK_CLEARED", "HEAVY_TASK", "MASTER_GROWTH"]
+__all__ = ["Finding", "Detector", "LEAK_SUSPECTED", "LEAK_CLEARED", "GROWTH_WATCH", "HEAVY_TASK", "MASTER_GROWTH"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from ..samples import TaskSample
 from ..units import MiB
-from .base import LEAK_CLEARED, LEAK_SUSPECTED, Detector, Finding
+from .base import GROWTH_WATCH, LEAK_CLEARED, LEAK_SUSPECTED, Detector, Finding
 from .stats import Kendall, downsample, mann_kendall, normal_sf, sign_test_p, theil_sen, weighted_median
 
 __all__ = ["LeakDetector", "LeakEstimate"]
@@ -70,6 +70,23 @@ _HYSTERESIS = 0.1
 #: Exited pids remembered (only to tell a reused pid from its predecessor).
 _MAX_PIDS = 4096
 _CLEARING = frozenset({"no growth", "no trend", "growth and shrink balanced", "saturating", "not growing lately"})
+#: Reasons that do not rule growth out: a task with a per-call slope and these is watched (children measure
+#: every call of it, settled) until it is judged.
+_UNJUDGED = frozenset({"too little growth yet", "weak evidence", "freed in other tasks", "saturating",
+                       "not growing lately", "no trend", "filling like a cache", "leak"})
+#: The largest bounded cache (per child) a growing task is given the benefit of the doubt for.
+CACHE_BOUND = 96 * MiB
+#: Log-likelihood (nats) by which a constant rate of repeated calls must beat every cache of at most
+#: CACHE_BOUND before a growing task is named (a likelihood ratio of ~20).
+_CACHE_EVIDENCE = 3.0
+#: Repeats coming significantly more often as entries grow (one-sided z) still mean "could be a cache".
+_CACHE_TREND_Z = 2.0
+#: Bins of a series' repeat history (see _Series.count).
+_BINS = 64
+#: Fewest keys a cache of CACHE_BOUND must have (at the task's entry size) for the cache model to apply.
+_CACHE_MIN_KEYS = 64
+#: Growing calls (over both halves of the windows) needed before the fill ratio is judged.
+_FILL_MIN = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +113,11 @@ class LeakEstimate:
     step_share: float
     saturation: float | None
     block_fraction: float
+    #: Whether the analysis used settled readings only (cyclic garbage collected within each call).
+    settled: bool = False
+    #: Growing calls in the latest half of the windows over those in the first half (a cache's new-key
+    #: rate falls as it fills; a leak's does not), or None with too few growing calls.
+    fill_ratio: float | None = None
 
     @property
     def kib_per_call(self) -> float:
@@ -117,6 +139,8 @@ class _ChildStats:
     shrinking: int
     blocks: int
     growing_blocks: int
+    growing_first: int = 0
+    growing_second: int = 0
 
 
 class _Series:
@@ -127,11 +151,13 @@ class _Series:
     twice that, so appending stays O(1) amortised.
     """
 
-    __slots__ = ("deltas", "window", "seen", "last_mem_after", "first_seen", "last_seen", "alive", "stats",
-                 "stats_seen")
+    __slots__ = ("deltas", "settled", "window", "seen", "last_mem_after", "first_seen", "last_seen", "alive",
+                 "stats", "stats_seen", "settled_stats", "settled_seen", "settled_count", "total", "child_first",
+                 "child_last", "entries", "bins", "bin_width")
 
     def __init__(self, window: int) -> None:
         self.deltas = array("q")
+        self.settled = array("q")  # only the settled readings (see TaskSample.heap_settled)
         self.window = window
         self.seen = 0
         self.last_mem_after = 0
@@ -140,22 +166,65 @@ class _Series:
         self.alive = True
         self.stats: _ChildStats | None = None
         self.stats_seen = -1
+        self.settled_stats: _ChildStats | None = None
+        self.settled_seen = -1
+        self.settled_count = 0
+        self.total = 0  # every delta appended, ever (not only the window)
+        self.child_first: int | None = None  # the child's measured total before this series' first delta
+        self.child_last = 0  # ... and after its latest one
+        # Every measured call since the first, as "did it add an entry or repeat one?", binned by the
+        # entries added before it (bins of ``bin_width`` entries, doubled when _BINS are used): the
+        # cache-versus-leak test's evidence, over the whole history, in at most 2 * _BINS ints.
+        self.entries = 0
+        self.bins = array("l")
+        self.bin_width = 1
 
-    def append(self, delta: int) -> None:
+    def count(self, delta: int, noise: int) -> None:
+        """Bin one measured call: it added an entry (grew by more than ``noise``) or repeated one (flat)."""
+        if delta < -noise:
+            return
+        index = self.entries // self.bin_width
+        while index >= _BINS:
+            merged = array("l")
+            for b in range(0, len(self.bins), 4):
+                merged.extend((self.bins[b] + (self.bins[b + 2] if b + 2 < len(self.bins) else 0),
+                               self.bins[b + 1] + (self.bins[b + 3] if b + 3 < len(self.bins) else 0)))
+            self.bins = merged
+            self.bin_width *= 2
+            index = self.entries // self.bin_width
+        while len(self.bins) < 2 * (index + 1):
+            self.bins.extend((0, 0))
+        self.bins[2 * index] += 1
+        if delta > noise:
+            self.entries += 1
+        else:
+            self.bins[2 * index + 1] += 1
+
+    def append(self, delta: int, settled: bool = False) -> None:
         self.deltas.append(delta)
         if len(self.deltas) >= 2 * self.window:
             del self.deltas[: -self.window]
+        self.total += delta
+        if settled:
+            self.settled.append(delta)
+            self.settled_count += 1
+            if len(self.settled) >= 2 * self.window:
+                del self.settled[: -self.window]
 
     @property
     def size(self) -> int:
         return min(len(self.deltas), self.window)
 
-    def latest(self) -> list[int]:
-        return self.deltas[-self.window:].tolist()
+    @property
+    def settled_size(self) -> int:
+        return min(len(self.settled), self.window)
+
+    def latest(self, settled: bool = False) -> list[int]:
+        return (self.settled if settled else self.deltas)[-self.window:].tolist()
 
 
 class _TaskState:
-    __slots__ = ("series", "calls", "pending", "reported", "misses", "estimate")
+    __slots__ = ("series", "calls", "pending", "reported", "misses", "estimate", "watched", "watch_misses")
 
     def __init__(self) -> None:
         self.series: OrderedDict[tuple[int, int], _Series] = OrderedDict()
@@ -164,6 +233,8 @@ class _TaskState:
         self.reported: tuple[float, float, int] | None = None  # kib_per_call, confidence, calls when first reported
         self.misses = 0
         self.estimate: LeakEstimate | None = None
+        self.watched: int | None = None  # calls when the growth watch started (children measure every call)
+        self.watch_misses = 0
 
 
 def _band(confidence: float) -> int:
@@ -194,6 +265,14 @@ class LeakDetector(Detector):
     * ``cadence`` – once a task has history, analyse it every this many calls at most.
     * ``clear_after`` – consecutive failed analyses before a reported suspect is cleared.
     * ``max_tasks``, ``max_children`` – bounds on tracked task names and children per task.
+    * ``settled_calls`` – settled readings (over all children) from which a task is judged on those alone.
+    * ``fill_ratio`` – growing calls in the latest half of the windows below this share of those in the
+      first half = saturating (a cache's new-key rate falls as it fills).
+    * ``watch_growth`` – retained memory per child from which a growing task is watched
+      (``memguard.growth_watch``; children then measure every call of it, settled).
+    * ``max_watched`` – most task names watched at once (suspects included).
+    * ``cache_bound`` – a growing task is not named while its calls fit a cache of at most this many
+      bytes per child filled by random keys as well as a leak (0: no such check).
     """
 
     name = "leak"
@@ -208,7 +287,7 @@ class LeakDetector(Detector):
         window: int = 200,
         min_kib_per_call: float = 8.0,
         min_growth: int = 8 * MiB,
-        long_calls: int = 100,
+        long_calls: int = 64,
         alpha: float = 0.01,
         saturation_ratio: float = 0.5,
         max_step_share: float = 0.5,
@@ -220,6 +299,11 @@ class LeakDetector(Detector):
         clear_after: int = 5,
         max_tasks: int = 256,
         max_children: int = 32,
+        settled_calls: int = 8,
+        fill_ratio: float = 0.6,
+        watch_growth: int = MiB,
+        max_watched: int = 12,
+        cache_bound: int = CACHE_BOUND,
     ) -> None:
         if warmup_calls < 0 or min_calls < 2 or window < 8 or cadence < 1 or max_tasks < 1 or max_children < 1:
             raise ValueError("warmup_calls >= 0, min_calls >= 2, window >= 8 and cadence, max_* >= 1 required")
@@ -244,14 +328,26 @@ class LeakDetector(Detector):
         self.clear_after = clear_after
         self.max_tasks = max_tasks
         self.max_children = max_children
+        self.settled_calls = settled_calls
+        self.fill_ratio = fill_ratio
+        self.watch_growth = watch_growth
+        self.max_watched = max_watched
+        self.cache_bound = cache_bound
         self._tasks: OrderedDict[str, _TaskState] = OrderedDict()
         self._generation: dict[int, int] = {}
+        self._child_heap: dict[tuple[int, int], int] = {}  # per child: every measured delta, summed
 
     # -- public ------------------------------------------------------------
     @property
     def suspects(self) -> frozenset[str]:
         """Task names currently reported as leaking (children may trace these)."""
         return frozenset(name for name, state in self._tasks.items() if state.reported is not None)
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """Task names the children should measure on every call (settled): watched growth and suspects."""
+        return frozenset(name for name, state in self._tasks.items()
+                         if state.watched is not None or state.reported is not None)
 
     def estimate(self, task: str) -> LeakEstimate | None:
         """The latest analysis of ``task`` (``None`` before its first)."""
@@ -286,6 +382,7 @@ class LeakDetector(Detector):
             if series is not None:
                 series.alive = False
         self._generation[pid] = generation + 1
+        self._child_heap.pop((pid, generation), None)
         if len(self._generation) > _MAX_PIDS:
             self._generation.pop(next(iter(self._generation)))
 
@@ -310,11 +407,19 @@ class LeakDetector(Detector):
         if series.first_seen is None:
             series.first_seen = now
         series.last_seen = now
-        if series.seen > self.warmup_calls:
-            if not self.heap_deltas:
-                series.append(sample.mem_after - sample.mem_before)
-            elif sample.heap_retained is not None:
-                series.append(sample.heap_retained)
+        if not self.heap_deltas:
+            delta: int | None = sample.mem_after - sample.mem_before
+        else:
+            delta = sample.heap_retained
+        if delta is not None:
+            child_total = self._child_heap.get(key, 0)
+            if series.seen > self.warmup_calls:
+                if series.child_first is None:
+                    series.child_first = child_total
+                series.append(delta, settled=sample.heap_settled)
+                series.count(delta, self.noise)
+            child_total += delta
+            self._child_heap[key] = series.child_last = child_total
         state.calls += 1
         state.pending += 1
         if state.pending < self._step(state):
@@ -328,6 +433,17 @@ class LeakDetector(Detector):
         state = self._tasks[task]
         stats = [s for s in (self._child_stats(series) for series in state.series.values()) if s is not None]
         estimate = self._combine(task, state, stats)
+        if self.heap_deltas and sum(x.settled_size for x in state.series.values()) >= self.settled_calls:
+            # The task is watched: its calls are measured settled (own cyclic garbage collected, no older
+            # garbage freed). When those disagree with the whole window (much less growth: the rest was
+            # garbage freed later, or a cache that has filled), judge on them alone.
+            settled = [s for s in (self._child_stats(series, True) for series in state.series.values())
+                       if s is not None]
+            alone = self._combine(task, state, settled, True)
+            if alone.reason not in ("warming up", "leak") and (
+                alone.slope < 0.5 * estimate.slope or estimate.reason == "freed in other tasks"
+            ):
+                estimate = alone
         state.estimate = estimate
         return estimate
 
@@ -343,12 +459,17 @@ class LeakDetector(Detector):
             step *= 4  # clearly flat: look less often
         return step
 
-    def _child_stats(self, series: _Series) -> _ChildStats | None:
+    def _child_stats(self, series: _Series, settled: bool = False) -> _ChildStats | None:
         # Reuse the cached statistics until a sixteenth of the window is new.
-        fresh = series.seen - series.stats_seen
-        if series.stats_seen >= 0 and fresh < max(1, series.size // 16):
-            return series.stats
-        deltas = series.latest()
+        if settled:
+            fresh = series.settled_count - series.settled_seen
+            if series.settled_seen >= 0 and fresh < max(1, series.settled_size // 16):
+                return series.settled_stats
+        else:
+            fresh = series.seen - series.stats_seen
+            if series.stats_seen >= 0 and fresh < max(1, series.size // 16):
+                return series.stats
+        deltas = series.latest(settled)
         n = len(deltas)
         stats: _ChildStats | None = None
         if n >= 2:
@@ -392,16 +513,20 @@ class LeakDetector(Detector):
                 shrinking=shrinking,
                 blocks=blocks,
                 growing_blocks=growing_blocks,
+                growing_first=sum(1 for d in deltas[: n // 2] if d > noise),
+                growing_second=sum(1 for d in deltas[n - n // 2:] if d > noise),
             )
-        series.stats = stats
-        series.stats_seen = series.seen
+        if settled:
+            series.settled_stats, series.settled_seen = stats, series.settled_count
+        else:
+            series.stats, series.stats_seen = stats, series.seen
         return stats
 
-    def _combine(self, task: str, state: _TaskState, stats: list[_ChildStats]) -> LeakEstimate:
+    def _combine(self, task: str, state: _TaskState, stats: list[_ChildStats], settled: bool = False) -> LeakEstimate:
         n_total = sum(s.n for s in stats)
-        if not stats or n_total < self.min_calls:
+        if not stats or n_total < (self.settled_calls if settled else self.min_calls):
             return LeakEstimate(task, False, "warming up", 0.0, 0.0, 0.0, state.calls, n_total, len(stats),
-                                0.0, 1.0, 1.0, 0.0, 0.0, None, 0.0)
+                                0.0, 1.0, 1.0, 0.0, 0.0, None, 0.0, settled)
         weights = [float(s.n) for s in stats]
         slope = weighted_median([s.slope for s in stats], weights)
         kendall = Kendall(0, 0.0)
@@ -437,6 +562,15 @@ class LeakDetector(Detector):
         block_fraction = sum(s.growing_blocks for s in stats) / blocks if blocks else 0.0
         growth_per_child = sum(s.growth for s in stats) / len(stats)
         typical_n = weighted_median([float(s.n) for s in stats], weights)
+        first_growing = sum(s.growing_first for s in stats)
+        fill_ratio = sum(s.growing_second for s in stats) / first_growing if first_growing >= _FILL_MIN else None
+        # Did the children keep what this task's series say it kept? Deferred frees (cyclic garbage the
+        # collector frees while another task runs) charge this task with growth the child does not keep.
+        offset = False
+        if self.heap_deltas and not settled:
+            kept = sum(x.total for x in state.series.values() if x.child_first is not None)
+            child_net = sum(x.child_last - x.child_first for x in state.series.values() if x.child_first is not None)
+            offset = kept > self.min_growth / 4 and child_net < 0.5 * kept
 
         evidence = min(1.0, n_total / (4.0 * self.min_calls))
         confidence = (
@@ -456,16 +590,22 @@ class LeakDetector(Detector):
             reason = "no trend"
         elif sign_p > self.alpha or efficiency < self.min_efficiency:
             reason = "growth and shrink balanced"
-        elif saturation is not None and saturation < self.saturation_ratio:
+        elif (saturation is not None and saturation < self.saturation_ratio) or (
+            fill_ratio is not None and fill_ratio < self.fill_ratio
+        ):
             reason = "saturating"
         elif block_fraction < self.min_block_fraction:
             reason = "not growing lately"
         elif growth_per_child < self.min_growth and (
-            typical_n < self.long_calls or growth_per_child < self.min_growth / 4
+            typical_n < self.long_calls or growth_per_child < self.min_growth / 8
         ):
             reason = "too little growth yet"
         elif confidence < self.min_confidence:
             reason = "weak evidence"
+        elif offset:
+            reason = "freed in other tasks"
+        elif self._could_be_cache(state, settled):
+            reason = "filling like a cache"
         else:
             reason = "leak"
         return LeakEstimate(
@@ -485,16 +625,84 @@ class LeakDetector(Detector):
             step_share=step_share,
             saturation=saturation,
             block_fraction=block_fraction,
+            settled=settled,
+            fill_ratio=fill_ratio,
         )
+
+    def _could_be_cache(self, state: _TaskState, settled: bool = False) -> bool:
+        """Whether the task's calls fit a bounded cache filled by random keys as well as a leak.
+
+        A call either adds an entry (it grows by more than ``noise``) or repeats a key (flat). Filled at
+        random, a cache of K keys repeats a key with probability (entries so far) / K, which rises as
+        it fills; a leak keeps its rate of repeats (none for most leaks). Both models are fitted to every
+        measured call of the task so far (binned by the entries before it, per child); the cache over
+        every K up to ``cache_bound`` / typical entry size. The task is a leak only when the constant
+        rate is ahead by ``_CACHE_EVIDENCE`` nats and repeats do not come significantly more often as
+        the entries grow (a Mann–Whitney test on the bins).
+        """
+        if self.cache_bound <= 0:
+            return False
+        growing = [d for series in state.series.values() for d in series.latest(settled) if d > self.noise]
+        if len(growing) < 3:
+            return False
+        entry = sorted(growing)[len(growing) // 2]
+        cells: list[tuple[float, int, int]] = []  # (entries before the calls, calls, repeats)
+        for series in state.series.values():
+            w = series.bin_width
+            for index in range(len(series.bins) // 2):
+                calls, repeats = series.bins[2 * index], series.bins[2 * index + 1]
+                if calls:
+                    cells.append((index * w + (w - 1) / 2, calls, repeats))
+        n = sum(c for _, c, _ in cells)
+        repeats = sum(r for _, _, r in cells)
+        if n == 0:
+            return False
+        rate = min(1 - 1e-6, max(1e-6, repeats / n))
+        constant = repeats * math.log(rate) + (n - repeats) * math.log(1 - rate)
+        largest = max(series.entries for series in state.series.values()) + 1
+        bound = self.cache_bound / entry
+        if bound <= largest or bound < _CACHE_MIN_KEYS:
+            # No cache within the bound holds what this task already kept; or entries so big that such a
+            # cache has too few keys to be filled over hundreds of calls (2 MiB per call: 32 keys).
+            return False
+        # Every key count from half the entries seen up to the bound.
+        best = -math.inf
+        keys = max(1.0, largest / 2)
+        while True:
+            ll = 0.0
+            for e, c, r in cells:
+                p = min(0.995, max(1e-6, (e + 0.5) / keys))
+                ll += r * math.log(p) + (c - r) * math.log(1 - p)
+            best = max(best, ll)
+            if keys >= bound:
+                break
+            keys = min(bound, keys * 1.05)
+        if constant - best < _CACHE_EVIDENCE:
+            return True
+        # The constant rate fits better; but do repeats still come more often as the entries grow (a
+        # cache's trend, which the likelihoods can miss by chance)? Mann–Whitney on the bins.
+        misses_total = n - repeats
+        if repeats < 3 or misses_total == 0:
+            return False
+        u = 0.0
+        below = 0
+        for _, c, r in sorted(cells):
+            u += r * (below + (c - r) / 2)
+            below += c - r
+        z = (u - repeats * misses_total / 2) / math.sqrt(repeats * misses_total * (n + 1) / 12)
+        return z > _CACHE_TREND_Z
 
     # -- reporting -------------------------------------------------------------
     def _findings(self, state: _TaskState, estimate: LeakEstimate) -> list[Finding]:
+        found: list[Finding] = []
         if estimate.suspect:
-            state.misses = 0
+            state.misses = state.watch_misses = 0
             kib = round(estimate.kib_per_call, 1)
             if state.reported is None:
+                self._watch(state, estimate, found)
                 state.reported = (kib, estimate.confidence, estimate.calls_observed)
-                return [self._suspected(state, estimate, since=None)]
+                found.append(self._suspected(state, estimate, since=None))
+                return found
             last_kib, last_confidence, first_calls = state.reported
             changed = abs(kib - last_kib) > 0.5 * last_kib or (
                 _band(estimate.confidence) != _band(last_confidence)
@@ -502,27 +710,65 @@ class LeakDetector(Detector):
             )
             if changed:
                 state.reported = (kib, estimate.confidence, first_calls)
-                return [self._suspected(state, estimate, since=first_calls)]
-            return []
+                found.append(self._suspected(state, estimate, since=first_calls))
+            return found
         stopped = estimate.reason in _CLEARING and (
             estimate.reason != "saturating" or estimate.recent_slope < self.min_slope
         )
+        if (state.reported is None and not stopped and estimate.reason in _UNJUDGED
+                and estimate.slope >= self.min_slope and estimate.growth_per_child >= self.watch_growth):
+            self._watch(state, estimate, found)
         if state.reported is not None and stopped:
             state.misses += 1
             if state.misses >= self.clear_after:
                 first_calls = state.reported[2]
-                state.reported = None
-                state.misses = 0
-                return [Finding(LEAK_CLEARED, {
+                state.reported = state.watched = None
+                state.misses = state.watch_misses = 0
+                found.append(Finding(LEAK_CLEARED, {
                     "task": estimate.task,
                     "reason": estimate.reason,
                     "kib_per_call": round(estimate.kib_per_call, 1),
                     "calls_observed": estimate.calls_observed,
                     "since_calls": first_calls,
-                }, task=estimate.task)]
+                }, task=estimate.task))
+        elif state.reported is None and state.watched is not None and stopped:
+            state.watch_misses += 1
+            if state.watch_misses >= self.clear_after:
+                state.watched = None
+                state.watch_misses = 0
+                found.append(self._growth_watch("settled", estimate))
         else:
-            state.misses = 0
-        return []
+            state.misses = state.watch_misses = 0
+        return found
+
+    def _watch(self, state: _TaskState, estimate: LeakEstimate, found: list[Finding]) -> None:
+        """Start watching a growing task (children measure every call of it, settled readings)."""
+        if state.watched is not None or not self.heap_deltas:
+            return
+        if sum(1 for t in self._tasks.values() if t.watched is not None or t.reported is not None) >= self.max_watched:
+            return
+        state.watched = estimate.calls_observed
+        state.watch_misses = 0
+        found.append(self._growth_watch("watching", estimate))
+
+    @staticmethod
+    def _growth_watch(phase: str, estimate: LeakEstimate) -> Finding:
+        fields: dict[str, object] = {
+            "task": estimate.task,
+            "state": phase,
+            "kib_per_call": round(estimate.kib_per_call, 1),
+            "growth_mib_per_child": round(estimate.growth_per_child / MiB, 1),
+            "calls_observed": estimate.calls_observed,
+            "children": estimate.children,
+            "reason": estimate.reason,
+        }
+        fields["note"] = (
+            "growing, not yet judged: children now measure every call of it to tell a leak from a cache "
+            "that fills; not a leak finding" if phase == "watching" else
+            "stopped growing before it was named: bounded (a cache that filled, a pool that warmed up); "
+            "not a leak"
+        )
+        return Finding(GROWTH_WATCH, fields, task=estimate.task)
 
     def _suspected(self, state: _TaskState, estimate: LeakEstimate, since: int | None) -> Finding:
         fields: dict[str, object] = {

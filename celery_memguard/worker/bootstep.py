@@ -26,10 +26,10 @@ from celery import bootsteps
 
 from .. import events
 from ..actions import Actuator
-from ..board import TRACE_MAX, Board, board_slots
+from ..board import TRACE_MAX, WATCH_MARK, Board, board_slots
 from ..config import MemGuardConfig, key_name
 from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
-from ..detectors.base import HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
+from ..detectors.base import GROWTH_WATCH, HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
 from ..engine import Engine
 from ..exceptions import ConfigError
 from ..monitor import Monitor
@@ -71,6 +71,11 @@ _UNSUPPORTED = {
 
 class MemGuard(bootsteps.StartStopStep):
     """Per-child memory measurement and limits for Celery prefork workers."""
+
+    #: The leak detector (its watched names are published for the children) and the trace list as last
+    #: published (class defaults; set per instance in start()).
+    _leak: LeakDetector | None = None
+    _published: list[str] = []
 
     label = "MemGuard"
     requires = ("celery.worker.components:Pool",)
@@ -187,6 +192,7 @@ class MemGuard(bootsteps.StartStopStep):
             view = _PoolView(parent)
             try:
                 detectors = build_detectors(cfg)
+                self._leak = next((d for d in detectors if isinstance(d, LeakDetector)), None)
             except Exception as exc:  # limits still apply without detection
                 events.error("bootstep.detectors", exc)
                 detectors = []
@@ -304,19 +310,27 @@ class MemGuard(bootsteps.StartStopStep):
             self._live_master = dict(finding.fields)
 
     def _on_finding(self, finding: Finding) -> None:
-        """Log a detector's finding; publish leak suspects so children trace their allocation sites."""
-        events.emit(finding.event, "error" if finding.event == events.ERROR else "warning", **finding.fields)
-        suspects = list(self._live_suspects)
+        """Log a detector's finding; publish leak suspects so children trace their allocation sites, and
+        the watched names so children measure every call of them (settled readings)."""
+        level = "error" if finding.event == events.ERROR else "info" if finding.event == GROWTH_WATCH else "warning"
+        events.emit(finding.event, level, **finding.fields)
         try:
             self._remember(finding)
         except Exception as exc:
             events.error("bootstep.status", exc)
             return
-        if self.board is None or self.config.diagnostics == "off":
+        if self.board is None or finding.event not in (LEAK_SUSPECTED, LEAK_CLEARED, GROWTH_WATCH):
             return
-        now_suspected = list(self._live_suspects)  # oldest suspicion first
-        if now_suspected != suspects:
-            self.board.set_trace(now_suspected[-TRACE_MAX:])
+        try:
+            traced = list(self._live_suspects)[-TRACE_MAX:] if self.config.diagnostics != "off" else []
+            watched = sorted(self._leak.watched - set(traced)) if self._leak is not None and self._leak.heap_deltas \
+                else []
+            published = traced + [WATCH_MARK + name for name in watched][: TRACE_MAX - len(traced)]
+            if published != self._published:
+                self.board.set_trace(published)
+                self._published = published
+        except Exception as exc:
+            events.error("bootstep.trace_list", exc)
 
     def shutdown(self, parent: Any) -> None:
         self._finish("warm")

@@ -23,6 +23,16 @@ since it last looked also measures what its allocators hold in use
 each task what it really retained, not the RSS growth it happened to trigger. A
 child whose RSS is steady pays nothing for this.
 
+The master also publishes, on the board's trace list, the task names it
+*watches* (growing, not yet judged; and the suspects): the child measures every
+call of those, whatever its RSS does, so the detector sees the flat calls of a
+cache that has filled. Those readings are *settled*: the objects that exist
+before the task are frozen (``gc.freeze()``, O(1)), so no collection during the
+task frees older garbage (which would charge this task negative memory), and
+the task's own cyclic garbage is collected after it (only the task's objects
+are scanned) before the after-reading, so garbage the GC would free later is
+not charged to it; the objects are unfrozen right after (``gc.unfreeze()``).
+
 Fail-open: each receiver catches everything and reports ``memguard.error`` once
 per cause; a task never fails because of MemGuard's bookkeeping. The only
 exception MemGuard raises inside a task is :class:`MemoryLimitExceeded`, and only
@@ -31,6 +41,7 @@ for the task the master ordered stopped.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -40,7 +51,7 @@ from types import FrameType
 from typing import Any
 
 from .. import events
-from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, Board
+from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, WATCH_MARK, Board
 from ..diagnostics import LeakSiteTracer
 from ..exceptions import MemoryLimitExceeded
 from ..forensics import EX_RECYCLE
@@ -97,6 +108,8 @@ class ChildRuntime:
         self.heap_mark = 0  # RSS when the heap probe was last armed
         self.heap_before: int | None = None
         self.tracer_mem_before = 0
+        self.watch_tasks: frozenset[str] = frozenset()  # names the master watches: measured every call, settled
+        self.settling = False  # objects frozen for this task's settled reading
         board.claim(index, self.pid, self.spawned_at)
         signal.signal(ORDER_SIGNAL, self._on_order)
         siginterrupt(ORDER_SIGNAL, False)
@@ -104,11 +117,13 @@ class ChildRuntime:
 
     # -- per task (hot path) ---------------------------------------------
     def before(self, task: str, task_id: str) -> None:
-        if self.tracer is not None:
+        if self.settling:  # the previous task's after() never matched (it cannot stay frozen)
+            self._settle_done()
+        if self.tracer is not None or self.heap is not None:
             # Before the measurement starts, so the tracer's own work is not counted in the task.
             if self.board.trace_generation() != self.trace_gen:
                 self._refresh_trace_list()
-            if task in self.trace_tasks:
+            if self.tracer is not None and task in self.trace_tasks:
                 self.tracer.before(task)
         probe = self.probe
         probe.reset_peak()
@@ -116,13 +131,22 @@ class ChildRuntime:
         self.started = now = time.monotonic()
         self.task, self.task_id = task, task_id
         self.board.task_started(self.index, self.pid, task, task_id, now, rss, self.tasks_run, self.spawned_at)
-        if self.heap_armed and self.heap is not None:
-            self._heap_start()
+        if self.heap is not None:
+            if self.watch_tasks and task in self.watch_tasks:
+                self._settle_start()
+                self._heap_start()
+            elif self.heap_armed > 0:
+                self._heap_start()
 
     def after(self, task_id: str, ok: bool) -> None:
         if task_id != self.task_id or self.task is None:
             return
+        settled = self.settling
+        if settled:
+            self._settle_end()
         heap_retained = self._heap_retained() if self.heap_before is not None else None
+        if settled:
+            self._settle_done()
         probe = self.probe
         rss = probe.rss()
         peak = probe.peak()
@@ -130,7 +154,8 @@ class ChildRuntime:
         self.task = self.task_id = None
         self.tasks_run += 1
         self.board.task_finished(self.index, self.pid, task, task_id, self.started, time.monotonic() - self.started,
-                                 self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at, heap_retained)
+                                 self.rss_before, rss, peak, ok, self.tasks_run, self.spawned_at, heap_retained,
+                                 settled and heap_retained is not None)
         if self.heap is not None and rss >= self.heap_mark + HEAP_ARM_GROWTH:
             self.heap_mark = rss
             self.heap_armed = HEAP_ARMED_TASKS
@@ -152,11 +177,41 @@ class ChildRuntime:
             retained = self.heap.in_use() - before  # type: ignore[union-attr, operator]
             if tracemalloc.is_tracing() or self.tracer_mem_before:
                 retained -= tracemalloc.get_tracemalloc_memory() - self.tracer_mem_before
-            self.heap_armed -= 1
+            if self.heap_armed > 0:
+                self.heap_armed -= 1
             return retained
         except Exception as exc:
             self._heap_failed(exc)
             return None
+
+    # -- settled readings (watched task names) -----------------------------------
+    def _settle_start(self) -> None:
+        """Freeze the objects that exist now, so no collection during the task frees older garbage.
+
+        ``gc.freeze()`` moves every tracked object to the permanent generation (a list splice: O(1));
+        the automatic collections during the task then see only the task's own objects. Not done
+        when the application froze objects itself or disabled the collector (its choice stands).
+        """
+        try:
+            if gc.isenabled() and gc.get_freeze_count() == 0:
+                gc.freeze()
+                self.settling = True
+        except Exception as exc:
+            events.error("child.heap_settle", exc)
+
+    def _settle_end(self) -> None:
+        """Collect the task's own cyclic garbage (only objects created during the task are scanned)."""
+        try:
+            gc.collect()
+        except Exception as exc:
+            events.error("child.heap_settle", exc)
+
+    def _settle_done(self) -> None:
+        self.settling = False
+        try:
+            gc.unfreeze()  # back into the oldest generation (a list splice)
+        except Exception as exc:
+            events.error("child.heap_settle", exc)
 
     def _heap_failed(self, exc: Exception) -> None:
         self.heap = None
@@ -169,7 +224,9 @@ class ChildRuntime:
         if names is None:
             return  # being written; look again at the next task
         self.trace_gen = self.board.trace_generation()
-        self.trace_tasks = names
+        self.trace_tasks = frozenset(n for n in names if not n.startswith(WATCH_MARK))
+        # Watched names (and suspects) are measured on every call, with settled readings.
+        self.watch_tasks = frozenset(n[len(WATCH_MARK):] if n.startswith(WATCH_MARK) else n for n in names)
         if self.tracer is not None and self.tracer.task is not None and self.tracer.task not in names:
             self.tracer.stop()
 

@@ -140,6 +140,24 @@ class TestFindingTables:
         assert step.live_suspects() == {"b": {"task": "b", "kib_per_call": 3.0}}
         assert step.live_heavy() == {"c": 1}
 
+    def test_watched_names_published_with_the_watch_mark(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Growing names the leak detector watches are published (marked) so children measure every call."""
+        from celery_memguard.board import WATCH_MARK
+        from celery_memguard.detectors import LeakDetector
+        from celery_memguard.detectors.base import Finding
+
+        for diagnostics, first in (("tracemalloc", ["a"]), ("off", [WATCH_MARK + "a"])):
+            step, traces = self.make(monkeypatch, diagnostics)
+            step._leak = leak = LeakDetector(heap_deltas=True)
+            monkeypatch.setattr(LeakDetector, "watched", property(lambda self: self._names), raising=False)
+            leak._names = frozenset({"a", "w"})  # type: ignore[attr-defined]
+            step._on_finding(Finding("memguard.growth_watch", {"task": "w", "state": "watching"}, task="w"))
+            step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
+            assert traces[-1] == sorted(first + [WATCH_MARK + "w"]) or traces[-1] == first + [WATCH_MARK + "w"]
+            leak._names = frozenset()  # type: ignore[attr-defined]
+            step._on_finding(Finding("memguard.growth_watch", {"task": "w", "state": "settled"}, task="w"))
+            assert traces[-1] == (["a"] if diagnostics != "off" else [])
+
     def test_no_trace_list_with_diagnostics_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from celery_memguard.detectors.base import Finding
 

@@ -149,3 +149,85 @@ class TestBoardRecord:
         for n, value in enumerate([None, 0, 3 * MiB, -5 * MiB]):
             board.task_finished(0, 9, "t", f"id-{n}", 1.0, 0.1, MiB, MiB, None, True, n + 1, 0.0, value)
         assert [r.heap_retained for r in board.drain(0, 0)[1]] == [None, 0, 3 * MiB, -5 * MiB]
+
+
+class _Cycle:
+    """A node in a reference cycle, holding a payload (garbage only the cyclic collector frees)."""
+
+    def __init__(self, payload: int) -> None:
+        self.me = self
+        self.payload = bytearray(payload)
+
+
+def _make_cyclic_garbage() -> None:
+    for _ in range(64):
+        _Cycle(16 * 1024)  # 1 MiB in cycles, dropped at once
+
+
+@needs_mallinfo2
+class TestWatchedSettledReadings:
+    """Issue 9: watched names are measured on every call, settled (deferred frees neutralised)."""
+
+    def runtime(self, watched: list[str]) -> tuple[ChildRuntime, Board]:
+        from celery_memguard.board import WATCH_MARK
+
+        board = Board(1)
+        rt = ChildRuntime(board, 0, None, heap=heap_probe())
+        board.set_trace([WATCH_MARK + name for name in watched])
+        return rt, board
+
+    def test_watched_name_measured_every_call_settled(self) -> None:
+        import gc
+
+        rt, board = self.runtime(["t.watched"])
+        for _ in range(5):
+            record = _run(rt, board, _noop, "t.watched")
+            assert record.heap_retained is not None and record.heap_settled
+            assert abs(record.heap_retained) < 64 * 1024
+        assert not _run(rt, board, _noop, "t.other").heap_settled  # not watched: at most armed, never settled
+        assert gc.get_freeze_count() == 0 and not rt.settling  # everything unfrozen again
+
+    def test_disabled_collector_is_left_alone(self) -> None:
+        """gc.disable() by the application: no settling (its garbage is never collected: a real leak)."""
+        import gc
+
+        rt, board = self.runtime(["t.creator"])
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()  # no automatic collection may free the cycles at a random point of this test
+        try:
+            record = _run(rt, board, _make_cyclic_garbage, "t.creator")
+        finally:
+            if enabled:
+                gc.enable()
+        # With the collector disabled by the application, its cycles are never freed: the reading is not
+        # settled and the creator is charged what it left (~1 MiB).
+        assert not record.heap_settled and (record.heap_retained or 0) >= MiB
+        gc.collect()
+
+    def test_settled_creator_and_neighbour(self) -> None:
+        """With the collector on: creator ~0 when settled; a neighbour running while old garbage waits is
+        not charged negative memory when it is watched too."""
+        import gc
+
+        rt, board = self.runtime(["t.creator", "t.neighbour"])
+        gc.collect()
+        creator = _run(rt, board, _make_cyclic_garbage, "t.creator")
+        assert creator.heap_settled and abs(creator.heap_retained or 0) < 256 * 1024
+        for _ in range(64):
+            _Cycle(16 * 1024)  # garbage left by someone else, unwatched
+        neighbour = _run(rt, board, lambda: gc.collect(0), "t.neighbour")  # a young collection in the task
+        assert neighbour.heap_settled and (neighbour.heap_retained or 0) > -256 * 1024
+        gc.collect()
+
+    def test_frozen_by_the_application_is_left_alone(self) -> None:
+        import gc
+
+        rt, board = self.runtime(["t.watched"])
+        gc.freeze()
+        try:
+            record = _run(rt, board, _noop, "t.watched")
+            assert record.heap_retained is not None and not record.heap_settled
+            assert gc.get_freeze_count() > 0  # still the application's freeze
+        finally:
+            gc.unfreeze()

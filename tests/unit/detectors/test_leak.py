@@ -328,13 +328,13 @@ class TestHeapAttribution:
 
 
 def test_early_heap_creep_is_not_named_after_long_calls() -> None:
-    """~12 KiB/call over 150 calls per child (~1.7 MiB): under a quarter of min_growth, so not named yet.
+    """~9 KiB/call over 100 calls per child (~0.9 MiB): under an eighth of min_growth, so not named yet.
 
-    Until now the guard ended at 100 calls per child whatever the growth (heap creep of a fragmenting
-    workload was named); the same rate is named once a child has kept 2 MiB.
+    The guard ends at 64 calls per child once a child has kept 1 MiB (a 20 KiB/call leak is named within
+    400 calls with 4 children); below that, heap creep of a fragmenting workload is not named.
     """
     detector = LeakDetector()
-    samples = _series("t.creep", [10 * KiB + (i % 3) * 2 * KiB for i in range(300)], pids=(1, 2))
+    samples = _series("t.creep", [8 * KiB + 512 + (i % 3) * 512 for i in range(200)], pids=(1, 2))
     assert _named(detector, samples) == set()
     estimate = detector.estimate("t.creep")
     assert estimate is not None and estimate.reason == "too little growth yet"
