@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ..config import DEFAULTS
 from ..samples import Action, ChildSample, Violation
 from .base import Policy
 
@@ -44,7 +45,7 @@ class LeakProjection(Policy):
     reason: ClassVar[str] = "leak_projection"
     debounce: ClassVar[bool] = False  # not a noisy reading: strikes would only delay it
 
-    def __init__(self, *, limit: int, horizon: float = 300.0, idle_only: bool = True) -> None:
+    def __init__(self, *, limit: int, horizon: float = DEFAULTS["leak_horizon"], idle_only: bool = True) -> None:
         if limit <= 0:
             raise ValueError("limit must be > 0")
         if horizon <= 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Sequence
 
+from ..config import DEFAULTS
 from ..samples import Action, ChildSample, Detail, Ranking, SystemSample, Violation
 from .base import PoolPolicy, Verdict
 
@@ -37,7 +38,7 @@ class PoolLimit(PoolPolicy):
 
     reason: ClassVar[str] = "pool_limit"
 
-    def __init__(self, *, limit: int, hard_limit: int | None = None, grace: float = 2.0) -> None:
+    def __init__(self, *, limit: int, hard_limit: int | None = None, grace: float = DEFAULTS["kill_grace"]) -> None:
         if limit <= 0:
             raise ValueError("limit must be > 0")
         if hard_limit is not None and hard_limit <= limit:

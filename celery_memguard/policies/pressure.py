@@ -58,10 +58,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
+from ..config import DEFAULTS
 from ..detectors.base import Finding
 from ..events import PRESSURE_UNRELIEVED
 from ..samples import Action, ChildSample, SystemSample, Violation
-from ..units import MiB, mib
+from ..units import mib
 from .base import PoolPolicy, Verdict
 
 __all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
@@ -110,8 +111,8 @@ class SystemPressure(PoolPolicy):
         psi_threshold: float | None = None,
         psi_settle: float = 10.0,
         relief_settle: float = 1.0,
-        min_relief: int | None = 32 * MiB,
-        retry_unrelieved: float = 30.0,
+        min_relief: int | None = DEFAULTS["pressure_min_relief"],
+        retry_unrelieved: float = DEFAULTS["pressure_retry"],
     ) -> None:
         if min_available is None and psi_threshold is None:
             raise ValueError("set min_available, psi_threshold or both")
@@ -258,11 +259,11 @@ class SystemPressure(PoolPolicy):
             "psi_some_avg10": system.psi_some_avg10,
             "psi_threshold": self.psi_threshold,
             "children": len(children),
-            "children_rss_mib": round(sum(c.rss for c in children) / MiB, 1),
+            "children_rss_mib": mib(sum(c.rss for c in children)),
             "fresh_rss_mib": mib(fresh),
             "largest_pid": largest.pid,
-            "largest_relief_mib": round((largest.rss - fresh) / MiB, 1),
-            "min_relief_mib": round((self.min_relief or 0) / MiB, 1),
+            "largest_relief_mib": mib(largest.rss - fresh),
+            "min_relief_mib": mib(self.min_relief or 0),
             "cause": "no pool child holds min_relief more than a freshly forked child: the memory is held "
                      "outside the children (the master, other processes, tmpfs or page cache) or is "
                      "copy-on-write copies a replacement makes again",

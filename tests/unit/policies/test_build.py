@@ -56,6 +56,15 @@ class TestBuildPolicies:
         assert (defaults.pressure_min_relief, defaults.pressure_retry) == (pressure.min_relief,
                                                                            pressure.retry_unrelieved)
 
+    def test_policy_constructor_defaults_are_the_config_defaults(self) -> None:
+        """A policy built by hand gets the configuration's defaults (read from MemGuardConfig, not copied)."""
+        defaults = MemGuardConfig()
+        pressure = SystemPressure(min_available=1)
+        assert (defaults.pressure_min_relief, defaults.pressure_retry) == (pressure.min_relief,
+                                                                           pressure.retry_unrelieved)
+        assert defaults.leak_horizon == LeakProjection(limit=1).horizon
+        assert defaults.kill_grace == PoolLimit(limit=1).grace
+
     def test_leak_projects_to_soft_then_hard(self) -> None:
         """recycle_on_leak projects towards the soft limit, or the hard one without a soft limit."""
         [_, _, leak] = build_policies(MemGuardConfig(soft_limit=200 * MiB, hard_limit=400 * MiB, recycle_on_leak=True))
