@@ -218,3 +218,34 @@ def test_fuzz_random_event_lines(tmp_path: Path) -> None:
         assert report.lines >= report.events + report.foreign + report.corrupt + report.console > 0
         assert sum(report.invalid.values()) <= report.corrupt
         assert data["events"] == report.events
+
+
+def test_hypothesis_any_json_values_in_known_events() -> None:
+    """Property: whatever JSON values the known events' fields hold (any type, NaN, infinities, huge
+    numbers, nesting), aggregating and rendering never raises and the JSON output is strict JSON."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from celery_memguard import events as names
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                        st.text(max_size=30), st.sampled_from(["1e400", "nan", "-inf", "memguard.error", "\x1b[2J"]))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                           st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                          max_leaves=12)
+    keys = sorted({key for fields in names.EVENT_KEYS.values() for key in fields} | {"hostname", "ts"})
+    event = st.builds(lambda name, fields: {"event": name, **fields},
+                      st.sampled_from(sorted(names.EVENT_KEYS)), st.dictionaries(st.sampled_from(keys), values))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(event, min_size=1, max_size=8))
+    def check(batch: list[dict[str, Any]]) -> None:
+        agg = Aggregator()
+        for item in batch:
+            agg.feed(item)
+        report = agg.build([])
+        render_text(report)
+        strict_json(render_json(report))
+        assert report.events + agg.corrupt == len(batch) and sum(report.invalid.values()) == agg.corrupt
+
+    check()
