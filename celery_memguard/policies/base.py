@@ -159,4 +159,4 @@ def as_policy(obj: object) -> AnyPolicy:
 
 def policy_name(policy: object) -> str:
     """The class name of the policy (of the custom object, for an adapted one), for error events."""
-    return type(getattr(policy, "inner", policy) if isinstance(policy, _Adapted) else policy).__name__
+    return type(policy.inner if isinstance(policy, _Adapted) else policy).__name__
