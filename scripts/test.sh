@@ -7,8 +7,9 @@
 #             celery-memguard --help, python -m celery_memguard --help, celery memguard --help
 #   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install)
 #   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
-#             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests plus the real-worker
-#             smoke set (pytest -m smoke); on the oldest Python twice: the oldest Celery (celery==5.3.*,
+#             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests (in the background under
+#             nice 19, while the main suite runs) and, after the main suite, the real-worker smoke set
+#             (pytest -m smoke); on the oldest Python twice: the oldest Celery (celery==5.3.*,
 #             kombu==5.3.*, billiard==4.2.*, in .venv-3.10-celery5.3) and the latest
 #
 # An interpreter is found as python3.X on PATH, else as pyenv's newest 3.X.*; one that is missing is
@@ -43,7 +44,7 @@ pipq() { "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 outcome() {
   local line
   line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped|deselected|xfailed|xpassed)|no tests ran' "$1" \
-         | tail -n 1 | sed -E 's/^=+ //; s/ =+$//; s/ in [0-9.]+s.*$//')
+         | tail -n 1 | sed -E 's/^=+ //; s/ =+$//; s/ in [0-9.]+s.*$//; s/,? [0-9]+ deselected//; s/^, //')
   echo "${line:-no summary}"
 }
 
@@ -119,7 +120,10 @@ else
 fi
 WHEEL=$(ls "$ROOT"/dist/*.whl 2>/dev/null | head -n 1)
 
-# -- other Pythons: set their venvs up side by side (mostly network and disk) ----------------------------
+# -- other Pythons: venvs and unit tests in the background, at the lowest CPU priority -------------------
+# While the main suite runs (mostly real workers waiting on timers), the other Pythons' venvs are set up
+# side by side and their unit tests run one after another under `nice -n 19`, so they take only CPU the
+# main suite leaves idle. Their real-worker smoke sets, timing-sensitive like the main suite, run after it.
 LEGS=()   # "name|interpreter|pins"
 MISSING=()
 if [ "$TEST_MATRIX" != "main" ]; then
@@ -136,23 +140,39 @@ if [ "$TEST_MATRIX" != "main" ]; then
     fi
     [ "$v" = "$MAIN_VER" ] || LEGS+=("$v|$exe|$LATEST_CELERY")
   done
-  if [ -z "$WHEEL" ]; then
-    echo "no wheel was built: the other Pythons cannot be set up"
-  else
-    for leg in ${LEGS[@]+"${LEGS[@]}"}; do
-      IFS='|' read -r name exe pins <<<"$leg"
-      (
-        [ -x ".venv-$name/bin/python" ] || "$exe" -m venv ".venv-$name" || exit 1
-        # shellcheck disable=SC2086 # the pins are separate words
-        pipq ".venv-$name/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade "$WHEEL[test]" $pins
-      ) >"$LOGS/setup-$name.log" 2>&1 &
-    done
-  fi
+  [ -n "$WHEEL" ] || [ ${#LEGS[@]} = 0 ] || echo "no wheel was built: the other Pythons cannot be set up"
+fi
+
+background_legs() {
+  local leg name exe pins py t
+  for leg in ${LEGS[@]+"${LEGS[@]}"}; do
+    IFS='|' read -r name exe pins <<<"$leg"
+    (
+      [ -x ".venv-$name/bin/python" ] || "$exe" -m venv ".venv-$name" || exit 1
+      # shellcheck disable=SC2086 # the pins are separate words
+      pipq ".venv-$name/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade "$WHEEL[test]" $pins
+    ) >"$LOGS/setup-$name.log" 2>&1 &
+  done
+  wait
+  for leg in ${LEGS[@]+"${LEGS[@]}"}; do
+    IFS='|' read -r name exe pins <<<"$leg"
+    py=".venv-$name/bin/python"
+    if ! "$py" -c 'import celery_memguard, celery, pytest' >/dev/null 2>&1; then
+      echo "setup 0" >"$LOGS/$name-unit.status"
+      continue
+    fi
+    t=$SECONDS
+    "$py" -m pytest -p no:cacheprovider -ra -m "not integration" "$@" >"$LOGS/$name-unit.log" 2>&1
+    echo "$? $((SECONDS - t))" >"$LOGS/$name-unit.status"
+  done
+}
+BG=""
+if [ -n "$WHEEL" ] && [ ${#LEGS[@]} -gt 0 ]; then
+  ( renice -n 19 -p "$BASHPID" >/dev/null 2>&1; background_legs "$@" ) &
+  BG=$!
 fi
 
 # -- the main suite ------------------------------------------------------------------------------------
-# Wait for the other venvs first: their installs would compete with the timing-sensitive worker tests.
-wait
 say "main: the whole suite on Python $(pyver .venv/bin/python)"
 t=$SECONDS
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$LOGS/main.log"
@@ -160,21 +180,31 @@ rc=${PIPESTATUS[0]}
 row "$(pyver .venv/bin/python)" "$(celery_of .venv/bin/python)" "full suite" \
     "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/main.log"))" $((SECONDS - t))
 
-# -- the other legs: unit tests + the real-worker smoke set ----------------------------------------------
+# -- the other legs: their unit tests' outcome, then the real-worker smoke set -----------------------------
+if [ -n "$BG" ]; then
+  say "waiting for the other Pythons' unit tests"
+  wait "$BG"
+fi
+ok() { [ "$1" = 0 ] || [ "$1" = 5 ]; }   # 5: pytest collected nothing (arguments that select no such test)
 for leg in ${LEGS[@]+"${LEGS[@]}"}; do
   IFS='|' read -r name exe pins <<<"$leg"
   py=".venv-$name/bin/python"
-  say "leg $name: unit tests + smoke set on Python $(pyver "$exe") ($exe), $([ "$pins" = "$LATEST_CELERY" ] && echo 'the latest Celery' || echo "$pins")"
-  t=$SECONDS
-  if [ -z "$WHEEL" ] || ! "$py" -c 'import celery_memguard, celery, pytest' >/dev/null 2>&1; then
+  say "leg $name: Python $(pyver "$exe") ($exe), $([ "$pins" = "$LATEST_CELERY" ] && echo 'the latest Celery' || echo "$pins")"
+  read -r urc ut 2>/dev/null <"$LOGS/$name-unit.status" || { urc=setup; ut=0; }
+  if [ "$urc" = setup ]; then
     [ -f "$LOGS/setup-$name.log" ] && tail -n 30 "$LOGS/setup-$name.log"
-    row "$(pyver "$exe")" "-" "unit + smoke" "FAIL (setup)" $((SECONDS - t))
+    row "$(pyver "$exe")" "-" "unit + smoke" "FAIL (setup)" 0
     continue
   fi
-  "$py" -m pytest -p no:cacheprovider -ra -m "not integration or smoke" "$@" 2>&1 | tee "$LOGS/$name.log"
-  rc=${PIPESTATUS[0]}
+  echo "unit tests (run in the background, log build/matrix/$name-unit.log):"
+  if ok "$urc"; then tail -n 1 "$LOGS/$name-unit.log"; else tail -n 60 "$LOGS/$name-unit.log"; fi
+  echo "smoke set:"
+  t=$SECONDS
+  "$py" -m pytest -p no:cacheprovider -ra -m smoke "$@" 2>&1 | tee "$LOGS/$name-smoke.log"
+  src=${PIPESTATUS[0]}
+  result=$(ok "$urc" && ok "$src" && echo PASS || echo FAIL)
   row "$(pyver "$exe")" "$(celery_of "$py")" "unit + smoke" \
-      "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/$name.log"))" $((SECONDS - t))
+      "$result (unit: $(outcome "$LOGS/$name-unit.log"); smoke: $(outcome "$LOGS/$name-smoke.log"))" $((ut + SECONDS - t))
 done
 for v in ${MISSING[@]+"${MISSING[@]}"}; do
   row "$v" "-" "nothing: interpreter not found (python$v, pyenv)" "MISSING" 0
