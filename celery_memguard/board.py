@@ -8,7 +8,9 @@ inherits it. Slot ``i`` belongs to the child with pool index ``i``:
   ``struct.pack_into`` calls, no syscalls, no pipes);
 * the master reads which task each child runs and drains finished-task records
   at every poll, and writes *orders* (recycle, stop this task) that the child
-  reads when it receives ``ORDER_SIGNAL``.
+  reads when its order watcher receives ``ORDER_SIGNAL`` (the child records that
+  thread's id in its slot, see :mod:`celery_memguard.orders`), and at each task
+  boundary.
 
 The board cannot grow once children have mapped it, so it is sized at start for
 more children than the pool is likely ever to hold (:func:`board_slots`: at least
@@ -35,8 +37,8 @@ from .samples import TaskSample
 
 __all__ = ["Board", "board_slots", "MIN_SLOTS", "CurrentTask", "Order", "ORDER_SIGNAL", "ORDER_RECYCLE", "ORDER_KILL", "RING_SIZE"]
 
-#: Sent by the master to tell a child to read its order. SIGURG is ignored by
-#: default, so a child that has not installed MemGuard's handler is unharmed.
+#: Sent by the master to tell a child to read its order (to the child's order watcher thread where the
+#: platform allows). SIGURG is ignored by default, so a child without MemGuard is unharmed.
 ORDER_SIGNAL = getattr(signal, "SIGURG", signal.SIGTERM)
 
 ORDER_NONE, ORDER_RECYCLE, ORDER_KILL = 0, 1, 2
@@ -69,7 +71,11 @@ _RING_SEQ = _ORDER_AT + _ORDER.size
 _COUNT_AT = _RING_SEQ + _SEQ.size
 _READY = struct.Struct("<d")  # seconds from fork to ready for the first job, written once by the child
 _READY_AT = _COUNT_AT + _COUNT.size
-_RING_AT = _READY_AT + _READY.size
+# kernel thread id of the child's order watcher (0: none), and whether its main thread's handler for ORDER_SIGNAL is
+# still MemGuard's (the master then signals the main thread too: on most Pythons its handler is the quickest path)
+_WATCHER = struct.Struct("<qq")
+_WATCHER_AT = _READY_AT + _READY.size
+_RING_AT = _WATCHER_AT + _WATCHER.size
 #: The previous occupant's head, copied by ``claim`` before a new child overwrites it, so the task a
 #: child was running when it died survives its replacement (read by ``task_of`` for child_lost).
 _PREV_AT = _RING_AT + RING_SIZE * _REC.size
@@ -143,6 +149,7 @@ class Board:
         _ORDER.pack_into(m, base + _ORDER_AT, 0, ORDER_NONE, 0, 0, b"", b"")
         _SEQ.pack_into(m, base + _HEAD_SEQ, odd + 1)
         _READY.pack_into(m, base + _READY_AT, 0.0)
+        _WATCHER.pack_into(m, base + _WATCHER_AT, 0, 0)
         (ring_seq,) = _SEQ.unpack_from(m, base + _RING_SEQ)
         if ring_seq & 1:
             _SEQ.pack_into(m, base + _RING_SEQ, ring_seq + 1)
@@ -181,6 +188,21 @@ class Board:
     def spawn_time(self, index: int) -> float:
         """The slot's child's fork-to-ready seconds, or 0.0 if not known yet."""
         return _READY.unpack_from(self._map, self._base(index) + _READY_AT)[0]
+
+    def set_watcher(self, index: int, tid: int, main_handler: bool) -> None:
+        """Record the slot's child's order-watcher thread id (see :mod:`celery_memguard.orders`) and whether
+        its main thread's ORDER_SIGNAL handler is MemGuard's."""
+        _WATCHER.pack_into(self._map, self._base(index) + _WATCHER_AT, tid, 1 if main_handler else 0)
+
+    def watcher(self, index: int) -> tuple[int, bool]:
+        """The slot's child's order-watcher thread id (0 if it has none yet) and whether its main thread's
+        ORDER_SIGNAL handler is MemGuard's."""
+        tid, main_handler = _WATCHER.unpack_from(self._map, self._base(index) + _WATCHER_AT)
+        return tid, bool(main_handler)
+
+    def order_seq(self, index: int) -> int:
+        """The sequence number of the slot's latest order (one unpack: cheap enough for every task)."""
+        return _SEQ.unpack_from(self._map, self._base(index) + _ORDER_AT)[0]
 
     def read_order(self, index: int) -> Order:
         seq, action, mem, limit, tid, reason = _ORDER.unpack_from(self._map, self._base(index) + _ORDER_AT)

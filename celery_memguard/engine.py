@@ -9,7 +9,8 @@ is issued once, not at every poll:
 
 * ``RECYCLE`` is ordered once per child; the child exits after its current task.
 * ``KILL`` is ordered once per (child, task). If the same task is still running
-  ``kill_grace`` seconds later (it swallowed the exception, or is stuck in C
+  ``kill_grace`` seconds after the stop was sent (the caller reports that time
+  with :meth:`Engine.order_sent`; it swallowed the exception, or is stuck in C
   code), the engine escalates to ``FORCE_KILL`` (SIGKILL).
 
 Soft actions (a ``RECYCLE`` that is not ``hard``) pass two more gates; a KILL and
@@ -161,6 +162,16 @@ class Engine:
         """The action already ordered for ``pid``, if any."""
         order = self._orders.get(pid)
         return order.action if order else None
+
+    def order_sent(self, pid: int, at: float) -> None:
+        """The stop ordered for ``pid`` was sent at ``at``: its ``kill_grace`` runs from then.
+
+        :meth:`decide` dates an order with the poll's start; sending it may come much later when a poll
+        of many children is slow, and the grace must not shrink by that much.
+        """
+        order = self._orders.get(pid)
+        if order is not None and order.action is Action.KILL and at > order.at:
+            order.at = at
 
     def deferred(self, pid: int) -> float | None:
         """Since when a recycle of ``pid`` has been held back by the storm guard, if it is."""

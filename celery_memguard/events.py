@@ -81,6 +81,7 @@ __all__ = [
     "EVENT_KEYS",
     "LOGGER_NAME",
     "TARGETS",
+    "ORDER_SIGNAL_REPLACED",
     "EventLog",
     "default_log_file",
     "open_log_file",
@@ -118,6 +119,7 @@ CHILD_LOST = "memguard.child_lost"
 RECYCLE_STORM = "memguard.recycle_storm"
 LIMIT_UNREACHABLE = "memguard.limit_unreachable"
 PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
+ORDER_SIGNAL_REPLACED = "memguard.order_signal_replaced"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -133,6 +135,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     DRAINING: ("children", "busy", "enforcing"),
     CHILD_UNGUARDED: ("pid", "index", "board_slots", "effect", "fix"),
     METRIC_UNAVAILABLE: ("pid", "metric", "used", "error", "effect", "fix"),
+    ORDER_SIGNAL_REPLACED: ("pid", "task", "task_id", "signal", "handler", "effect"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),

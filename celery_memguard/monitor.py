@@ -238,6 +238,10 @@ class Monitor:
             self.decided = {**self.decided, key: self.decided.get(key, 0) + 1}
             try:
                 self.actuator.apply(decision, index_of.get(decision.pid))
+                if decision.action is Action.KILL:
+                    # The kill grace runs from when the stop was sent, not from the poll's start: a poll of
+                    # many children can take most of a second under load.
+                    self.engine.order_sent(decision.pid, self.clock())
                 if decision.action is Action.FORCE_KILL and not self.actuator.dry_run:
                     self._killed.add(decision.pid)
             except Exception as exc:
@@ -248,7 +252,7 @@ class Monitor:
             # An idle child told to leave is reminded every poll until it has gone (see worker/child.py).
             if sample.task_id is None and self.engine.pending(sample.pid) in _LEAVING:
                 try:
-                    self.actuator.remind(sample.pid)
+                    self.actuator.remind(sample.pid, index_of.get(sample.pid))
                 except Exception as exc:
                     events.error("actions.remind", exc)
         self.last_poll = PollView(now, tuple(samples), system, self.master_reading)

@@ -2,19 +2,39 @@
 
 The master connects a ``worker_process_init`` receiver before the pool forks, so
 every prefork child runs it once at start: it opens the child's own /proc fds,
-claims its board slot, installs the order-signal handler and wraps billiard's
-``wait_for_job``. That one hook serves two purposes:
+claims its board slot, starts the child's **order watcher** thread (see
+:mod:`celery_memguard.orders`) and wraps billiard's ``wait_for_job``.
 
-* a recycle happens exactly where billiard's own ``max_tasks_per_child`` recycle
-  does: after the finished task's result went to the master, before the next job
-  is taken. A child that is already idle when the order comes leaves at once if
-  it is blocked before the first byte of its next job (the master repeats the
-  signal each poll until it has left); otherwise after the job it is reading;
-* each job's function (Celery's trace function) is wrapped to measure the task:
-  reset the kernel's peak, read RSS, write the current task to the board, run,
-  then read RSS and the peak and append the finished-task record. This costs
-  less than Celery's ``task_prerun``/``task_postrun`` dispatch, which MemGuard
-  therefore does not use (it falls back to them only if the hook is impossible).
+Orders (recycle, stop this task) are written by the master to the child's board
+slot and announced with ``ORDER_SIGNAL`` aimed at the watcher thread, which waits
+for it in ``sigwait``: no Python signal handler has to run, so orders reach children
+on which CPython cannot run one (3.13.0, children forked from billiard's supervisor
+thread on transports without an event loop) and tasks that installed their own
+handler for the signal. The watcher
+
+* stops a task by raising :class:`MemoryLimitExceeded` in the task's thread
+  (``PyThreadState_SetAsyncExc``), only while that very task's function runs: the
+  job wrapper *arms* the stop just before calling it and *disarms* it (withdrawing
+  an exception not raised yet) right after, under one lock with the watcher's check,
+  so the exception can never land in billiard's or MemGuard's code between tasks;
+* marks a recycle; the child leaves where billiard's own ``max_tasks_per_child``
+  recycle does: after the finished task's result went to the master, before the
+  next job is taken. Each task boundary also compares the slot's order number with
+  the last one obeyed, so an order whose signal was lost is obeyed there;
+* for an idle child, and to interrupt a task blocked in a system call, forwards the
+  signal to the main thread, whose handler (where CPython can run it) leaves at
+  once if the child is blocked before the first byte of its next job (nothing has
+  been read, so nothing is lost; the master repeats the signal each poll until the
+  child has left), or raises the pending stop at once. Where the handler cannot run
+  (CPython 3.13.0 as above, or a task replaced it, which is reported once as
+  ``memguard.order_signal_replaced`` naming the task) an idle child leaves after its
+  next job instead, and a stop lands when the blocking call returns.
+
+Each job's function (Celery's trace function) is wrapped to measure the task: reset
+the kernel's peak, read RSS, write the current task to the board, run, then read RSS
+and the peak and append the finished-task record. This costs less than Celery's
+``task_prerun``/``task_postrun`` dispatch, which MemGuard therefore does not use (it
+falls back to them only if the hook is impossible).
 
 With leak detection on, a child whose RSS has grown by :data:`HEAP_ARM_GROWTH`
 since it last looked also measures what its allocators hold in use
@@ -45,16 +65,18 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 import tracemalloc
 from types import FrameType
 from typing import Any
 
 from .. import events
-from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, WATCH_MARK, Board
+from ..board import ORDER_KILL, ORDER_RECYCLE, ORDER_SIGNAL, WATCH_MARK, Board, Order
 from ..diagnostics import LeakSiteTracer
 from ..exceptions import MemoryLimitExceeded
 from ..forensics import EX_RECYCLE
+from ..orders import OrderWatcher, cancel_in_thread, delivering, raise_in_thread
 from ..probes import HeapProbe, SelfProbe
 
 __all__ = ["install", "ChildRuntime", "runtime"]
@@ -110,9 +132,21 @@ class ChildRuntime:
         self.tracer_mem_before = 0
         self.watch_tasks: frozenset[str] = frozenset()  # names the master watches: measured every call, settled
         self.settling = False  # objects frozen for this task's settled reading
+        # -- orders (see the module docstring) --
+        self.main_ident = threading.get_ident()
+        self._orders_lock = threading.RLock()  # re-entrant: the main thread's handler may run inside disarm()
+        self.armed: str | None = None  # id of the task whose function is running (a stop may be raised in it)
+        self.stop_pending: MemoryLimitExceeded | None = None  # scheduled in the main thread, not raised yet
+        self.handler_warned = False
         board.claim(index, self.pid, self.spawned_at)
-        signal.signal(ORDER_SIGNAL, self._on_order)
+        self._handler = self._on_signal
+        signal.signal(ORDER_SIGNAL, self._handler)
         siginterrupt(ORDER_SIGNAL, False)
+        self.watcher = OrderWatcher(self._on_watcher_signal, self._on_watcher_error)
+        try:
+            board.set_watcher(index, self.watcher.start(), main_handler=True)
+        except Exception as exc:  # no watcher: orders reach the child by its signal handler and task boundaries
+            events.error("child.order_watcher", exc)
         self.hooked = self._hook_wait_for_job(worker)
 
     # -- per task (hot path) ---------------------------------------------
@@ -138,9 +172,23 @@ class ChildRuntime:
             elif self.heap_armed > 0:
                 self._heap_start()
 
+    def arm(self, task_id: str) -> None:
+        """The task's function starts: a stop ordered for ``task_id`` may be raised in it from now."""
+        self.armed = task_id
+
+    def disarm(self) -> None:
+        """The task's function has returned: no stop is raised from now on; one scheduled is withdrawn."""
+        with self._orders_lock:
+            self.armed = None
+            if self.stop_pending is not None:
+                self.stop_pending = None
+                cancel_in_thread(self.main_ident)
+
     def after(self, task_id: str, ok: bool) -> None:
         if task_id != self.task_id or self.task is None:
             return
+        if signal.getsignal(ORDER_SIGNAL) is not self._handler and not self.handler_warned:
+            self._handler_replaced(self.task, task_id)
         settled = self.settling
         if settled:
             self._settle_end()
@@ -231,22 +279,79 @@ class ChildRuntime:
             self.tracer.stop()
 
     # -- orders -------------------------------------------------------------
-    def _on_order(self, signum: int, frame: FrameType | None) -> None:
-        order = self.board.read_order(self.index)
-        if order.seq != self.last_order:
+    def obey(self, order: Order) -> bool:
+        """Take the slot's latest order into account; True if a stop was scheduled in the task's thread.
+
+        Called by the watcher thread, by the main thread's handler and at task boundaries; under the
+        orders lock, so a stop is scheduled at most once, and only while the ordered task's function runs.
+        """
+        with self._orders_lock:
+            if order.seq == self.last_order:
+                return False
             self.last_order = order.seq
-            if order.action == ORDER_RECYCLE:
-                self.recycle_requested = True
-            elif order.action == ORDER_KILL:
-                # A child that crossed its hard limit is not reused, whatever happens to the task.
-                self.recycle_requested = True
-                if self.task_id is not None and self.task_id == order.task_id:
-                    metric = order.reason.partition("|")[2] or _metric  # "hard_limit|rss": a fallback reading
-                    raise MemoryLimitExceeded(self.task or "?", order.mem, order.limit, metric, self.pid)
-        # The master repeats the signal while an idle child has not left yet. Leave now only if the
-        # child is blocked before the first byte of its next job: nothing has been read, so nothing is lost.
+            if order.action not in (ORDER_RECYCLE, ORDER_KILL):
+                return False
+            # A child that crossed its hard limit is not reused, whatever happens to the task.
+            self.recycle_requested = True
+            armed = self.armed
+            if order.action != ORDER_KILL or armed is None or order.task_id != _on_board(armed):
+                return False
+            metric = order.reason.partition("|")[2] or _metric  # "hard_limit|rss": a fallback reading
+            stop = MemoryLimitExceeded(self.task or "?", order.mem, order.limit, metric, self.pid)
+            self.stop_pending = stop
+            raise_in_thread(self.main_ident, delivering(stop, self._stop_delivered))
+            return True
+
+    def _stop_delivered(self) -> None:
+        # Runs in the task's thread as CPython raises the stop (no lock: the thread may hold it already).
+        self.stop_pending = None
+
+    def _on_watcher_signal(self) -> None:
+        """The order watcher received ORDER_SIGNAL (watcher thread)."""
+        stopping = self.obey(self.board.read_order(self.index))
+        if (stopping or (self.recycle_requested and self.armed is None)) and self._handler_in_place():
+            # Interrupt a system call the main thread may be blocked in: its handler leaves (idle child
+            # before its next job) or raises the stop at once (task in a blocking call).
+            signal.pthread_kill(self.main_ident, ORDER_SIGNAL)
+
+    def _on_watcher_error(self, exc: Exception) -> None:
+        events.error("child.order_watcher", exc)
+
+    def _handler_in_place(self) -> bool:
+        return signal.getsignal(ORDER_SIGNAL) is self._handler
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """ORDER_SIGNAL in the main thread: forwarded by the watcher, or sent to the process."""
+        self.obey(self.board.read_order(self.index))
+        with self._orders_lock:
+            stop = self.stop_pending if self.armed is not None else None
+            if stop is not None:
+                self.stop_pending = None
+                cancel_in_thread(self.main_ident)  # raised here instead, interrupting a blocking call
+        if stop is not None:
+            raise stop
+        # Leave now only if the child is blocked before the first byte of its next job: nothing has been
+        # read, so nothing is lost.
         if self.recycle_requested and self.task_id is None and self._waiting_for_job(frame):
             self._exit()
+
+    def _check_orders(self) -> None:
+        """At a task boundary: obey an order whose signal never arrived (lost, or no watcher)."""
+        if self.board.order_seq(self.index) != self.last_order:
+            self.obey(self.board.read_order(self.index))
+
+    def _handler_replaced(self, task: str | None, task_id: str) -> None:
+        self.handler_warned = True
+        handler = signal.getsignal(ORDER_SIGNAL)
+        try:
+            # The master stops signalling the main thread: the task's handler is not bothered with orders.
+            self.board.set_watcher(self.index, self.watcher.native_id, main_handler=False)
+            events.emit(events.ORDER_SIGNAL_REPLACED, "warning", pid=self.pid, task=task, task_id=task_id,
+                        signal=signal.Signals(ORDER_SIGNAL).name, handler=_describe(handler),
+                        effect="orders still reach this child through its order watcher; an idle child "
+                               "asked to leave does so after its next task")
+        except Exception as exc:
+            events.error("child.order_signal_replaced", exc)
 
     def _waiting_for_job(self, frame: FrameType | None) -> bool:
         """True if ``frame`` is billiard's pipe read of a job header with no byte consumed yet."""
@@ -270,6 +375,8 @@ class ChildRuntime:
             return False
 
         def wait_for_job() -> Any:
+            if not self.recycle_requested:
+                self._check_orders()
             if self.recycle_requested:
                 self._exit()
             if not self.ready_reported:
@@ -315,16 +422,22 @@ class ChildRuntime:
                 runtime.before(name, task_id)
             except Exception as exc:
                 events.error("child.before_task", exc)
-            ok = False
+            returned: list[Any] = []
             try:
-                result = fun(*args, **kwargs)
-                ok = isinstance(result, tuple) and bool(result) and result[0] == 0
-                return result
+                _call_armed(runtime, task_id, fun, args, kwargs, returned)
+            except MemoryLimitExceeded:
+                if not returned:
+                    raise
+                # The stop landed after the task's function had returned: the task's own outcome stands.
+                runtime.disarm()
             finally:
+                result = returned[0] if returned else None
+                ok = isinstance(result, tuple) and bool(result) and result[0] == 0
                 try:
                     runtime.after(task_id, ok)
                 except Exception as exc:
                     events.error("child.after_task", exc)
+            return result
 
         return measured
 
@@ -340,6 +453,33 @@ class ChildRuntime:
     def _exit(self) -> None:
         # billiard replaced sys.exit in the child to record the exit code it reports.
         sys.exit(EX_RECYCLE)
+
+
+def _call_armed(runtime: ChildRuntime, task_id: str, fun: Any, args: Any, kwargs: Any, returned: list[Any]) -> None:
+    """Run the task's function with its stop armed; its return value goes to ``returned``.
+
+    A frame of its own, so a stop landing in it is handled by the caller: CPython 3.13.0 can skip the
+    handlers of the very frame an asynchronous exception is raised in (python/cpython#139622), never
+    its callers'. The return value is stored with no check for pending exceptions in between.
+    """
+    runtime.armed = task_id
+    try:
+        returned.append(fun(*args, **kwargs))
+    finally:
+        runtime.disarm()
+
+
+def _on_board(task_id: str) -> str:
+    """``task_id`` as the board stores it (orders carry at most 40 bytes of it)."""
+    return task_id.encode()[:40].decode("utf-8", "replace")
+
+
+def _describe(handler: Any) -> str:
+    if handler is None:
+        return "installed outside Python"
+    if isinstance(handler, int):
+        return {int(signal.SIG_DFL): "SIG_DFL", int(signal.SIG_IGN): "SIG_IGN"}.get(int(handler), str(handler))
+    return str(getattr(handler, "__qualname__", None) or repr(handler))[:200]
 
 
 # -- signal receivers -------------------------------------------------------
@@ -375,6 +515,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         return
     try:
         rt.before(str(getattr(task, "name", None) or getattr(sender, "name", None) or "?"), task_id or "")
+        rt.arm(task_id or "")
     except Exception as exc:
         events.error("child.task_prerun", exc)
 
@@ -384,6 +525,7 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, state: str | Non
     if rt is None:
         return
     try:
+        rt.disarm()
         rt.after(task_id or "", state == "SUCCESS")
     except Exception as exc:
         events.error("child.task_postrun", exc)

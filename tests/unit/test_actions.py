@@ -104,6 +104,19 @@ class TestActuator:
                 "task": "app.tasks.grow", "task_id": "id-7"} == {
             k: v for k, v in record.items() if k not in ("ts", "source_pid", "hostname")}
 
+    def test_order_signal_aimed_at_the_watcher_and_the_main_thread(self, logged: EventFile) -> None:
+        """With a watcher recorded, ORDER_SIGNAL goes to it (tid) and, while MemGuard's handler is the main
+        thread's, to the main thread (tid == pid) too; without one, to the process (tid 0)."""
+        board, sent = Board(3), []
+        board.set_watcher(1, 777, main_handler=True)
+        board.set_watcher(2, 778, main_handler=False)
+        actuator = Actuator(board, metric="uss", dry_run=False, notify=lambda pid, tid: sent.append((pid, tid)))
+        actuator.apply(decision(Action.KILL), 1)
+        actuator.apply(decision(Action.KILL, pid=5151), 2)
+        actuator.apply(decision(Action.KILL, pid=6161), 0)
+        actuator.remind(4242, 1)
+        assert [(4242, 777), (4242, 4242), (5151, 778), (6161, 0), (4242, 777), (4242, 4242)] == sent
+
     def test_kill_writes_order_with_task_id(self, logged: EventFile) -> None:
         """KILL writes ORDER_KILL naming the task, memory and limit, then sends SIGURG."""
         board, kill = Board(2), FakeKill()

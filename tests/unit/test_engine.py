@@ -92,6 +92,24 @@ class TestEngineLimits:
         assert [[], []] == [e.decide([child(1, 510 * MiB, "a")], 10.0 + GRACE + d) for d in (0.5, 5.0)]
         assert Action.FORCE_KILL is e.pending(1)
 
+    def test_grace_counts_from_when_the_stop_was_sent(self) -> None:
+        """Issue 13.1: a stop sent 0.8 s after its poll began is escalated kill_grace after it was sent."""
+        e = engine()
+        assert [(Action.KILL, 1, "a")] == actions(e.decide([child(1, 500 * MiB, "a")], 10.0))
+        e.order_sent(1, 10.8)
+        assert [] == e.decide([child(1, 500 * MiB, "a")], 10.0 + GRACE)
+        assert [] == e.decide([child(1, 500 * MiB, "a")], 10.8 + GRACE - 0.01)
+        assert [(Action.FORCE_KILL, 1, "a")] == actions(e.decide([child(1, 500 * MiB, "a")], 10.8 + GRACE))
+
+    def test_order_sent_ignores_recycles_and_earlier_times(self) -> None:
+        """order_sent only moves a KILL's start later; a recycle or an unknown child is left alone."""
+        e = engine()
+        e.decide([child(1, 500 * MiB, "a"), child(2, 300 * MiB)], 10.0)
+        e.order_sent(1, 9.0)
+        e.order_sent(2, 11.0)
+        e.order_sent(3, 11.0)
+        assert [(Action.FORCE_KILL, 1, "a")] == actions(e.decide([child(1, 500 * MiB, "a")], 10.0 + GRACE))
+
     def test_escalates_even_if_memory_dropped(self) -> None:
         """A task that swallowed MemoryLimitExceeded is force-killed even after freeing memory."""
         e = engine()

@@ -112,7 +112,7 @@ class RecordingActuator:
         if self.raises is not None:
             raise self.raises
 
-    def remind(self, pid: int) -> None:
+    def remind(self, pid: int, index: int | None = None) -> None:
         self.reminded.append(pid)
 
 
