@@ -28,6 +28,7 @@ leak, which are heavy, the calls in phases), shared by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -60,9 +61,13 @@ CLEAN_B = "det.clean_render"
 CLEAN_C = "det.clean_hash"
 CLEAN_D = "det.clean_sort"
 COW_TOUCH = "det.cow_touch"
+CACHE_LRU = "det.cache_lru"
+CACHE_DICT = "det.cache_dict"
+CYCLIC = "det.cyclic_garbage"
+LEAK_BESIDE_CYCLES = "det.leak_beside_cycles"
 
 #: Task names that retain memory on every call.
-LEAKING = frozenset({LEAK_BUFFERS, LEAK_OBJECTS, LEAK_DICT, LEAK_LISTENERS, LEAK_SLOW})
+LEAKING = frozenset({LEAK_BUFFERS, LEAK_OBJECTS, LEAK_DICT, LEAK_LISTENERS, LEAK_SLOW, LEAK_BESIDE_CYCLES})
 #: Clean task names (temporaries only).
 CLEAN = (CLEAN_A, CLEAN_B, CLEAN_C, CLEAN_D)
 #: Calls that need far more memory than usual, once: named heavy, never leaks.
@@ -77,6 +82,18 @@ _listeners: list[Callable[[], int]] = []
 _slow: list[bytes] = []
 _cache: OrderedDict[int, bytes] = OrderedDict()
 _fragments: list[object] = []
+_dict_cache: dict[int, bytes] = {}
+_kept_beside_cycles: list[bytes] = []
+
+#: functools.lru_cache(maxsize=256) of ~50 KiB results (~13 MiB per child once full), keys drawn at random
+#: from LRU_KEYS values: the cache's new-key rate falls as it fills, then it evicts one result per miss.
+LRU_MAXSIZE = 256
+LRU_KEYS = 400
+LRU_RESULT = 50 * KiB
+#: A dict cache capped at DICT_CACHE_MIB per child: keys drawn at random from DICT_CACHE_KEYS, 128 KiB each.
+DICT_CACHE_MIB = 24
+DICT_CACHE_ENTRY = 128 * KiB
+DICT_CACHE_KEYS = DICT_CACHE_MIB * MiB // DICT_CACHE_ENTRY
 
 #: The bounded cache's capacity: 24 entries of 256 KiB = 6 MiB, full after 6 calls (4 entries per call).
 CACHE_ENTRIES = 24
@@ -161,6 +178,58 @@ def bounded_cache(key: int) -> dict[str, Any]:
         while len(_cache) > CACHE_ENTRIES:
             _cache.popitem(last=False)
     return {**_done(BOUNDED_CACHE), "hits": hits, "entries": len(_cache)}
+
+
+@functools.lru_cache(maxsize=LRU_MAXSIZE)
+def _lru_result(key: int) -> bytes:
+    return hashlib.sha256(str(key).encode()).digest() * (LRU_RESULT // 32)
+
+
+@app.task(name=CACHE_LRU)
+def cache_lru(key: int) -> dict[str, Any]:
+    """An lru_cache(maxsize=256) of ~50 KiB results: grows while filling (ever more hits), then flat."""
+    return {**_done(CACHE_LRU), "size": len(_lru_result(key)), "cached": _lru_result.cache_info().currsize}
+
+
+@app.task(name=CACHE_DICT)
+def cache_dict(key: int) -> dict[str, Any]:
+    """A dict cache of at most DICT_CACHE_KEYS x 128 KiB (24 MiB) per child, filled by random keys."""
+    if key not in _dict_cache:
+        _dict_cache[key] = hashlib.sha256(str(key).encode()).digest() * (DICT_CACHE_ENTRY // 32)
+    return {**_done(CACHE_DICT), "entries": len(_dict_cache)}
+
+
+class _Node:
+    """Part of a reference cycle (an engine/session graph created per call and dropped)."""
+
+    def __init__(self, parent: "_Node | None", payload: int) -> None:
+        self.parent = parent
+        self.children: list[_Node] = []
+        self.payload = bytearray(payload)
+        if parent is not None:
+            parent.children.append(self)
+
+
+def _cyclic_graph(nodes: int = 200, payload: int = 1024) -> int:
+    """Build ~``nodes`` KiB in cycles (every child points at its parent and back) and drop it."""
+    root = _Node(None, payload)
+    for i in range(nodes - 1):
+        _Node(root if i % 10 == 0 else root.children[-1], payload)
+    return len(root.children)
+
+
+@app.task(name=CYCLIC)
+def cyclic_garbage(nodes: int = 200) -> dict[str, Any]:
+    """Create ~200 KiB of objects in reference cycles and drop them: net flat, freed later by the collector."""
+    return {**_done(CYCLIC), "roots": _cyclic_graph(nodes)}
+
+
+@app.task(name=LEAK_BESIDE_CYCLES)
+def leak_beside_cycles(kib: int = 256, nodes: int = 200) -> dict[str, Any]:
+    """Keep ``kib`` KiB per call and also leave ~200 KiB of cyclic garbage: a leak the collector must not hide."""
+    _kept_beside_cycles.append(b"k" * (kib * KiB))  # LEAK-SITE: det.leak_beside_cycles
+    _cyclic_graph(nodes)
+    return _done(LEAK_BESIDE_CYCLES)
 
 
 @app.task(name=SPIKE_OBJECTS)
@@ -325,7 +394,8 @@ def follow_up(task: str, count: int) -> list[Call]:
     """``count`` more calls of leaking ``task`` (new keys for the dict leak), e.g. to let children trace it."""
     if task == LEAK_DICT:
         return [(task, ("follow-up", 100_000 + i)) for i in range(count)]
-    args = {LEAK_BUFFERS: (2048,), LEAK_OBJECTS: (50_000,), LEAK_LISTENERS: (512,), LEAK_SLOW: (50,)}
+    args = {LEAK_BUFFERS: (2048,), LEAK_OBJECTS: (50_000,), LEAK_LISTENERS: (512,), LEAK_SLOW: (50,),
+            LEAK_BESIDE_CYCLES: (256,)}
     return [(task, args[task])] * count
 
 
@@ -370,7 +440,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                                              + _repeat(LEAK_OBJECTS, _n(120, k), 50_000))],
              tags=frozenset({"leak", "interleaved"})),
     Scenario("all_leaks_mixed", "the five leaks and three clean names (one with a 1 MiB temporary) in one worker",
-             leaking=frozenset(LEAKING),
+             leaking=frozenset(LEAKING - {LEAK_BESIDE_CYCLES}),
              build=lambda rng, k: [_shuffled(rng, _repeat(LEAK_BUFFERS, _n(60, k), 2048)
                                              + _repeat(LEAK_OBJECTS, _n(60, k), 50_000) + _dict_calls(rng, _n(160, k))
                                              + _repeat(LEAK_SLOW, _n(400, k), 50)
@@ -389,6 +459,23 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              tags=frozenset({"control"})),
     Scenario("clean", "4 clean names (JSON parse, text render, 1 MiB hash, sort) interleaved",
              build=lambda rng, k: [_clean(rng, _n(400, k), CLEAN)], tags=frozenset({"control"})),
+    Scenario("lru_cache", f"functools.lru_cache(maxsize={LRU_MAXSIZE}) of 50 KiB results, keys at random from "
+             f"{LRU_KEYS}, among clean calls (~13 MiB per child once full)",
+             build=lambda rng, k: [_shuffled(rng, [(CACHE_LRU, (rng.randrange(LRU_KEYS),)) for _ in range(_n(1200, k))]
+                                             + _clean(rng, _n(300, k)))],
+             tags=frozenset({"control", "cache"})),
+    Scenario("dict_cache", f"a dict cache capped at {DICT_CACHE_MIB} MiB per child filled by random keys",
+             build=lambda rng, k: [_shuffled(rng, [(CACHE_DICT, (rng.randrange(DICT_CACHE_KEYS),))
+                                                   for _ in range(_n(1000, k))] + _clean(rng, _n(300, k)))],
+             tags=frozenset({"control", "cache"})),
+    Scenario("deferred_gc", "~200 KiB of cyclic garbage per call (freed later by the collector) among clean calls",
+             build=lambda rng, k: [_shuffled(rng, _repeat(CYCLIC, _n(400, k), 200) + _clean(rng, _n(400, k)))],
+             tags=frozenset({"control", "gc"})),
+    Scenario("leak_beside_gc", "256 KiB kept per call plus ~200 KiB of cyclic garbage, beside the cyclic task "
+             "and clean calls", leaking=frozenset({LEAK_BESIDE_CYCLES}),
+             build=lambda rng, k: [_shuffled(rng, _repeat(LEAK_BESIDE_CYCLES, _n(150, k), 256)
+                                             + _repeat(CYCLIC, _n(300, k), 200) + _clean(rng, _n(300, k)))],
+             tags=frozenset({"leak", "interleaved", "gc"})),
     Scenario("cow_table", "a 300 MiB table in the master (copy-on-write); clean calls and one writing 2 MiB of it",
              table_mib=300,
              build=lambda rng, k: [_shuffled(rng, _clean(rng, _n(240, k), CLEAN) + _repeat(COW_TOUCH, _n(100, k), 2))],
