@@ -29,6 +29,8 @@ written); readers retry a torn read and give up after a few tries.
 from __future__ import annotations
 
 import mmap
+import os
+import select
 import signal
 import struct
 from dataclasses import dataclass
@@ -63,6 +65,11 @@ WATCH_MARK = "\x1f"
 _SETTLED = 2
 _TRACE_HEAD = struct.Struct("<QB7x")
 _TRACE_NAME = struct.Struct("<128s")
+#: Activity counter (after the trace list): every task start bumps it, so the master can see in one read
+#: whether any child started a task since it last looked (it then polls at once; see Monitor._sleep).
+_ACTIVITY = struct.Struct("<Q")
+#: Set (non-zero) by the master while it sleeps on the wake pipe: a child starting a task then writes a byte.
+_WAITING = struct.Struct("<Q")
 
 _HEAD_SEQ = 0
 _HEAD_AT = _HEAD_SEQ + _SEQ.size
@@ -120,12 +127,20 @@ class Order:
 class Board:
     """Fixed-size table of slots in an anonymous shared mapping."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, *, wake: bool = False) -> None:
+        """``wake``: make a pipe (before the fork) on which the master can sleep until a child starts a task."""
         if slots <= 0:
             raise ValueError("slots must be > 0")
         self.slots = slots
         self._trace_at = slots * SLOT_SIZE
-        self._map = mmap.mmap(-1, self._trace_at + _TRACE_HEAD.size + TRACE_MAX * _TRACE_NAME.size)
+        self._activity_at = self._trace_at + _TRACE_HEAD.size + TRACE_MAX * _TRACE_NAME.size
+        self._waiting_at = self._activity_at + _ACTIVITY.size
+        self._map = mmap.mmap(-1, self._waiting_at + _WAITING.size)
+        self._wake_r = self._wake_w = -1
+        if wake:
+            self._wake_r, self._wake_w = os.pipe()
+            for fd in (self._wake_r, self._wake_w):
+                os.set_blocking(fd, False)  # a child never blocks on it; the master reads what is there
         self._names: dict[str, bytes] = {}
         self._order_seq = 0
 
@@ -161,6 +176,44 @@ class Board:
         _HEAD.pack_into(self._map, base + _HEAD_AT, pid, 1, started, rss, tasks_run, spawned_at,
                         task_id.encode()[:40], self._name(task))
         self._bump(base + _HEAD_SEQ)
+        # Not atomic across children: two concurrent starts may count once, but the value still changes.
+        self._bump(self._activity_at)
+        if self._wake_w >= 0 and _WAITING.unpack_from(self._map, self._waiting_at)[0]:
+            self.wake()
+
+    # -- waking the master -------------------------------------------------
+    @property
+    def can_wake(self) -> bool:
+        """Whether the master can sleep until a task starts (:meth:`sleep_until_task`)."""
+        return self._wake_r >= 0
+
+    def wake(self) -> None:
+        """Wake the master if it sleeps in :meth:`sleep_until_task` (a child's task start, or a stop)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full (the master has plenty to read already) or closed
+
+    def sleep_until_task(self, since: int, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if a task starts (activity moves from ``since``) or
+        :meth:`wake` is called. One ``select``: no wake-up at all while nothing happens."""
+        _WAITING.pack_into(self._map, self._waiting_at, 1)
+        try:
+            # A start just before the flag was set did not write to the pipe, but moved the counter.
+            if self.activity() == since:
+                ready, _, _ = select.select([self._wake_r], [], [], timeout)
+                if ready:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+        finally:
+            _WAITING.pack_into(self._map, self._waiting_at, 0)
+
+    def activity(self) -> int:
+        """A counter every task start changes (compare for inequality only)."""
+        return _ACTIVITY.unpack_from(self._map, self._activity_at)[0]
 
     def task_finished(self, index: int, pid: int, task: str, task_id: str, started: float, duration: float,
                       rss_before: int, rss_after: int, peak: int | None, ok: bool, tasks_run: int,
@@ -323,3 +376,10 @@ class Board:
             self._map.close()
         except Exception:
             pass
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1

@@ -131,6 +131,8 @@ class Engine:
         #: Set during a warm shutdown: the pool is draining, every child leaves after its task anyway, so
         #: only hard limits (and their escalation to SIGKILL) are enforced; no soft recycle is ordered.
         self.draining = False
+        #: Set by the monitor when it watches the board's task starts between polls (see ``_track_growth``).
+        self.idle_watched = False
         #: Actions not taken because they were judged on a fallback reading (see ``_fallback_blocks``).
         self.fallback_blocked = 0
         #: Smallest memory at which any policy can act; below it no exact reading is needed.
@@ -435,10 +437,16 @@ class Engine:
         if dt > 0:
             last.rate = max(0.0, (child.rss - last.rss) / dt)
             last.rss, last.at = child.rss, now
-        # Any child may start a task that grows right after this poll (an idle one may be handed a job
-        # a moment later): plan for the fastest growth we promise to catch, so no child can overshoot
-        # the hard limit by a whole poll interval.
-        rate = max(last.rate, ASSUMED_TASK_GROWTH)
+        # A busy child may start growing right after this poll: plan for the fastest growth we promise to
+        # catch, so no child can overshoot the hard limit by a whole poll interval. So may an idle child
+        # handed a job a moment later, unless the monitor watches the board for task starts between polls
+        # (``idle_watched``) and the child reports its tasks there (a board slot: ``spawned_at`` known):
+        # then an idle child is only expected to grow as it was seen to, and a task start brings the next
+        # poll forward at once.
+        if self.idle_watched and not child.busy and child.spawned_at > 0:
+            rate = last.rate
+        else:
+            rate = max(last.rate, ASSUMED_TASK_GROWTH)
         if self.hard_limit is None or rate <= 0 or self.pending(child.pid) is Action.FORCE_KILL:
             return self.poll_interval
         headroom = self.hard_limit - child.mem

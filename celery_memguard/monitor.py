@@ -44,6 +44,13 @@ FIRST_POLL = 0.02
 #: Longest spacing of exact readings of the master's own memory (it changes slowly); a detector
 #: that needs readings more often says so with its ``sample_interval``.
 MASTER_EXACT_EVERY = 10.0
+#: While it waits for the next poll, the monitor looks this often (one read of the board's activity
+#: counter, ~1 µs) whether a child started a task, and polls at once if one did.
+ACTIVITY_TICK = 0.04
+#: While nothing changes (every child idle at the same RSS), the poll interval doubles up to this factor.
+IDLE_STRETCH = 4
+#: RSS change (bytes) of an idle child still counted as "nothing changed".
+QUIET_RSS_CHANGE = 256 * 1024
 #: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
 SYSTEM_EVERY = 0.5
 
@@ -147,6 +154,11 @@ class Monitor:
         self._top_index = -1  # highest pool index seen: slots 0.._top_index are drained (billiard fills the lowest free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # With a board, task starts are watched between polls: idle children need no fast polling.
+        engine.idle_watched = board is not None
+        self._activity_mark = board.activity() if board is not None else 0
+        self._signature: dict[int, int] | None = None
+        self._quiet = 0
         #: When :meth:`drain` was called (warm shutdown), else None.
         self.draining_since: float | None = None
 
@@ -171,6 +183,8 @@ class Monitor:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self.board is not None:
+            self.board.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         for tracked in self._tracked.values():
@@ -183,18 +197,61 @@ class Monitor:
     def _run(self) -> None:
         # The children exist already and may have picked up a backlog: look at them at once.
         delay = min(FIRST_POLL, self.engine.poll_interval)
-        while not self._stop.wait(delay):
+        while self._sleep(delay):
             try:
                 delay = self.poll()
             except Exception as exc:  # fail open: never let the loop die
                 events.error("monitor.poll", exc)
                 delay = self.engine.poll_interval
 
+    def _sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds, or less if a child starts a task meanwhile; False once stopped.
+
+        Idle children are polled at the configured interval (they are not expected to grow), so a child
+        handed a job must be looked at soon after it starts: the monitor sleeps on the board's wake pipe
+        (a child starting a task writes to it while the master sleeps: no wake-up while nothing happens),
+        or, without one, reads the board's activity counter every ACTIVITY_TICK seconds.
+        """
+        board = self.board if self.engine.idle_watched else None
+        if board is None or delay <= ACTIVITY_TICK:
+            return not self._stop.wait(delay)
+        if board.can_wake:
+            board.sleep_until_task(self._activity_mark, delay)
+            return not self._stop.is_set()
+        end = time.monotonic() + delay
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            if self._stop.wait(min(ACTIVITY_TICK, left)):
+                return False
+            if board.activity() != self._activity_mark:
+                return True
+
+    def _stretch(self, delay: float, samples: list[ChildSample]) -> float:
+        """The delay, doubled (up to IDLE_STRETCH x the interval) while nothing changes: every child idle,
+        no order pending, the same children at the same RSS, no system policy that needs readings."""
+        quiet = (delay >= self.engine.poll_interval and self.system is None and self.board is not None
+                 and self.engine.idle_watched
+                 and all(s.task_id is None and s.spawned_at > 0 and self.engine.pending(s.pid) is None
+                         for s in samples))
+        signature = {s.pid: s.rss for s in samples}
+        previous, self._signature = self._signature, signature
+        if quiet and previous is not None and previous.keys() == signature.keys() and all(
+            abs(signature[pid] - previous[pid]) <= QUIET_RSS_CHANGE for pid in signature
+        ):
+            self._quiet = min(self._quiet + 1, IDLE_STRETCH.bit_length() - 1)
+        else:
+            self._quiet = 0
+        return delay * (1 << self._quiet)
+
     # -- one poll -------------------------------------------------------
     def poll(self) -> float:
         """One poll; returns the delay until the next."""
         now = self.clock()
         self.polls += 1
+        if self.board is not None:
+            self._activity_mark = self.board.activity()  # a task started after this wakes the next sleep
         samples: list[ChildSample] = []
         index_of: dict[int, int | None] = {}
         for pid, index in list(self.children()):
@@ -256,7 +313,7 @@ class Monitor:
                 except Exception as exc:
                     events.error("actions.remind", exc)
         self.last_poll = PollView(now, tuple(samples), system, self.master_reading)
-        return self.engine.next_delay
+        return self._stretch(self.engine.next_delay, samples)
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:
         tracked = self._tracked.get(pid)

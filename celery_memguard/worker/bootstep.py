@@ -151,7 +151,7 @@ class MemGuard(bootsteps.StartStopStep):
             self.prefork = isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool)
             if self.prefork:
                 concurrency = max(int(parent.concurrency or 1), int(getattr(parent, "max_concurrency", 0) or 0))
-                self.board = Board(board_slots(concurrency))
+                self.board = Board(board_slots(concurrency), wake=True)
                 child.install(self.board, cfg.metric, cfg.diagnostics, heap=heap_attribution(cfg))
         except Exception as exc:
             events.error("bootstep.create", exc)

@@ -303,3 +303,15 @@ class TestTaskOfADeadChild:
         b.claim(0, 200, 6.0)
         recorded = b.task_of(0, 100)
         assert recorded is not None and not recorded.busy and recorded.task is None
+
+
+def test_activity_counter_changes_on_every_task_start() -> None:
+    b = Board(2)
+    b.claim(0, 100, 1.0)
+    before = b.activity()
+    b.task_started(0, 100, "app.a", "tid-1", 2.0, MiB, 0, 1.0)
+    first = b.activity()
+    b.task_finished(0, 100, "app.a", "tid-1", 2.0, 0.1, MiB, MiB, None, True, 1, 1.0)
+    assert first != before and b.activity() == first  # a finish is not a start
+    b.task_started(0, 100, "app.a", "tid-2", 3.0, MiB, 1, 1.0)
+    assert b.activity() != first

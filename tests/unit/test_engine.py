@@ -384,3 +384,25 @@ class TestDraining:
         e.draining = True
         assert [(Action.KILL, 1, "a")] == actions(e.decide([child(1, 450 * MiB, "a")], 0.0))
         assert [(Action.FORCE_KILL, 1, "a")] == actions(e.decide([child(1, 450 * MiB, "a")], GRACE + 0.1))
+
+
+class TestIdleChildrenWatched:
+    """Issue 13.9: with task starts watched on the board, idle children need no fast polling."""
+
+    def _delay(self, *, watched: bool, task_id: str | None, spawned_at: float = 5.0) -> float:
+        e = engine(hard=1000 * MiB, soft=None)
+        e.idle_watched = watched
+        for t in (10.0, 10.5):
+            e.decide([child(1, 300 * MiB, task_id, spawned_at=spawned_at)], t)
+        return e.next_delay
+
+    def test_idle_child_polled_at_the_interval(self) -> None:
+        assert POLL == self._delay(watched=True, task_id=None)
+
+    def test_busy_child_still_assumed_to_grow_fast(self) -> None:
+        assert pytest.approx(0.25 * 700 * MiB / ASSUMED_TASK_GROWTH) == self._delay(watched=True, task_id="a")
+
+    def test_unwatched_or_slotless_idle_child_assumed_to_grow_fast(self) -> None:
+        fast = pytest.approx(0.25 * 700 * MiB / ASSUMED_TASK_GROWTH)
+        assert fast == self._delay(watched=False, task_id=None)
+        assert fast == self._delay(watched=True, task_id=None, spawned_at=0.0)  # no board slot: tasks unseen

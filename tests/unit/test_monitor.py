@@ -521,6 +521,47 @@ class TestMonitorThread:
         assert monitor._thread is not None and not monitor._thread.is_alive()
         assert probe.closed
 
+    @pytest.mark.parametrize("wake", [True, False], ids=["wake-pipe", "activity-ticks"])
+    def test_task_start_brings_the_next_poll_forward(self, logged: Path, wake: bool) -> None:
+        """Issue 13.9: idle children are polled at the interval (10 s here), but a task start on the board
+        wakes the monitor at once (wake pipe) or within an activity tick."""
+        board = Board(2, wake=wake)
+        board.claim(0, 11, time.monotonic())
+        engine = Engine([HardLimit(limit=HARD)], kill_grace=2.0, poll_interval=10.0)
+        world = World()
+        world.add(FakeProbe(11, rss=10 * MiB), 0)
+        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=board, metric="uss", open_probe=world.open_probe)  # type: ignore[arg-type]
+        assert engine.idle_watched
+        monitor.start()
+        try:
+            deadline = time.monotonic() + 5.0
+            while monitor.polls < 2 and time.monotonic() < deadline:  # first poll, first look at 0.1 s
+                time.sleep(0.01)
+            time.sleep(0.3)
+            settled = monitor.polls
+            assert settled == 2  # idle: the next poll is 10 s away
+            board.task_started(0, 11, "app.grow", "tid-1", time.monotonic(), 10 * MiB, 0, 1.0)
+            deadline = time.monotonic() + 2.0
+            while monitor.polls == settled and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert monitor.polls > settled
+        finally:
+            started = time.monotonic()
+            monitor.stop()
+            assert time.monotonic() - started < 1.0  # stop wakes a sleeping monitor
+            board.close()
+
+    def test_quiet_idle_pool_stretches_the_interval(self, logged: Path) -> None:
+        """Every child idle at the same RSS: the delay doubles up to IDLE_STRETCH x; any change resets it."""
+        h = Harness(board=Board(2))
+        h.board.claim(0, 11, 1.0)  # type: ignore[union-attr]
+        probe = h.world.add(FakeProbe(11, rss=10 * MiB), 0)
+        delays = [h.poll() for _ in range(5)]
+        assert delays[-1] == 4.0 and delays[-2] == 4.0, delays
+        probe.rss += MiB
+        assert h.poll() == 1.0
+
     def test_thread_survives_poll_errors(self, logged: Path) -> None:
         """An exception escaping poll() is logged and the loop keeps running."""
         engine = Engine([], kill_grace=2.0, poll_interval=0.01)
