@@ -34,6 +34,7 @@ history is full, so hours of polls fit in ``max_points`` readings.
 
 from __future__ import annotations
 
+from ..config import DEFAULTS
 from ..samples import MasterSample
 from ..units import mib
 from .base import MASTER_GROWTH, Detector, Finding
@@ -75,8 +76,8 @@ class MasterGrowthDetector(Detector):
         self,
         *,
         threshold: int,
-        min_span: float = 600.0,
-        grace: float = 60.0,
+        min_span: float = DEFAULTS["master_growth_min_span"],
+        grace: float = DEFAULTS["master_growth_grace"],
         baseline_points: int = 5,
         alpha: float = 0.01,
         worse_factor: float = 1.5,
@@ -105,7 +106,7 @@ class MasterGrowthDetector(Detector):
     def sample_interval(self) -> float:
         """Seconds between master readings this detector needs: ``min_span`` / READINGS_PER_SPAN, within bounds.
 
-        10 s (MAX_SAMPLE_INTERVAL) for the default ``min_span`` of 600 s; shorter spans ask for
+        10 s (MAX_SAMPLE_INTERVAL) for a ``min_span`` of 600 s or more; shorter spans ask for
         readings more often (down to MIN_SAMPLE_INTERVAL).
         """
         return min(MAX_SAMPLE_INTERVAL, max(MIN_SAMPLE_INTERVAL, self.min_span / READINGS_PER_SPAN))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar, Iterable
 
+from ..config import DEFAULTS
 from ..samples import Action, ChildSample, Violation
 from .base import Policy
 
@@ -82,7 +83,7 @@ class Lifetime(Policy):
     reason: ClassVar[str] = "lifetime"
     debounce: ClassVar[bool] = False  # not a noisy reading: strikes would only delay it
 
-    def __init__(self, *, max_lifetime: float, jitter: float = 0.0, rng: random.Random | None = None) -> None:
+    def __init__(self, *, max_lifetime: float, jitter: float = DEFAULTS["jitter"], rng: random.Random | None = None) -> None:
         if max_lifetime <= 0:
             raise ValueError("max_lifetime must be > 0")
         _check_jitter(jitter)
@@ -125,7 +126,7 @@ class MaxTasks(Policy):
     reason: ClassVar[str] = "max_tasks"
     debounce: ClassVar[bool] = False  # not a noisy reading: strikes would only delay it
 
-    def __init__(self, *, max_tasks: int, jitter: float = 0.0, rng: random.Random | None = None) -> None:
+    def __init__(self, *, max_tasks: int, jitter: float = DEFAULTS["jitter"], rng: random.Random | None = None) -> None:
         if max_tasks <= 0:
             raise ValueError("max_tasks must be > 0")
         _check_jitter(jitter)

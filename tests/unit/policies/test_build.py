@@ -64,6 +64,7 @@ class TestBuildPolicies:
                                                                            pressure.retry_unrelieved)
         assert defaults.leak_horizon == LeakProjection(limit=1).horizon
         assert defaults.kill_grace == PoolLimit(limit=1).grace
+        assert defaults.jitter == Lifetime(max_lifetime=60.0).jitter == MaxTasks(max_tasks=10).jitter
 
     def test_leak_projects_to_soft_then_hard(self) -> None:
         """recycle_on_leak projects towards the soft limit, or the hard one without a soft limit."""

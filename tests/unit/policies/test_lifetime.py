@@ -101,7 +101,7 @@ class TestLifetime:
 
     def test_no_jitter_means_the_configured_maximum(self) -> None:
         """jitter=0 gives every child exactly max_lifetime."""
-        policy = Lifetime(max_lifetime=LIFE)
+        policy = Lifetime(max_lifetime=LIFE, jitter=0.0)
         for pid in (1, 2, 3):
             policy.check(child(pid, 100, spawned_at=0.0), 0.0)
         assert [LIFE] * 3 == [policy.deadline(p) for p in (1, 2, 3)]
@@ -132,13 +132,13 @@ class TestLifetime:
 
     def test_unknown_spawn_time_counts_from_first_sight(self) -> None:
         """Without spawned_at the lifetime counts from the first poll that saw the child."""
-        policy = Lifetime(max_lifetime=LIFE)
+        policy = Lifetime(max_lifetime=LIFE, jitter=0.0)
         policy.check(child(1, 100), 50.0)
         assert 50.0 + LIFE == policy.deadline(1)
 
     def test_reused_pid_gets_a_new_deadline(self) -> None:
         """A new child with a reused pid (another spawned_at) is judged afresh."""
-        policy = Lifetime(max_lifetime=LIFE)
+        policy = Lifetime(max_lifetime=LIFE, jitter=0.0)
         policy.check(child(1, 100, spawned_at=0.0), 0.0)
         assert None is policy.check(child(1, 100, spawned_at=LIFE), LIFE + 1)
         assert 2 * LIFE == policy.deadline(1)
@@ -170,7 +170,7 @@ class TestMaxTasks:
 
     def test_recycled_when_limit_reached(self) -> None:
         """A child is left alone below its limit and recycled once it has run that many tasks."""
-        policy = MaxTasks(max_tasks=100)
+        policy = MaxTasks(max_tasks=100, jitter=0.0)
         assert None is policy.check(child(1, 100, tasks_run=99), 0.0)
         violation = policy.check(child(1, 100, tasks_run=100), 1.0)
         assert violation is not None and (100, "tasks") == (violation.limit, violation.unit)
@@ -189,7 +189,7 @@ class TestMaxTasks:
 
     def test_reused_pid_detected_by_tasks_run_dropping(self) -> None:
         """A child whose task count went down is a new child with a reused pid."""
-        policy = MaxTasks(max_tasks=10)
+        policy = MaxTasks(max_tasks=10, jitter=0.0)
         assert policy.check(child(1, 100, tasks_run=10), 0.0) is not None
         assert None is policy.check(child(1, 100, tasks_run=0), 1.0)
 

@@ -92,7 +92,7 @@ class TestStrikes:
 
     def test_lifetime_not_debounced(self) -> None:
         """A lifetime that has run out does not flicker: it is acted on at once."""
-        e = engine([Lifetime(max_lifetime=10.0)], strikes=3)
+        e = engine([Lifetime(max_lifetime=10.0, jitter=0.0)], strikes=3)
         e.decide([child(1, 100, spawned_at=0.0)], 0.0)
         assert [(Action.RECYCLE, 1, "lifetime")] == acts(e.decide([child(1, 100, spawned_at=0.0)], 10.0))
 
