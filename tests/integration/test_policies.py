@@ -125,17 +125,28 @@ def available_memory() -> int:
     raise AssertionError("no MemAvailable in /proc/meminfo")
 
 
+def permanent_pressure_floor() -> int:
+    """A ``min_available`` the host never meets: far above what it has now, yet below its effective memory.
+
+    MemGuard refuses a floor at or above the effective memory (it could never be met); available memory is
+    always below that, so one MiB under it still means "under pressure" from start to end.
+    """
+    from celery_memguard.probes import effective_memory
+
+    return min(available_memory() + PRESSURE_MARGIN, effective_memory() - MiB)
+
+
 def test_pressure_recycles_only_the_child_holding_memory_and_reports_pressure_it_cannot_relieve(
         start_worker: StartWorker, redis_url: str) -> None:
     """Permanent pressure from outside the pool: the child that took 200 MiB goes, the fresh ones never do.
 
-    min_available is set 4 GiB above what the host has, so the worker is under pressure from start to end and
+    min_available is set far above what the host has (4 GiB, or just under its total), so the worker is under pressure from start to end and
     nothing the pool does can end it. Only a child resident at least memguard_pressure_min_relief (32 MiB) more
     than a freshly forked child is worth recycling: the busy 200 MiB holder is recycled after its task (its
     result goes out), its replacement and the idle children are left alone through 20 more tasks, and
     ``memguard.pressure_unrelieved`` says the memory is held outside the children.
     """
-    min_available = available_memory() + PRESSURE_MARGIN
+    min_available = permanent_pressure_floor()
     worker = start_worker(redis_url, concurrency=3, conf=conf(min_available=min_available))
 
     busy = worker.send("pt.hold", 200, 3.0)
@@ -186,7 +197,7 @@ def test_pressure_frees_copy_on_write_copies_once_no_child_offers_lasting_relief
     (no storm); they are still memory the kernel would OOM-kill for, so after memguard_pressure_retry the child holding
     the most of its own (by exact USS, not by RSS, which is the same for both children) is recycled.
     """
-    min_available = available_memory() + PRESSURE_MARGIN
+    min_available = permanent_pressure_floor()
     worker = start_worker(redis_url, concurrency=2, table_mib=COW_TABLE_MIB,
                           conf=conf(min_available=min_available, pressure_retry=PRESSURE_RETRY))
     started = ts(worker.events("memguard.started")[0])
