@@ -25,7 +25,7 @@ from celery_memguard import MemoryLimitExceeded
 from .conftest import StartWorker, Worker, wait_until
 
 MiB = 1024 * 1024
-HARD_LIMIT_MIB = 150
+HARD_LIMIT_MIB = 300
 POLL = 0.1
 REMOTE = {"worker_enable_remote_control": True}
 
@@ -47,8 +47,8 @@ def test_pool_grow_children_are_held_to_the_hard_limit(start_worker: StartWorker
     worker.ping()
 
     peak_files = [tmp_path / f"peak-{n}.json" for n in range(5)]
-    # 20 MiB/s: five growers at once on a shared 2-core machine; the overshoot at speed is test_hard_limit's subject.
-    growers = [worker.send("it.grow", 20, 3 * HARD_LIMIT_MIB, str(f)) for f in peak_files]
+    # 30 MiB/s: five growers at once on a shared 2-core machine; the overshoot at speed is test_hard_limit's subject.
+    growers = [worker.send("it.grow", 30, 2 * HARD_LIMIT_MIB, str(f)) for f in peak_files]
     outcomes = worker.collect(growers, timeout=120)
 
     for outcome in outcomes:
