@@ -243,7 +243,10 @@ class Monitor:
             self._quiet = min(self._quiet + 1, IDLE_STRETCH.bit_length() - 1)
         else:
             self._quiet = 0
-        return delay * (1 << self._quiet)
+        stretched = delay * (1 << self._quiet)
+        if self.master_pid is not None and self.detectors:
+            stretched = min(stretched, max(delay, self.master_every))  # the master is read on its own schedule
+        return stretched
 
     # -- one poll -------------------------------------------------------
     def poll(self) -> float:
