@@ -166,3 +166,27 @@ def test_flat_master_is_not_reported(start_worker: StartWorker, redis_url: str) 
     report = worker.report()
     (host,) = report["hosts"]
     assert host["master"] is None, host["master"]
+
+
+#: Issue 9: on the default settings a master growing >= 1 MiB/s is named within this many seconds of ready.
+DEFAULTS_DEADLINE = 120.0
+
+
+def test_fast_master_leak_is_named_within_two_minutes_on_defaults(start_worker: StartWorker, redis_url: str) -> None:
+    """Defaults (grace 20 s, min span 60 s, 64 MiB): a master growing ~2.5 MiB/s is named within 120 s of the
+    worker becoming ready, with the growth it really had."""
+    worker = start_worker(redis_url, conf={"imports": ["tests.integration.master_tasks"],
+                                           "it_master_grow_kib": GROW_KIB})
+    started = worker.started_at()
+    stream = _stream(worker, DEFAULTS_DEADLINE + 30, until_event=True)
+    assert stream.event_at is not None, f"no {MASTER_GROWTH} within {DEFAULTS_DEADLINE + 30:.0f}s of stream\n" \
+                                        f"{worker.diagnostics()}"
+    _all_succeeded(worker, stream)
+    worker.stop()
+    (event,) = worker.events(MASTER_GROWTH)
+    emitted = _wall_clock(event["ts"])
+    print(f"\ndefaults: worker start -> master_growth {emitted - started:.1f}s: "
+          f"{json.dumps({k: event[k] for k in event if k not in ('note', 'hostname')})}")
+    assert emitted - started <= DEFAULTS_DEADLINE, (emitted - started, event)
+    assert event["growth_mib"] >= 64, event
+    assert worker.events("memguard.error") == [], worker.diagnostics()
