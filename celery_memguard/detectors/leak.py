@@ -80,7 +80,7 @@ CACHE_BOUND = 96 * MiB
 #: CACHE_BOUND before a growing task is named (a likelihood ratio of ~20).
 _CACHE_EVIDENCE = 3.0
 #: Repeats coming significantly more often as entries grow (one-sided z) still mean "could be a cache".
-_CACHE_TREND_Z = 2.0
+_CACHE_TREND_Z = 1.0
 #: Bins of a series' repeat history (see _Series.count).
 _BINS = 64
 #: Fewest keys a cache of CACHE_BOUND must have (at the task's entry size) for the cache model to apply.
@@ -179,9 +179,13 @@ class _Series:
         self.bins = array("l")
         self.bin_width = 1
 
-    def count(self, delta: int, noise: int) -> None:
+    def count(self, delta: int, noise: int, history: bool = True) -> None:
         """Bin one measured call: it added an entry (grew by more than ``noise``) or repeated one (flat)."""
         if delta < -noise:
+            return
+        if not history:
+            if delta > noise:
+                self.entries += 1
             return
         index = self.entries // self.bin_width
         while index >= _BINS:
@@ -301,7 +305,7 @@ class LeakDetector(Detector):
         max_children: int = 32,
         settled_calls: int = 8,
         fill_ratio: float = 0.6,
-        watch_growth: int = MiB,
+        watch_growth: int = 256 * KiB,
         max_watched: int = 12,
         cache_bound: int = CACHE_BOUND,
     ) -> None:
@@ -417,7 +421,10 @@ class LeakDetector(Detector):
                 if series.child_first is None:
                     series.child_first = child_total
                 series.append(delta, settled=sample.heap_settled)
-                series.count(delta, self.noise)
+                # The repeat history takes only calls measured whatever they did: settled readings (every call
+                # of a watched name). Calls measured because RSS had grown are a biased sample (a cache's
+                # repeats seldom grow RSS), so with heap attribution they only count the entries added.
+                series.count(delta, self.noise, history=sample.heap_settled or not self.heap_deltas)
             child_total += delta
             self._child_heap[key] = series.child_last = child_total
         state.calls += 1
@@ -655,16 +662,16 @@ class LeakDetector(Detector):
                     cells.append((index * w + (w - 1) / 2, calls, repeats))
         n = sum(c for _, c, _ in cells)
         repeats = sum(r for _, _, r in cells)
-        if n == 0:
-            return False
-        rate = min(1 - 1e-6, max(1e-6, repeats / n))
-        constant = repeats * math.log(rate) + (n - repeats) * math.log(1 - rate)
         largest = max(series.entries for series in state.series.values()) + 1
         bound = self.cache_bound / entry
         if bound <= largest or bound < _CACHE_MIN_KEYS:
             # No cache within the bound holds what this task already kept; or entries so big that such a
             # cache has too few keys to be filled over hundreds of calls (2 MiB per call: 32 keys).
             return False
+        if n < self.settled_calls:
+            return True  # not enough unbiased calls yet (the name is watched: they are coming)
+        rate = min(1 - 1e-6, max(1e-6, repeats / n))
+        constant = repeats * math.log(rate) + (n - repeats) * math.log(1 - rate)
         # Every key count from half the entries seen up to the bound.
         best = -math.inf
         keys = max(1.0, largest / 2)

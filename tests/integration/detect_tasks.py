@@ -412,7 +412,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("small_objects", "50,000 small str kept per call (~3.4 MiB)", leaking=frozenset({LEAK_OBJECTS}),
              build=lambda rng, k: [_repeat(LEAK_OBJECTS, _n(60, k), 50_000)], tags=frozenset({"leak"})),
     Scenario("dict_by_args", "a dict keyed by (customer, day) memoising ~110 KiB per new key",
-             leaking=frozenset({LEAK_DICT}), build=lambda rng, k: [_dict_calls(rng, _n(250, k))],
+             leaking=frozenset({LEAK_DICT}), build=lambda rng, k: [_dict_calls(rng, _n(700, k))],
              tags=frozenset({"leak"})),
     Scenario("slow_leak", "50 KiB kept per call", leaking=frozenset({LEAK_SLOW}),
              build=lambda rng, k: [_repeat(LEAK_SLOW, _n(400, k), 50)], tags=frozenset({"leak"})),
@@ -442,7 +442,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("all_leaks_mixed", "the five leaks and three clean names (one with a 1 MiB temporary) in one worker",
              leaking=frozenset(LEAKING - {LEAK_BESIDE_CYCLES}),
              build=lambda rng, k: [_shuffled(rng, _repeat(LEAK_BUFFERS, _n(60, k), 2048)
-                                             + _repeat(LEAK_OBJECTS, _n(60, k), 50_000) + _dict_calls(rng, _n(160, k))
+                                             + _repeat(LEAK_OBJECTS, _n(60, k), 50_000) + _dict_calls(rng, _n(600, k))
                                              + _repeat(LEAK_SLOW, _n(400, k), 50)
                                              + _repeat(LEAK_LISTENERS, _n(100, k), 512)
                                              + _clean(rng, _n(300, k), (CLEAN_A, CLEAN_B, CLEAN_C)))],

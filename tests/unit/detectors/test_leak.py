@@ -280,7 +280,8 @@ def _interleaved(calls: int, *, heap_measured: float = 1.0) -> list[TaskSample]:
     The leak keeps 512 KiB per call but refills memory the clean task freed, so its RSS stays
     flat; the clean task's next temporaries touch fresh pages, so RSS grows 512 KiB while it runs.
     The allocators see the truth (``heap_retained``). A fraction ``heap_measured`` of the calls
-    carries a heap reading (the child measures only the tasks after RSS growth).
+    carries a heap reading (the child measures only the tasks after RSS growth); those readings are
+    settled, as for a watched name (test_saturation.py simulates the watch itself).
     """
     rss = {1: 100 * MiB, 2: 100 * MiB}
     out: list[TaskSample] = []
@@ -293,7 +294,7 @@ def _interleaved(calls: int, *, heap_measured: float = 1.0) -> list[TaskSample]:
         out.append(TaskSample(pid=pid, task="t.leak" if leak else "t.clean", task_id=f"id-{n}", started=float(n),
                               duration=0.01, mem_before=rss[pid], mem_after=rss[pid] + rss_delta,
                               per_task_peak=rss[pid] + MiB, succeeded=True,
-                              heap_retained=heap if measured else None))
+                              heap_retained=heap if measured else None, heap_settled=measured))
         rss[pid] += rss_delta
     return out
 
