@@ -293,7 +293,7 @@ def _time_polls(pids: Sequence[int], soft: str | None, hard: str | None, polls: 
     from celery_memguard.board import Board
     from celery_memguard.config import MemGuardConfig
     from celery_memguard.engine import Engine
-    from celery_memguard.monitor import Monitor
+    from celery_memguard.monitor import HostReaders, Monitor, PoolHooks
     from celery_memguard.policies import build_policies
     from celery_memguard.probes import effective_memory
 
@@ -310,9 +310,9 @@ def _time_polls(pids: Sequence[int], soft: str | None, hard: str | None, polls: 
     sent: list[tuple[int, int]] = []
     events.configure(fmt="json", log_file=os.devnull)
     actuator = Actuator(board, metric=cfg.metric, dry_run=False, kill=lambda pid, sig: sent.append((pid, sig)))
-    monitor = Monitor(children=lambda: listing, engine=Engine(build_policies(cfg), kill_grace=cfg.kill_grace,
-                      poll_interval=cfg.poll_interval), actuator=actuator, board=board, metric=cfg.metric,
-                      clock=lambda: next(ticks))
+    monitor = Monitor(pool=PoolHooks(children=lambda: listing), engine=Engine(build_policies(cfg),
+                      kill_grace=cfg.kill_grace, poll_interval=cfg.poll_interval), actuator=actuator, board=board,
+                      metric=cfg.metric, host=HostReaders(clock=lambda: next(ticks)))
     n = len(pids)
     try:
         t = time.perf_counter()

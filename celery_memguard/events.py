@@ -54,10 +54,14 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
+
+if TYPE_CHECKING:
+    from .detectors.base import Finding
 
 __all__ = [
+    "log_finding",
     "STARTED",
     "POOL_UNSUPPORTED",
     "CHILD_RECYCLED",
@@ -521,3 +525,10 @@ def emit(event: str, level: str = "info", **keys: Any) -> None:
 
 def error(where: str, exc: BaseException) -> None:
     get().error(where, exc)
+
+
+def log_finding(finding: "Finding") -> None:
+    """Log a detector's finding: the one place a finding becomes an event (``growth_watch`` at info,
+    an error as error, every other finding as a warning)."""
+    level = "error" if finding.event == ERROR else "info" if finding.event == GROWTH_WATCH else "warning"
+    emit(finding.event, level, **finding.fields)

@@ -33,7 +33,7 @@ from .probes.system import read_system
 from .detectors.base import Detector, Finding
 from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
 
-__all__ = ["Monitor", "PollView"]
+__all__ = ["HostReaders", "Monitor", "PollView", "PoolHooks"]
 
 #: Seconds between exact readings even when the cheap bound says "well below" (at least; longer for
 #: children whose exact reading is costly, see MetricEstimate).
@@ -67,6 +67,43 @@ class PollView:
     master: MasterSample | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolHooks:
+    """What the monitor asks the worker about its pool (supplied by the Celery glue, worker/bootstep.py).
+
+    ``children`` lists the live pool children as ``(pid, pool index)``; ``exit_code`` gives the exit
+    code the pool recorded for a child that left (never reaps it); ``reserved`` counts the messages the
+    worker has prefetched but not finished; ``shutting_down`` says whether the worker is stopping its
+    children on purpose; ``master_pid`` is the worker's main process (None: the master is not read).
+    """
+
+    children: Callable[[], Iterable[tuple[int, int | None]]]
+    exit_code: Callable[[int], int | None] | None = None
+    reserved: Callable[[], int | None] | None = None
+    shutting_down: Callable[[], bool] | None = None
+    master_pid: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostReaders:
+    """How the monitor reads the machine: a probe per process, the system's memory (None: only read to
+    explain a lost child), the kernel's OOM-kill counter, and the clock (tests pass fakes)."""
+
+    open_probe: Callable[[int], ProcessProbe] = open_process_probe
+    system: Callable[[float], SystemSample] | None = None
+    oom_kills: Callable[[], int | None] | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+def _leak_rates(detectors: Sequence[Detector]) -> Callable[[int], tuple[float, float]] | None:
+    """(leak bytes per call, calls per second) of a child, from the detector that estimates them, if any."""
+    for detector in detectors:
+        rates = getattr(detector, "child_leak_rates", None)
+        if callable(rates):
+            return rates  # type: ignore[no-any-return]
+    return None
+
+
 class _Tracked:
     """What the monitor keeps about one child between polls."""
 
@@ -95,49 +132,35 @@ class Monitor:
     def __init__(
         self,
         *,
-        children: Callable[[], Iterable[tuple[int, int | None]]],
+        pool: PoolHooks,
         engine: Engine,
         actuator: Actuator,
         board: Board | None,
         metric: str,
-        open_probe: Callable[[int], ProcessProbe] = open_process_probe,
-        clock: Callable[[], float] = time.monotonic,
-        on_tasks: Callable[[list[TaskSample]], None] | None = None,
         detectors: Sequence[Detector] = (),
-        master_pid: int | None = None,
-        reserved: Callable[[], int | None] | None = None,
-        on_finding: Callable[[Finding], None] | None = None,
-        exit_code: Callable[[int], int | None] | None = None,
-        oom_kills: Callable[[], int | None] | None = None,
+        on_finding: Callable[[Finding], None] = events.log_finding,
+        host: HostReaders = HostReaders(),
         hard_limit: int | None = None,
         effective_memory: int = 0,
-        system: Callable[[float], SystemSample] | None = None,
-        leak_rates: Callable[[int], tuple[float, float]] | None = None,
-        shutting_down: Callable[[], bool] | None = None,
+        on_tasks: Callable[[list[TaskSample]], None] | None = None,
     ) -> None:
-        self.children = children
+        self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
+        self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
         self.engine = engine
         self.actuator = actuator
         self.board = board
         self.metric = metric
-        self.open_probe = open_probe
-        self.clock = clock
+        self.open_probe, self.clock, self.system, self.oom_kills = host.open_probe, host.clock, host.system, host.oom_kills
         self.on_tasks = on_tasks
         self.detectors = list(detectors)
         self.master_every = min([MASTER_EXACT_EVERY] + [
             d.sample_interval for d in self.detectors if d.sample_interval is not None
         ])
         self.on_finding = on_finding
-        self.master_pid = master_pid
-        self.reserved = reserved
         self._master_probe: ProcessProbe | None = None
-        self.exit_code = exit_code
-        self.oom_kills = oom_kills
         self.hard_limit = hard_limit
         self.effective_memory = effective_memory
-        self.system = system
-        self.shutting_down = shutting_down
-        self.leak_rates = leak_rates
+        self.leak_rates = _leak_rates(self.detectors)
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
@@ -454,12 +477,9 @@ class Monitor:
         return True
 
     def _found(self, finding: Finding) -> None:
+        """Hand a finding to the sink (the Guard: it logs it once and keeps what it says)."""
         try:
-            if self.on_finding is not None:
-                self.on_finding(finding)
-            else:
-                level = "error" if finding.event == events.ERROR else "warning"
-                events.emit(finding.event, level, **finding.fields)
+            self.on_finding(finding)
         except Exception as exc:
             events.error("monitor.finding", exc)
 

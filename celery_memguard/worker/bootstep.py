@@ -1,10 +1,14 @@
 """The ``MemGuard`` worker bootstep: the only wiring a project needs.
 
 ``app.steps['worker'].add(MemGuard)``. The step runs in the worker's main
-process. At construction it validates the ``memguard_*`` settings (a bad value
-stops the worker before it starts), after the Pool step is created and before it
-forks it maps the shared board and connects the child-side receivers, and when
-the worker starts it launches the monitor thread. In a warm shutdown the monitor
+process and only wires MemGuard to Celery, like Celery's own ``Heart`` step: at
+construction it validates the ``memguard_*`` settings (a bad value stops the
+worker before it starts); after the Pool step is created and before it forks it
+maps the shared board, connects the child-side receivers and builds the
+:class:`~celery_memguard.guard.Guard` (engine, detectors, monitor, and what the
+findings said: everything MemGuard knows lives there, not in the step); when the
+worker starts it starts the guard with the pool's hooks. ``status()`` (the
+``memguard`` inspect command) and ``info()`` (``celery inspect stats``) read the guard. In a warm shutdown the monitor
 keeps enforcing the hard limit until the pool has drained (see :meth:`MemGuard.stop`);
 in a cold shutdown it stops at once.
 
@@ -15,9 +19,7 @@ stays idle.
 
 from __future__ import annotations
 
-import functools
 import os
-import random
 import time
 from typing import Any
 
@@ -25,25 +27,20 @@ import click
 from celery import bootsteps
 
 from .. import events
-from ..actions import Actuator
-from ..board import TRACE_MAX, WATCH_MARK, Board, board_slots
+from ..board import Board, board_slots
 from ..config import MemGuardConfig, key_name
-from ..detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
-from ..detectors.base import GROWTH_WATCH, HEAVY_TASK, LEAK_CLEARED, LEAK_SUSPECTED, MASTER_GROWTH, Finding
-from ..engine import Engine
 from ..exceptions import ConfigError
-from ..monitor import Monitor
+from ..guard import Guard, build_detectors, heap_attribution
+from ..monitor import PoolHooks
 from ..policies import build_policies
-from ..probes import HeapProbe, effective_memory, heap_probe
-from ..probes.system import oom_kill_count, read_system
+from ..probes import effective_memory
 from . import child
 from .control import status_of
 from .options import option_name, overrides_from, register
-from ..units import mib
 
 register()  # the --memguard-* options of `celery worker`, when Celery's command line is what imports us
 
-__all__ = ["MemGuard", "WorkerConfigError"]
+__all__ = ["MemGuard", "WorkerConfigError", "build_detectors", "heap_attribution"]
 
 
 class WorkerConfigError(ConfigError, click.ClickException):
@@ -59,23 +56,11 @@ class WorkerConfigError(ConfigError, click.ClickException):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.value, self.accepted))
 
-_UNSUPPORTED = {
-    "can": "validate its settings and log memguard.started",
-    "cannot": (
-        "measure tasks per child, recycle or stop anything: the {pool} pool runs tasks inside the worker "
-        "process itself, so a limit could only kill the whole worker. Use --pool=prefork for memory limits, "
-        "or rely on the container's limit"
-    ),
-}
-
-
 class MemGuard(bootsteps.StartStopStep):
     """Per-child memory measurement and limits for Celery prefork workers."""
 
-    #: The leak detector (its watched names are published for the children) and the trace list as last
-    #: published (class defaults; set per instance in start()).
-    _leak: LeakDetector | None = None
-    _published: list[str] = []
+    #: What MemGuard knows and does in this worker (built in create(), see celery_memguard/guard.py).
+    guard: Guard | None = None
 
     label = "MemGuard"
     requires = ("celery.worker.components:Pool",)
@@ -98,15 +83,8 @@ class MemGuard(bootsteps.StartStopStep):
                 "memguard_policies", list(self.config.policies),
                 f"importable policy classes with check(child, now) or check_pool(children, now, system) ({exc})",
             ) from None
-        self.monitor: Monitor | None = None
         self.board: Board | None = None
         self.prefork = False
-        self.pool_name = "?"
-        # What the findings said so far, for the ``memguard`` inspect command and the trace list (written
-        # by the monitor thread, replaced whole, never mutated in place: the command's thread reads them).
-        self._live_suspects: dict[str, dict[str, Any]] = {}
-        self._live_heavy: dict[str, int] = {}
-        self._live_master: dict[str, Any] | None = None
         if self.config.enabled:
             self._open_event_log(parent)
 
@@ -156,67 +134,17 @@ class MemGuard(bootsteps.StartStopStep):
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
+        self.guard = Guard(cfg, pool_name=_pool_name(parent), board=self.board if self.prefork else None)
         return self
 
     def start(self, parent: Any) -> None:
-        cfg = self.config
-        pool_name = self.pool_name = _pool_name(parent)
-        engine: Engine | None = None
-        try:
-            engine = Engine.from_config(cfg, rng=random.Random())
-        except Exception as exc:
-            events.error("bootstep.engine", exc)
-        events.emit(
-            events.STARTED,
-            pool=pool_name,
-            concurrency=parent.concurrency,
-            metric=cfg.metric,
-            soft_limit_mib=mib(cfg.soft_limit),
-            hard_limit_mib=mib(cfg.hard_limit),
-            poll_interval=cfg.poll_interval,
-            dry_run=cfg.dry_run,
-            kill_grace=cfg.kill_grace,
-            effective_memory_mib=mib(cfg.effective_memory),
-            policies=[p.reason for p in engine.policies] if engine else [],
-            leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
-            log=events.get().describe(),
-        )
-        if not self.prefork:
-            events.emit(events.POOL_UNSUPPORTED, "warning", pool=pool_name, can=_UNSUPPORTED["can"],
-                        cannot=_UNSUPPORTED["cannot"].format(pool=pool_name))
+        guard = self.guard
+        if guard is None:
             return
-        if engine is None:
-            return
-        try:
-            actuator = Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run)
-            view = _PoolView(parent)
-            try:
-                detectors = build_detectors(cfg)
-                self._leak = next((d for d in detectors if isinstance(d, LeakDetector)), None)
-            except Exception as exc:  # limits still apply without detection
-                events.error("bootstep.detectors", exc)
-                detectors = []
-            self.monitor = Monitor(
-                children=view.children,
-                engine=engine,
-                actuator=actuator,
-                board=self.board,
-                metric=cfg.metric,
-                detectors=detectors,
-                master_pid=os.getpid(),
-                reserved=_reserved_count,
-                on_finding=self._on_finding,
-                exit_code=view.exit_code,
-                oom_kills=oom_kill_count,
-                hard_limit=cfg.hard_limit,
-                effective_memory=cfg.effective_memory,
-                system=read_system if (cfg.min_available is not None or cfg.psi_threshold is not None) else None,
-                leak_rates=_leak_rates(detectors),
-                shutting_down=_shutting_down,
-            )
-            self.monitor.start()
-        except Exception as exc:
-            events.error("bootstep.start", exc)
+        guard.announce(parent.concurrency)
+        view = _PoolView(parent)
+        guard.start(PoolHooks(children=view.children, exit_code=view.exit_code, reserved=_reserved_count,
+                              shutting_down=_shutting_down, master_pid=os.getpid()))
 
     def stop(self, parent: Any) -> None:
         """Warm shutdown: keep enforcing the hard limit until the pool's last child has exited.
@@ -228,11 +156,11 @@ class MemGuard(bootsteps.StartStopStep):
         once the join has returned; ``memguard.stopped`` follows. Without a running prefork pool it
         stops at once.
         """
-        monitor = self.monitor
-        if monitor is None:
+        guard = self.guard
+        if guard is None or not guard.active:
             return
         try:
-            if self._hold_until_drained(getattr(parent, "pool", None), monitor):
+            if self._hold_until_drained(getattr(parent, "pool", None), guard):
                 return
         except Exception as exc:
             events.error("bootstep.drain", exc)
@@ -242,7 +170,7 @@ class MemGuard(bootsteps.StartStopStep):
         """Cold shutdown: stop the monitor at once (the pool is about to kill its children)."""
         self._finish("cold")
 
-    def _hold_until_drained(self, pool: Any, monitor: Monitor) -> bool:
+    def _hold_until_drained(self, pool: Any, guard: Guard) -> bool:
         """Wrap the pool's ``stop``/``terminate`` so the monitor stops when the pool has drained."""
         if pool is None or getattr(pool, "_pool", None) is None or getattr(pool, "_memguard_held", False):
             return False
@@ -259,119 +187,28 @@ class MemGuard(bootsteps.StartStopStep):
             return original_terminate()
 
         pool.stop, pool.terminate, pool._memguard_held = stop_after_drain, terminate_now, True
-        monitor.drain()
-        last = monitor.last_poll
-        events.emit(events.DRAINING, children=len(last.children) if last is not None else None,
-                    busy=sum(1 for c in last.children if c.task_id) if last is not None else None,
-                    enforcing="hard_limit")
+        guard.drain()
         return True
 
     def _finish(self, how: str) -> None:
-        """Stop the monitor (once) and log ``memguard.stopped``."""
-        monitor, self.monitor = self.monitor, None
-        if monitor is None:
-            return
-        try:
-            monitor.stop()
-            drained = monitor.draining_since
-            events.emit(events.STOPPED, polls=monitor.polls, decisions=monitor.decisions, shutdown=how,
-                        drained_s=None if drained is None else round(monitor.clock() - drained, 1),
-                        events_dropped=events.get().dropped)
-        except Exception as exc:
-            events.error("bootstep.stop", exc)
+        """Stop the guard's monitor (once) and log ``memguard.stopped``."""
+        if self.guard is not None:
+            self.guard.stop(how)
 
     def status(self) -> dict[str, Any]:
         """What MemGuard sees right now (the ``memguard`` inspect command's reply)."""
-        return status_of(self, time.monotonic())
+        return status_of(self.guard, time.monotonic())
 
-    def live_suspects(self) -> dict[str, dict[str, Any]]:
-        """The current leak suspects' latest ``memguard.leak_suspected`` fields, by task."""
-        return self._live_suspects
-
-    def live_heavy(self) -> dict[str, int]:
-        """How many ``memguard.heavy_task`` findings each task has had."""
-        return self._live_heavy
-
-    def live_master_growth(self) -> dict[str, Any] | None:
-        """The latest ``memguard.master_growth`` fields, or None."""
-        return self._live_master
-
-    def _remember(self, finding: Finding) -> None:
-        """Keep what the status command shows (and, for the suspects, the children's trace list); each
-        table is replaced, never changed in place."""
-        task = finding.task or str(finding.fields.get("task") or "")
-        if finding.event == LEAK_SUSPECTED and task:
-            self._live_suspects = {**self._live_suspects, task: dict(finding.fields)}
-        elif finding.event == LEAK_CLEARED and task in self._live_suspects:
-            self._live_suspects = {k: v for k, v in self._live_suspects.items() if k != task}
-        elif finding.event == HEAVY_TASK and task:
-            self._live_heavy = {**self._live_heavy, task: self._live_heavy.get(task, 0) + 1}
-        elif finding.event == MASTER_GROWTH:
-            self._live_master = dict(finding.fields)
-
-    def _on_finding(self, finding: Finding) -> None:
-        """Log a detector's finding; publish leak suspects so children trace their allocation sites, and
-        the watched names so children measure every call of them (settled readings)."""
-        level = "error" if finding.event == events.ERROR else "info" if finding.event == GROWTH_WATCH else "warning"
-        events.emit(finding.event, level, **finding.fields)
+    def info(self, parent: Any) -> dict[str, Any]:
+        """The ``memguard`` section of ``celery inspect stats`` (and Flower's worker page)."""
         try:
-            self._remember(finding)
-        except Exception as exc:
-            events.error("bootstep.status", exc)
-            return
-        if self.board is None or finding.event not in (LEAK_SUSPECTED, LEAK_CLEARED, GROWTH_WATCH):
-            return
-        try:
-            traced = list(self._live_suspects)[-TRACE_MAX:] if self.config.diagnostics != "off" else []
-            watched = sorted(self._leak.watched - set(traced)) if self._leak is not None and self._leak.heap_deltas \
-                else []
-            published = traced + [WATCH_MARK + name for name in watched][: TRACE_MAX - len(traced)]
-            if published != self._published:
-                self.board.set_trace(published)
-                self._published = published
-        except Exception as exc:
-            events.error("bootstep.trace_list", exc)
+            return {"memguard": self.guard.summary() if self.guard is not None else {"active": False}}
+        except Exception as exc:  # fail open: stats without the section, never a failed reply
+            events.error("bootstep.info", exc)
+            return {}
 
     def shutdown(self, parent: Any) -> None:
         self._finish("warm")
-
-
-def heap_attribution(cfg: MemGuardConfig) -> HeapProbe | None:
-    """The probe the children attribute leaks with (allocator counters), or None: RSS deltas.
-
-    The children are forks of this process, so the probe found (and checked) here serves them too.
-    """
-    return _heap_probe() if cfg.leak_detection else None
-
-
-@functools.cache
-def _heap_probe() -> HeapProbe | None:
-    return heap_probe()
-
-
-def build_detectors(cfg: MemGuardConfig) -> list[Any]:
-    """The detectors the configuration enables (leaks, heavy tasks, master growth)."""
-    detectors: list[Any] = []
-    if not cfg.leak_detection:
-        return detectors
-    detectors.append(LeakDetector(soft_limit=cfg.soft_limit, heap_deltas=heap_attribution(cfg) is not None))
-    heavy_size, heavy_multiple = cfg.heavy_task_threshold
-    if heavy_size is not None or heavy_multiple is not None:
-        detectors.append(HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
-    if cfg.master_growth_threshold is not None:
-        detectors.append(MasterGrowthDetector(threshold=cfg.master_growth_threshold,
-                                              grace=cfg.master_growth_grace,
-                                              min_span=cfg.master_growth_min_span))
-    return detectors
-
-
-def _leak_rates(detectors: list[Any]) -> Any:
-    """A callable giving (leak bytes per call, calls per second) for a child, from the leak detector."""
-    for detector in detectors:
-        rates = getattr(detector, "child_leak_rates", None)
-        if callable(rates):
-            return rates
-    return None
 
 
 def _pool_name(parent: Any) -> str:

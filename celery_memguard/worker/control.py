@@ -11,8 +11,8 @@ because they could not be written.
 
 The command runs in the worker's consumer thread while the monitor thread
 polls: it reads only what the monitor publishes whole after each poll
-(:class:`~celery_memguard.monitor.PollView`) and copies of the bootstep's
-finding tables, never the detectors' or the engine's working state (except one
+(:class:`~celery_memguard.monitor.PollView`) and the guard's finding tables
+(:class:`~celery_memguard.guard.Guard`, replaced whole), never the detectors' or the engine's working state (except one
 dict lookup per child for its pending order). It costs no reading of its own.
 It is registered when this module is imported, which happens when the app
 module imports ``celery_memguard.MemGuard`` (so the client's ``celery inspect``
@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 from celery.worker.control import inspect_command
 
 from .. import events
+from ..monitor import PollView
 from ..units import mib
 
 if TYPE_CHECKING:
-    from .bootstep import MemGuard
+    from ..guard import Guard
 
 __all__ = ["COMMAND", "status_of", "memguard_status", "load_app"]
 
@@ -40,13 +41,14 @@ NOT_ENABLED = ("MemGuard is not running in this worker: add it with app.steps['w
                "and keep memguard_enabled = True")
 
 
-def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
-    """The JSON-able status of a running MemGuard bootstep; ``now`` on the monitor's clock."""
-    cfg = step.config
-    monitor = step.monitor
+def status_of(guard: "Guard | None", now: float) -> dict[str, Any]:
+    """The JSON-able status of a worker's MemGuard (its :class:`Guard`); ``now`` on the monitor's clock."""
+    if guard is None:
+        return {"active": False, "reason": "MemGuard has not started yet", "events": _events_status()}
+    cfg = guard.config
     status: dict[str, Any] = {
-        "pool": step.pool_name,
-        "active": monitor is not None,
+        "pool": guard.pool_name,
+        "active": guard.active,
         "metric": cfg.metric,
         "dry_run": cfg.dry_run,
         "limits": {
@@ -56,13 +58,14 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
             "min_available_mib": mib(cfg.min_available),
             "psi_threshold": cfg.psi_threshold,
         },
-        "suspects": sorted(step.live_suspects().values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
-        "heavy_tasks": step.live_heavy(),
-        "master_growth": step.live_master_growth(),
+        "suspects": sorted(guard.suspects.values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
+        "heavy_tasks": guard.heavy,
+        "master_growth": guard.master_growth,
         "events": _events_status(),
     }
+    monitor = guard.monitor
     if monitor is None:
-        status["reason"] = ("the pool has no child processes to police" if not step.prefork
+        status["reason"] = ("the pool has no child processes to police" if guard.board is None
                             else "the monitor did not start (see memguard.error)")
         return status
     view = monitor.last_poll
@@ -72,22 +75,7 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
     if view is None:
         status["children"] = []
         return status
-    children = []
-    for child in view.children:
-        pending = monitor.engine.pending(child.pid)
-        children.append({
-            "pid": child.pid,
-            "mem_mib": mib(child.mem),
-            "exact": child.exact,  # False: mem_mib is an upper bound (the exact reading was not needed)
-            "metric": child.fallback or cfg.metric,  # "rss" when the configured metric cannot be read for it
-            "rss_mib": mib(child.rss),
-            "task": child.task,
-            "task_id": child.task_id,
-            "tasks_run": child.tasks_run,
-            "age_s": round(view.at - child.spawned_at, 1) if child.spawned_at else None,
-            "leaving": pending.value if pending is not None else None,
-        })
-    status["children"] = children
+    status["children"] = _children_status(guard, view)
     status["pool_mib"] = mib(sum(child.mem for child in view.children))
     status["pool_exact"] = all(child.exact for child in view.children)
     status["poll_age_s"] = round(max(0.0, now - view.at), 3)
@@ -100,6 +88,27 @@ def status_of(step: "MemGuard", now: float) -> dict[str, Any]:
         status["system"] = {"available_mib": mib(system.available), "total_mib": mib(system.total),
                             "psi_some_avg10": system.psi_some_avg10}
     return status
+
+
+def _children_status(guard: "Guard", view: PollView) -> list[dict[str, Any]]:
+    """Each pool child as the latest poll saw it, with any order already given to it."""
+    cfg = guard.config
+    children: list[dict[str, Any]] = []
+    for child in view.children:
+        pending = guard.pending(child.pid)
+        children.append({
+            "pid": child.pid,
+            "mem_mib": mib(child.mem),
+            "exact": child.exact,  # False: mem_mib is an upper bound (the exact reading was not needed)
+            "metric": child.fallback or cfg.metric,  # "rss" when the configured metric cannot be read for it
+            "rss_mib": mib(child.rss),
+            "task": child.task,
+            "task_id": child.task_id,
+            "tasks_run": child.tasks_run,
+            "age_s": round(view.at - child.spawned_at, 1) if child.spawned_at else None,
+            "leaving": pending.value if pending is not None else None,
+        })
+    return children
 
 
 def _events_status() -> dict[str, Any]:

@@ -4,7 +4,9 @@
   operator would run it) lists exactly the worker's live pool children with their memory,
   the task each is running, the leak suspect the workload produced, and the recycle
   MemGuard ordered, counted by reason; the text format renders the same reply.
-* ``celery -A proj inspect memguard`` (Celery's own command) returns the same data.
+* ``celery -A proj inspect memguard`` (Celery's own command) returns the same data, and
+  ``celery -A proj inspect stats`` carries a compact ``memguard`` section (limits, per-child
+  memory, recycles by reason, suspects) read from the same Guard.
 * On a solo worker the command answers that MemGuard is not policing, with the reason.
 """
 
@@ -83,6 +85,18 @@ def test_status_lists_live_children_suspects_and_decisions(start_worker: StartWo
     raw = celery_cli(worker, "inspect", "memguard", "-d", hostname, "--json", "--timeout", "5")
     assert raw.returncode == 0, raw.stderr
     assert json.loads(raw.stdout)[hostname]["suspects"][0]["task"] == "it.retain", raw.stdout
+
+    # `celery inspect stats` (and Flower's worker page) carry the same knowledge, compactly.
+    stats = celery_cli(worker, "inspect", "stats", "-d", hostname, "--json", "--timeout", "5")
+    assert stats.returncode == 0, stats.stderr
+    section = json.loads(stats.stdout)[hostname]["memguard"]
+    print(json.dumps(section, indent=1))
+    assert section["active"] is True and section["metric"] == "uss", section
+    assert section["limits_mib"] == {"soft": SOFT_LIMIT_MIB, "hard": None, "pool": None}, section
+    assert {int(pid) for pid in section["children_mib"]} == worker.child_pids(), section
+    assert all(mem > 0 for mem in section["children_mib"].values()), section
+    assert section["recycles"] == {"soft_limit": recycled} and section["kills"] == {}, (section, recycled)
+    assert section["suspects_kib_per_call"]["it.retain"] > 0.5 * LEAK_MIB * 1024, section
     assert worker.events("memguard.error") == []
 
 

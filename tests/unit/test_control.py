@@ -19,13 +19,17 @@ MiB = 1024 * 1024
 
 
 def step(*, monitor: Any = None, prefork: bool = True, **conf: Any) -> Any:
+    """A Guard as the status command reads it (config, monitor, finding tables), with synthetic state."""
     config = MemGuardConfig.from_mapping({"memguard_soft_limit": "512MiB", **conf}, 8 * 1024 * MiB)
+    engine = getattr(monitor, "engine", None)
+    pending = engine.pending if engine is not None else (lambda pid: None)
     return SimpleNamespace(
-        config=config, monitor=monitor, prefork=prefork, pool_name="prefork" if prefork else "solo",
-        live_suspects=lambda: {"app.leak": {"task": "app.leak", "kib_per_call": 2048.0, "confidence": 0.9,
-                                            "calls_observed": 21, "children": 2}},
-        live_heavy=lambda: {"app.big": 2},
-        live_master_growth=lambda: None,
+        config=config, monitor=monitor, active=monitor is not None, board=object() if prefork else None,
+        pool_name="prefork" if prefork else "solo", pending=pending,
+        suspects={"app.leak": {"task": "app.leak", "kib_per_call": 2048.0, "confidence": 0.9,
+                               "calls_observed": 21, "children": 2}},
+        heavy={"app.big": 2},
+        master_growth=None,
     )
 
 
@@ -114,31 +118,30 @@ class TestRenderStatus:
 
 
 class TestFindingTables:
-    """The bootstep's finding tables: the status command's suspects and the children's trace list."""
+    """The guard's finding tables: the status command's suspects and the children's trace list."""
 
     def make(self, monkeypatch: pytest.MonkeyPatch, diagnostics: str = "tracemalloc") -> tuple[Any, list[list[str]]]:
-        from celery_memguard.worker.bootstep import MemGuard
+        from celery_memguard.guard import Guard
 
         monkeypatch.setattr(events, "emit", lambda *a, **k: None)
         traces: list[list[str]] = []
-        step: Any = object.__new__(MemGuard)
-        step.config = MemGuardConfig.from_mapping({"memguard_diagnostics": diagnostics}, 8 * 1024 * MiB)
-        step.board = SimpleNamespace(set_trace=lambda names: traces.append(list(names)))
-        step._live_suspects, step._live_heavy, step._live_master = {}, {}, None
-        return step, traces
+        config = MemGuardConfig.from_mapping({"memguard_diagnostics": diagnostics, "memguard_leak_detection": False},
+                                             8 * 1024 * MiB)
+        board: Any = SimpleNamespace(set_trace=lambda names: traces.append(list(names)))
+        return Guard(config, pool_name="prefork", board=board), traces
 
     def test_trace_list_follows_suspicions_oldest_first(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from celery_memguard.detectors.base import Finding
 
         step, traces = self.make(monkeypatch)
-        step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
-        step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 2.0}, task="a"))  # update
-        step._on_finding(Finding("memguard.leak_suspected", {"task": "b", "kib_per_call": 3.0}, task="b"))
-        step._on_finding(Finding("memguard.heavy_task", {"task": "c"}, task="c"))
-        step._on_finding(Finding("memguard.leak_cleared", {"task": "a"}, task="a"))
+        step.record(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
+        step.record(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 2.0}, task="a"))  # update
+        step.record(Finding("memguard.leak_suspected", {"task": "b", "kib_per_call": 3.0}, task="b"))
+        step.record(Finding("memguard.heavy_task", {"task": "c"}, task="c"))
+        step.record(Finding("memguard.leak_cleared", {"task": "a"}, task="a"))
         assert traces == [["a"], ["a", "b"], ["b"]]
-        assert step.live_suspects() == {"b": {"task": "b", "kib_per_call": 3.0}}
-        assert step.live_heavy() == {"c": 1}
+        assert step.suspects == {"b": {"task": "b", "kib_per_call": 3.0}}
+        assert step.heavy == {"c": 1}
 
     def test_watched_names_published_with_the_watch_mark(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Growing names the leak detector watches are published (marked) so children measure every call."""
@@ -151,16 +154,16 @@ class TestFindingTables:
             step._leak = leak = LeakDetector(heap_deltas=True)
             monkeypatch.setattr(LeakDetector, "watched", property(lambda self: self._names), raising=False)
             leak._names = frozenset({"a", "w"})  # type: ignore[attr-defined]
-            step._on_finding(Finding("memguard.growth_watch", {"task": "w", "state": "watching"}, task="w"))
-            step._on_finding(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
+            step.record(Finding("memguard.growth_watch", {"task": "w", "state": "watching"}, task="w"))
+            step.record(Finding("memguard.leak_suspected", {"task": "a", "kib_per_call": 1.0}, task="a"))
             assert traces[-1] == sorted(first + [WATCH_MARK + "w"]) or traces[-1] == first + [WATCH_MARK + "w"]
             leak._names = frozenset()  # type: ignore[attr-defined]
-            step._on_finding(Finding("memguard.growth_watch", {"task": "w", "state": "settled"}, task="w"))
+            step.record(Finding("memguard.growth_watch", {"task": "w", "state": "settled"}, task="w"))
             assert traces[-1] == (["a"] if diagnostics != "off" else [])
 
     def test_no_trace_list_with_diagnostics_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from celery_memguard.detectors.base import Finding
 
         step, traces = self.make(monkeypatch, diagnostics="off")
-        step._on_finding(Finding("memguard.leak_suspected", {"task": "a"}, task="a"))
-        assert traces == [] and list(step.live_suspects()) == ["a"]
+        step.record(Finding("memguard.leak_suspected", {"task": "a"}, task="a"))
+        assert traces == [] and list(step.suspects) == ["a"]

@@ -19,7 +19,7 @@ from celery_memguard import events
 from celery_memguard.board import Board
 from celery_memguard.engine import ASSUMED_TASK_GROWTH, Engine
 from celery_memguard.estimate import PAGE_SIZE
-from celery_memguard.monitor import EXACT_REFRESH, Monitor
+from celery_memguard.monitor import EXACT_REFRESH, HostReaders, Monitor, PoolHooks
 from celery_memguard.policies import HardLimit, SoftLimit
 from celery_memguard.probes import ProbeError, ProcessGone
 from celery_memguard.samples import Action, ChildSample, Decision, TaskSample
@@ -134,9 +134,10 @@ class Harness:
         self.actuator = actuator or RecordingActuator()
         self.clock = Clock()
         self.board = board
-        self.monitor = Monitor(children=self.world.children, engine=self.engine, actuator=self.actuator,  # type: ignore[arg-type]
-                               board=board, metric=metric, open_probe=self.world.open_probe,  # type: ignore[arg-type]
-                               clock=self.clock, on_tasks=on_tasks)
+        self.monitor = Monitor(pool=PoolHooks(children=self.world.children), engine=self.engine,
+                               actuator=self.actuator, board=board, metric=metric,  # type: ignore[arg-type]
+                               host=HostReaders(open_probe=self.world.open_probe, clock=self.clock),  # type: ignore[arg-type]
+                               on_tasks=on_tasks)
 
     def poll(self, advance: float = 1.0) -> float:
         self.clock.now += advance
@@ -510,8 +511,8 @@ class TestMonitorThread:
         engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=0.01)
         world = World()
         probe = world.add(FakeProbe(11, rss=10 * MiB), 0)
-        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=None, metric="uss", open_probe=world.open_probe)  # type: ignore[arg-type]
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=None, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
         monitor.start()
         deadline = time.monotonic() + 5.0
         while monitor.polls < 3 and time.monotonic() < deadline:
@@ -530,8 +531,8 @@ class TestMonitorThread:
         engine = Engine([HardLimit(limit=HARD)], kill_grace=2.0, poll_interval=10.0)
         world = World()
         world.add(FakeProbe(11, rss=10 * MiB), 0)
-        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=board, metric="uss", open_probe=world.open_probe)  # type: ignore[arg-type]
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
         assert engine.idle_watched
         monitor.start()
         try:
@@ -571,7 +572,7 @@ class TestMonitorThread:
             calls.append(1)
             raise RuntimeError("pool gone strange")
 
-        monitor = Monitor(children=children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+        monitor = Monitor(pool=PoolHooks(children=children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
                           board=None, metric="uss")
         monitor.start()
         deadline = time.monotonic() + 5.0
@@ -623,10 +624,11 @@ class TestMonitorMaster:
             return real_cheap()
 
         master.cheap = counted_cheap  # type: ignore[method-assign]
-        monitor = Monitor(children=world.children, engine=SpyEngine([], kill_grace=2.0, poll_interval=1.0),
+        monitor = Monitor(pool=PoolHooks(children=world.children, master_pid=1, reserved=lambda: 7),
+                          engine=SpyEngine([], kill_grace=2.0, poll_interval=1.0),
                           actuator=RecordingActuator(), board=None, metric="uss",  # type: ignore[arg-type]
-                          open_probe=world.open_probe, clock=clock, detectors=[spy],  # type: ignore[arg-type, list-item]
-                          master_pid=1, reserved=lambda: 7)
+                          host=HostReaders(open_probe=world.open_probe, clock=clock),  # type: ignore[arg-type]
+                          detectors=[spy])  # type: ignore[list-item]
         assert monitor.master_every == 5.0
         for _ in range(11):  # polls at 101 .. 111
             clock.now += 1.0
@@ -657,11 +659,12 @@ class TestMonitorChildLost:
         world.add(FakeProbe(11, 50 * MiB), 0)
         engine = SpyEngine([], kill_grace=2.0, poll_interval=1.0)
         clock = Clock()
-        monitor = Monitor(children=world.children, engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=None, metric="uss", open_probe=world.open_probe,  # type: ignore[arg-type]
-                          clock=clock, exit_code=lambda pid: -9, effective_memory=8 * gib,
-                          system=lambda now: SystemSample(available=100 * MiB, total=8 * gib, used=8 * gib - 100 * MiB,
-                                                          at=now))
+        monitor = Monitor(pool=PoolHooks(children=world.children, exit_code=lambda pid: -9), engine=engine,
+                          actuator=RecordingActuator(), board=None, metric="uss",  # type: ignore[arg-type]
+                          host=HostReaders(open_probe=world.open_probe, clock=clock,  # type: ignore[arg-type]
+                                           system=lambda now: SystemSample(available=100 * MiB, total=8 * gib,
+                                                                           used=8 * gib - 100 * MiB, at=now)),
+                          effective_memory=8 * gib)
         monitor.poll()
         world.remove(11)
         clock.now += 1.0

@@ -1,0 +1,256 @@
+"""What MemGuard knows right now, and the loop that keeps it current. No Celery imports.
+
+A :class:`Guard` is the one object a worker's MemGuard is: the bootstep
+(:mod:`celery_memguard.worker.bootstep`) builds it, starts it with the pool's
+hooks (:class:`~celery_memguard.monitor.PoolHooks`) and stops it, like Celery's
+``Heart`` step builds a ``Heart``. It owns
+
+* the engine and the detectors the settings enable, and the monitor thread that
+  polls the children and carries out the engine's decisions;
+* what the findings said so far: the current leak suspects, heavy-task counts and
+  the latest master growth. Each finding reaches :meth:`Guard.record` once: it is
+  logged there (the only place), remembered, and the children's trace list on the
+  board (suspects to trace, watched names to measure) is republished when it changed;
+* read-only views for whoever asks: the ``memguard`` status command, the
+  ``inspect stats`` summary (:meth:`Guard.summary`), metrics.
+
+Tables read by other threads are replaced whole, never changed in place, so a
+reader sees one consistent version without locks.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any
+
+from . import events
+from .actions import Actuator
+from .board import TRACE_MAX, WATCH_MARK, Board
+from .config import MemGuardConfig
+from .detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
+from .detectors.base import Detector, Finding
+from .engine import Engine
+from .monitor import HostReaders, Monitor, PollView, PoolHooks
+from .probes import HeapProbe, heap_probe
+from .probes.system import oom_kill_count, read_system
+from .samples import Action
+from .units import mib
+
+__all__ = ["Guard", "build_detectors", "heap_attribution"]
+
+_UNSUPPORTED = {
+    "can": "validate its settings and log memguard.started",
+    "cannot": (
+        "measure tasks per child, recycle or stop anything: the {pool} pool runs tasks inside the worker "
+        "process itself, so a limit could only kill the whole worker. Use --pool=prefork for memory limits, "
+        "or rely on the container's limit"
+    ),
+}
+
+
+class Guard:
+    """One worker's MemGuard: engine, detectors, monitor, and the live tables the findings fill."""
+
+    def __init__(self, config: MemGuardConfig, *, pool_name: str, board: Board | None) -> None:
+        """``board`` is None when the pool has no child processes to police (MemGuard then stays idle)."""
+        self.config = config
+        self.pool_name = pool_name
+        self.board = board
+        self.monitor: Monitor | None = None
+        #: The current leak suspects' latest ``memguard.leak_suspected`` fields, by task.
+        self.suspects: dict[str, dict[str, Any]] = {}
+        #: How many ``memguard.heavy_task`` findings each task has had.
+        self.heavy: dict[str, int] = {}
+        #: The latest ``memguard.master_growth`` fields, or None.
+        self.master_growth: dict[str, Any] | None = None
+        #: The trace list as last published on the board.
+        self.published: list[str] = []
+        self.engine: Engine | None = None
+        try:
+            self.engine = Engine.from_config(config, rng=random.Random())
+        except Exception as exc:
+            events.error("guard.engine", exc)
+        self.detectors: list[Detector] = []
+        try:
+            self.detectors = build_detectors(config)
+        except Exception as exc:  # limits still apply without detection
+            events.error("guard.detectors", exc)
+        self._leak = next((d for d in self.detectors if isinstance(d, LeakDetector)), None)
+
+    # -- life cycle -----------------------------------------------------
+    def announce(self, concurrency: object) -> None:
+        """Log ``memguard.started`` (and, without pool children, why nothing will be policed)."""
+        cfg = self.config
+        events.emit(
+            events.STARTED,
+            pool=self.pool_name,
+            concurrency=concurrency,
+            metric=cfg.metric,
+            soft_limit_mib=mib(cfg.soft_limit),
+            hard_limit_mib=mib(cfg.hard_limit),
+            poll_interval=cfg.poll_interval,
+            dry_run=cfg.dry_run,
+            kill_grace=cfg.kill_grace,
+            effective_memory_mib=mib(cfg.effective_memory),
+            policies=[p.reason for p in self.engine.policies] if self.engine else [],
+            leak_attribution=("rss" if heap_attribution(cfg) is None else "heap") if cfg.leak_detection else None,
+            log=events.get().describe(),
+        )
+        if self.board is None:
+            events.emit(events.POOL_UNSUPPORTED, "warning", pool=self.pool_name, can=_UNSUPPORTED["can"],
+                        cannot=_UNSUPPORTED["cannot"].format(pool=self.pool_name))
+
+    def start(self, pool: PoolHooks) -> None:
+        """Start the monitor thread on the pool the hooks describe (nothing without a board or an engine)."""
+        cfg = self.config
+        if self.board is None or self.engine is None:
+            return
+        try:
+            wants_system = cfg.min_available is not None or cfg.psi_threshold is not None
+            monitor = Monitor(
+                pool=pool, engine=self.engine, board=self.board, metric=cfg.metric, detectors=self.detectors,
+                actuator=Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run),
+                on_finding=self.record,
+                host=HostReaders(oom_kills=oom_kill_count, system=read_system if wants_system else None),
+                hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
+            )
+            monitor.start()
+            self.monitor = monitor
+        except Exception as exc:
+            events.error("guard.start", exc)
+
+    def drain(self) -> None:
+        """Warm shutdown: the monitor keeps enforcing the hard limit while the pool drains."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.drain()
+        last = monitor.last_poll
+        events.emit(events.DRAINING, children=len(last.children) if last is not None else None,
+                    busy=sum(1 for c in last.children if c.task_id) if last is not None else None,
+                    enforcing="hard_limit")
+
+    def stop(self, how: str) -> None:
+        """Stop the monitor (once; later calls do nothing) and log ``memguard.stopped``."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.stop()
+            drained = monitor.draining_since
+            events.emit(events.STOPPED, polls=monitor.polls, decisions=monitor.decisions, shutdown=how,
+                        drained_s=None if drained is None else round(monitor.clock() - drained, 1),
+                        events_dropped=events.get().dropped)
+        except Exception as exc:
+            events.error("guard.stop", exc)
+
+    # -- findings -------------------------------------------------------
+    def record(self, finding: Finding) -> None:
+        """A detector's finding: log it, remember what it says, republish the trace list if it changed."""
+        events.log_finding(finding)
+        try:
+            self._remember(finding)
+        except Exception as exc:
+            events.error("guard.findings", exc)
+            return
+        if finding.event in (events.LEAK_SUSPECTED, events.LEAK_CLEARED, events.GROWTH_WATCH):
+            self._publish_trace_list()
+
+    def _remember(self, finding: Finding) -> None:
+        task = finding.task or str(finding.fields.get("task") or "")
+        if finding.event == events.LEAK_SUSPECTED and task:
+            self.suspects = {**self.suspects, task: dict(finding.fields)}
+        elif finding.event == events.LEAK_CLEARED and task in self.suspects:
+            self.suspects = {k: v for k, v in self.suspects.items() if k != task}
+        elif finding.event == events.HEAVY_TASK and task:
+            self.heavy = {**self.heavy, task: self.heavy.get(task, 0) + 1}
+        elif finding.event == events.MASTER_GROWTH:
+            self.master_growth = dict(finding.fields)
+
+    def _publish_trace_list(self) -> None:
+        """Suspects (oldest first) for the children to trace, then the leak detector's watched names
+        (marked) for them to measure every call of."""
+        if self.board is None:
+            return
+        try:
+            traced = list(self.suspects)[-TRACE_MAX:] if self.config.diagnostics != "off" else []
+            leak = self._leak
+            watched = sorted(leak.watched - set(traced)) if leak is not None and leak.heap_deltas else []
+            published = traced + [WATCH_MARK + name for name in watched][: TRACE_MAX - len(traced)]
+            if published != self.published:
+                self.board.set_trace(published)
+                self.published = published
+        except Exception as exc:
+            events.error("guard.trace_list", exc)
+
+    # -- what it knows now (read by other threads) ------------------------
+    @property
+    def active(self) -> bool:
+        """Whether the monitor is running."""
+        return self.monitor is not None
+
+    @property
+    def last_poll(self) -> PollView | None:
+        monitor = self.monitor
+        return monitor.last_poll if monitor is not None else None
+
+    @property
+    def decided(self) -> dict[tuple[str, str], int]:
+        """Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done)."""
+        monitor = self.monitor
+        return dict(monitor.decided) if monitor is not None else {}
+
+    def pending(self, pid: int) -> Action | None:
+        """The order already given to child ``pid`` and not yet carried out, if any."""
+        engine = self.engine
+        return engine.pending(pid) if engine is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        """A compact JSON-able summary (the ``memguard`` section of ``celery inspect stats``)."""
+        cfg = self.config
+        view = self.last_poll
+        by_action: dict[str, dict[str, int]] = {}
+        for (action, reason), count in sorted(self.decided.items()):
+            by_action.setdefault(action, {})[reason] = count
+        return {
+            "active": self.active,
+            "metric": cfg.metric,
+            "dry_run": cfg.dry_run,
+            "limits_mib": {"soft": mib(cfg.soft_limit), "hard": mib(cfg.hard_limit), "pool": mib(cfg.pool_limit)},
+            "children_mib": {} if view is None else {str(c.pid): mib(c.mem) for c in view.children},
+            "recycles": by_action.get(Action.RECYCLE.value, {}),
+            "kills": by_action.get(Action.KILL.value, {}),
+            "sigkills": by_action.get(Action.FORCE_KILL.value, {}),
+            "suspects_kib_per_call": {task: s.get("kib_per_call") for task, s in self.suspects.items()},
+        }
+
+
+def heap_attribution(cfg: MemGuardConfig) -> HeapProbe | None:
+    """The probe the children attribute leaks with (allocator counters), or None: RSS deltas.
+
+    The children are forks of this process, so the probe found (and checked) here serves them too.
+    """
+    return _heap_probe() if cfg.leak_detection else None
+
+
+@functools.cache
+def _heap_probe() -> HeapProbe | None:
+    return heap_probe()
+
+
+def build_detectors(cfg: MemGuardConfig) -> list[Detector]:
+    """The detectors the configuration enables (leaks, heavy tasks, master growth)."""
+    detectors: list[Detector] = []
+    if not cfg.leak_detection:
+        return detectors
+    detectors.append(LeakDetector(soft_limit=cfg.soft_limit, heap_deltas=heap_attribution(cfg) is not None))
+    heavy_size, heavy_multiple = cfg.heavy_task_threshold
+    if heavy_size is not None or heavy_multiple is not None:
+        detectors.append(HeavyTaskDetector(threshold=heavy_size, multiple=heavy_multiple))
+    if cfg.master_growth_threshold is not None:
+        detectors.append(MasterGrowthDetector(threshold=cfg.master_growth_threshold,
+                                              grace=cfg.master_growth_grace,
+                                              min_span=cfg.master_growth_min_span))
+    return detectors
+
