@@ -244,6 +244,9 @@ class ChildRuntime:
             if gc.isenabled() and gc.get_freeze_count() == 0:
                 gc.freeze()
                 self.settling = True
+                # A full collection also clears the interpreter's free lists; do it now too (it scans
+                # nothing: everything is frozen), so both readings follow one.
+                gc.collect()
         except Exception as exc:
             events.error("child.heap_settle", exc)
 
