@@ -7,8 +7,9 @@ The same group is reachable three ways:
 * ``celery-memguard ...``: the console script (:func:`main`);
 * ``python -m celery_memguard ...``: :mod:`celery_memguard.__main__` (:func:`main`).
 
-``report FILE... [--format text|json]`` summarises MemGuard's JSON event logs
-(:func:`run_report`); ``-`` reads standard input. Its exit status is 0 when at
+``report FILE... [--format text|json|html] [-o OUT]`` summarises MemGuard's JSON
+event logs (:func:`run_report`); ``-`` reads standard input. ``html`` is one
+self-contained page with memory timelines (see :mod:`celery_memguard.report.html`). Its exit status is 0 when at
 least one input could be read, whatever it contained (foreign and corrupt lines
 are counted in the report, not fatal), and 2 when none could (or on a usage error).
 
@@ -29,30 +30,47 @@ from typing import Any, Sequence, TextIO
 import click
 
 from . import __version__
-from .report import build_report, render_json, render_text
+from .report import Timelines, build_report, render_html, render_json, render_text
 from .report.render import duration, table
 
 __all__ = ["run_report", "main", "memguard", "render_status", "FORMATS", "PROG"]
 
-FORMATS = ("text", "json")
+FORMATS = ("text", "json", "html")
+#: ``status`` prints text or JSON (a live reply has no timelines to draw).
+STATUS_FORMATS = ("text", "json")
 EXIT_OK = 0
 EXIT_NO_INPUT = 2
 #: The program name shown in usage lines when run as the console script or ``python -m celery_memguard``.
 PROG = "celery-memguard"
 
 
-def run_report(files: Sequence[str], fmt: str = "text", out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Build and print the report of ``files``; returns the exit status."""
+def run_report(files: Sequence[str], fmt: str = "text", out: TextIO | None = None, err: TextIO | None = None,
+               output: str | None = None) -> int:
+    """Build and print the report of ``files`` (to ``output``, a file path, when given); returns the exit status."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    report = build_report(files)
+    timelines = Timelines() if fmt == "html" else None
+    report = build_report(files, timelines)
     for source in report.sources:
         if not source.readable:
             err.write(f"memguard report: cannot read {source.path}: {source.error}\n")
     if report.readable_sources == 0:
         err.write("memguard report: no input could be read\n")
         return EXIT_NO_INPUT
-    out.write(render_json(report) if fmt == "json" else render_text(report))
+    if fmt == "html":
+        text = render_html(report, timelines)
+    else:
+        text = render_json(report) if fmt == "json" else render_text(report)
+    if output is not None and output != "-":
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            err.write(f"memguard report: cannot write {output}: {exc}\n")
+            return EXIT_NO_INPUT
+        err.write(f"memguard report: wrote {output} ({len(text.encode()):,} bytes)\n")
+        return EXIT_OK
+    out.write(text)
     out.flush()
     return EXIT_OK
 
@@ -81,12 +99,14 @@ def memguard(ctx: click.Context, app_name: str | None = None, **_preload_options
 @memguard.command(name="report")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="output format")
+              help="output format (html: one self-contained page with memory timelines)")
+@click.option("-o", "--output", metavar="PATH", default=None,
+              help="write the report to PATH instead of standard output")
 @click.pass_context
-def report_command(ctx: click.Context, files: tuple[str, ...], fmt: str) -> None:
+def report_command(ctx: click.Context, files: tuple[str, ...], fmt: str, output: str | None) -> None:
     """Summarise MemGuard JSON event logs (plain, gzip'd or rotated, several workers; '-' for stdin)."""
     try:
-        code = run_report(list(files), fmt)
+        code = run_report(list(files), fmt, output=output)
     except BrokenPipeError:
         _quiet_broken_pipe()
         code = EXIT_OK
@@ -196,7 +216,7 @@ def render_status(replies: list[dict[str, Any]]) -> str:
 @memguard.command(name="status")
 @click.option("-d", "--destination", help="comma-separated worker names to ask (default: all)")
 @click.option("-t", "--timeout", type=float, default=1.0, show_default=True, help="seconds to wait for replies")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(STATUS_FORMATS), default="text", show_default=True,
               help="output format")
 @click.pass_context
 def status_command(ctx: click.Context, destination: str | None, timeout: float, fmt: str) -> None:

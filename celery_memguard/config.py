@@ -226,6 +226,8 @@ class MemGuardConfig:
     soft_limit: int | None = None
     hard_limit: int | None = None
     poll_interval: float = 1.0
+    #: Seconds between ``memguard.sample`` events (None: none); see celery_memguard.sampling.
+    sample_interval: float | None = 60.0
     kill_grace: float = 2.0
     dry_run: bool = False
     log_format: str = "console"
@@ -365,6 +367,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "soft_limit": _optional_size,
     "hard_limit": _optional_size,
     "poll_interval": _seconds(0.01, 3600.0),
+    "sample_interval": _optional_seconds(1.0, 86400.0),
     "kill_grace": _seconds(0.0, 3600.0),
     "dry_run": _bool,
     "log_format": _choice("console", "json"),

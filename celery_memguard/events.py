@@ -86,6 +86,7 @@ __all__ = [
     "LOGGER_NAME",
     "TARGETS",
     "ORDER_SIGNAL_REPLACED",
+    "SAMPLE",
     "EventLog",
     "default_log_file",
     "open_log_file",
@@ -124,6 +125,8 @@ RECYCLE_STORM = "memguard.recycle_storm"
 LIMIT_UNREACHABLE = "memguard.limit_unreachable"
 PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
 ORDER_SIGNAL_REPLACED = "memguard.order_signal_replaced"
+#: Every ``memguard_sample_interval`` seconds: the latest poll's memory readings (see celery_memguard.sampling).
+SAMPLE = "memguard.sample"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -140,6 +143,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     CHILD_UNGUARDED: ("pid", "index", "board_slots", "effect", "fix"),
     METRIC_UNAVAILABLE: ("pid", "metric", "used", "error", "effect", "fix"),
     ORDER_SIGNAL_REPLACED: ("pid", "task", "task_id", "signal", "handler", "effect"),
+    SAMPLE: ("metric", "children", "pool_mib", "pool_rss_mib", "master_mib", "master_rss_mib", "available_mib"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),

@@ -35,6 +35,7 @@ from .monitor import HostReaders, Monitor, PollView, PoolHooks
 from .probes import HeapProbe, heap_probe
 from .probes.system import oom_kill_count, read_system
 from .samples import Action
+from .sampling import SampleLog
 from .units import mib
 
 __all__ = ["Guard", "build_detectors", "heap_attribution"]
@@ -114,6 +115,7 @@ class Guard:
                 on_finding=self.record,
                 host=HostReaders(oom_kills=oom_kill_count, system=read_system if wants_system else None),
                 hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
+                on_poll=SampleLog(cfg.sample_interval, cfg.metric).offer if cfg.sample_interval else None,
             )
             monitor.start()
             self.monitor = monitor

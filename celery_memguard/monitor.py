@@ -59,12 +59,14 @@ SYSTEM_EVERY = 0.5
 class PollView:
     """What the latest poll saw, published whole after each poll so another thread (the ``memguard``
     remote-control command) can read it without locks. ``master`` is the latest reading of the
-    worker's main process, or None when it is not read."""
+    worker's main process, or None when it is not read. ``slots`` is each child's pool index (by pid),
+    None for a child whose index is unknown."""
 
     at: float
     children: tuple[ChildSample, ...]
     system: SystemSample | None
     master: MasterSample | None
+    slots: dict[int, int | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class Monitor:
         hard_limit: int | None = None,
         effective_memory: int = 0,
         on_tasks: Callable[[list[TaskSample]], None] | None = None,
+        on_poll: Callable[[PollView], None] | None = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
         self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
@@ -161,6 +164,8 @@ class Monitor:
         self.hard_limit = hard_limit
         self.effective_memory = effective_memory
         self.leak_rates = _leak_rates(self.detectors)
+        #: Called with each poll\'s :class:`PollView` (``memguard.sample``, see :mod:`celery_memguard.sampling`).
+        self.on_poll = on_poll
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
@@ -338,7 +343,12 @@ class Monitor:
                     self.actuator.remind(sample.pid, index_of.get(sample.pid))
                 except Exception as exc:
                     events.error("actions.remind", exc)
-        self.last_poll = PollView(now, tuple(samples), system, self.master_reading)
+        self.last_poll = PollView(now, tuple(samples), system, self.master_reading, index_of)
+        if self.on_poll is not None:
+            try:
+                self.on_poll(self.last_poll)
+            except Exception as exc:
+                events.error("monitor.on_poll", exc)
         return self._stretch(self.engine.next_delay, samples)
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:

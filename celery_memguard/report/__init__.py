@@ -2,7 +2,9 @@
 
 ``build_report(paths)`` reads the files (see :mod:`.reader`), aggregates the
 events per worker into a :class:`~.model.Report` (see :mod:`.aggregate`), and
-:func:`render_text` / :func:`render_json` print it. Used by
+:func:`render_text` / :func:`render_json` print it. Given a
+:class:`~.timeline.Timelines`, it also collects the memory timelines and event
+markers that :func:`render_html` draws (``--format html``). Used by
 ``python -m celery_memguard report`` and ``celery memguard report``.
 """
 
@@ -13,7 +15,9 @@ from typing import Iterable
 from .aggregate import Aggregator, verdict
 from .model import Report, SourceStats
 from .reader import order_sources, parse_line, read_events
+from .html import render_html
 from .render import render_json, render_text, to_dict
+from .timeline import Timelines
 
 __all__ = [
     "Report",
@@ -22,17 +26,22 @@ __all__ = [
     "order_sources",
     "parse_line",
     "read_events",
+    "render_html",
     "render_json",
     "render_text",
     "to_dict",
+    "Timelines",
     "verdict",
 ]
 
 
-def build_report(paths: Iterable[str]) -> Report:
-    """Read every path (``-`` is standard input) and aggregate its MemGuard events."""
+def build_report(paths: Iterable[str], timelines: Timelines | None = None) -> Report:
+    """Read every path (``-`` is standard input) and aggregate its MemGuard events (and, with ``timelines``,
+    collect their memory timelines too)."""
     sources: list[SourceStats] = []
     aggregator = Aggregator()
     for source, event in read_events(order_sources(paths), sources):
         aggregator.feed(event, source)
+        if timelines is not None:
+            timelines.feed(event)
     return aggregator.build(sources)

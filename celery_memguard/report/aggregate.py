@@ -439,6 +439,9 @@ class Aggregator:
     def _stopped(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
         return None
 
+    def _sample(self, host: _Host, event: dict[str, Any], ts: str | None) -> None:
+        return None  # memguard.sample: drawn by the HTML report's timelines (see .timeline)
+
     # -- result -------------------------------------------------------------------
     def build(self, sources: list[SourceStats]) -> Report:
         hosts = []
@@ -487,6 +490,7 @@ _HANDLERS = {
     events.ERROR: Aggregator._error,
     events.POOL_UNSUPPORTED: Aggregator._pool_unsupported,
     events.STOPPED: Aggregator._stopped,
+    events.SAMPLE: Aggregator._sample,
 }
 
 

@@ -1,0 +1,110 @@
+"""memguard.sample: the monitor's polls logged every memguard_sample_interval seconds, with no extra reading.
+
+The monitor runs with fake probes and a fake clock (see test_monitor's Harness); the sampler is the
+real :class:`celery_memguard.sampling.SampleLog` on the monitor's ``on_poll`` hook, writing to a JSON log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery_memguard import events
+from celery_memguard.board import Board
+from celery_memguard.config import DEFAULTS, MemGuardConfig
+from celery_memguard.events import EVENT_KEYS
+from celery_memguard.monitor import PollView
+from celery_memguard.samples import ChildSample, MasterSample, SystemSample
+from celery_memguard.sampling import SampleLog, sample_fields
+
+from .test_monitor import MiB, FakeProbe, Harness, event_records, logged  # noqa: F401  (fixture)
+
+
+class CountingProbe(FakeProbe):
+    """Counts every reading, so a test can tell the sampler made none of its own."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cheap_calls = 0
+
+    def cheap(self) -> tuple[int, int]:
+        self.cheap_calls += 1
+        return super().cheap()
+
+
+def samples(path: Path) -> list[dict[str, object]]:
+    return [r for r in event_records(path) if r["event"] == events.SAMPLE]
+
+
+def test_default_interval_and_key() -> None:
+    """On by default every 60 s; None turns it off; below 1 s is refused."""
+    assert 60.0 == DEFAULTS["sample_interval"]
+    assert MemGuardConfig.from_mapping({"memguard_sample_interval": None}, 8 << 30).sample_interval is None
+    assert 5.0 == MemGuardConfig.from_mapping({"memguard_sample_interval": "5"}, 8 << 30).sample_interval
+    import pytest
+
+    from celery_memguard.exceptions import ConfigError
+    with pytest.raises(ConfigError, match="memguard_sample_interval"):
+        MemGuardConfig.from_mapping({"memguard_sample_interval": 0.1}, 8 << 30)
+
+
+def test_samples_every_interval_from_the_polls_own_readings(logged: Path, tmp_path: Path) -> None:
+    """One sample per interval (the first poll, then the first poll >= interval later), each child by slot with
+    its memory, RSS and task count, the pool total; the probes are read exactly as often as without sampling."""
+    board = Board(slots=4)
+    try:
+        h = Harness(board=board)
+        a = h.world.add(CountingProbe(11, rss=150 * MiB), 1)
+        b = h.world.add(CountingProbe(12, rss=90 * MiB), 0)
+        sampler = SampleLog(10.0, "uss")
+        h.monitor.on_poll = sampler.offer
+        for _ in range(25):  # 25 polls 1 s apart: samples at polls 1, 11, 21
+            h.poll(advance=1.0)
+        assert 25 == a.cheap_calls == b.cheap_calls  # one reading per poll: none added by the sampler
+        logged_samples = samples(logged)
+        assert 3 == len(logged_samples) == sampler.logged
+        first = logged_samples[0]
+        assert set(first) - {"event", "ts", "level", "source_pid", "hostname"} == set(EVENT_KEYS[events.SAMPLE])
+        assert [0, 1] == [c["slot"] for c in first["children"]]  # sorted by pool slot
+        child = first["children"][1]
+        assert {"slot": 1, "pid": 11, "mem_mib": 150.0, "rss_mib": 150.0, "tasks": 0, "exact": False} == child
+        assert 240.0 == first["pool_mib"] == first["pool_rss_mib"]
+        assert first["master_mib"] is None and first["available_mib"] is None  # not read by this monitor
+        a.rss = 180 * MiB
+        h.poll(advance=10.0)
+        assert 180.0 == samples(logged)[-1]["children"][1]["rss_mib"]
+    finally:
+        board.close()
+
+
+def test_master_system_fallback_and_unknown_slot() -> None:
+    """The master's reading, the available memory, an RSS stand-in and a child without a slot."""
+    view = PollView(
+        at=5.0,
+        children=(ChildSample(pid=7, mem=3 * MiB, exact=True, rss=5 * MiB, tasks_run=4, fallback="rss"),
+                  ChildSample(pid=8, mem=2 * MiB, exact=True, rss=4 * MiB, tasks_run=1)),
+        system=SystemSample(available=1024 * MiB, total=4096 * MiB, used=3072 * MiB),
+        master=MasterSample(pid=1, mem=40 * MiB, rss=60 * MiB, at=4.0),
+        slots={7: None, 8: 2},
+    )
+    fields = sample_fields(view, "pss")
+    assert [{"slot": 2, "pid": 8, "mem_mib": 2.0, "rss_mib": 4.0, "tasks": 1},
+            {"slot": None, "pid": 7, "mem_mib": 3.0, "rss_mib": 5.0, "tasks": 4, "metric": "rss"}] == fields["children"]
+    assert (40.0, 60.0, 1024.0, 5.0, 9.0, "pss") == (fields["master_mib"], fields["master_rss_mib"],
+                                                    fields["available_mib"], fields["pool_mib"],
+                                                    fields["pool_rss_mib"], fields["metric"])
+
+
+def test_a_failing_sampler_never_stops_the_poll(logged: Path) -> None:
+    """on_poll raising is one memguard.error (once per cause); the monitor keeps polling and deciding."""
+    h = Harness()
+    h.world.add(FakeProbe(11, rss=150 * MiB), 0)
+
+    def broken(view: PollView) -> None:
+        raise RuntimeError("boom")
+
+    h.monitor.on_poll = broken
+    for _ in range(3):
+        h.poll()
+    errors = [r for r in event_records(logged) if r["event"] == events.ERROR]
+    assert [("monitor.on_poll", "RuntimeError: boom")] == [(e["where"], e["error"]) for e in errors]
+    assert 3 == h.monitor.polls and h.monitor.last_poll is not None
