@@ -367,7 +367,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "soft_limit": _optional_size,
     "hard_limit": _optional_size,
     "poll_interval": _seconds(0.01, 3600.0),
-    "sample_interval": _optional_seconds(1.0, 86400.0),
+    "sample_interval": _optional_seconds(0.1, 86400.0),
     "kill_grace": _seconds(0.0, 3600.0),
     "dry_run": _bool,
     "log_format": _choice("console", "json"),

@@ -33,6 +33,7 @@ app.conf.update(
     memguard_soft_limit="150MiB",
     memguard_hard_limit="300MiB",
     memguard_poll_interval=0.2,
+    memguard_sample_interval=0.25,  # a memguard.sample every 0.25 s (default 60 s): timelines for the HTML report
     memguard_log_format=os.environ.get("MEMGUARD_DEMO_FORMAT", "json"),
     memguard_log_file=f"{DATA}/events.log",
 )

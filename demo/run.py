@@ -2,7 +2,8 @@
 
 It starts ``celery worker --pool=prefork -c 2``, sends well-behaved tasks, a leaking task that the
 soft limit recycles, and a runaway task that the hard limit stops, prints memguard's events as they
-happen and the outcome of every task, then prints the leak report.
+happen and the outcome of every task, then prints the leak report and writes the HTML report
+(memory timelines of every pool slot and the master) beside the events.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def main() -> int:
     )
     events_path = DATA / "events.log"
     shown = 0
+    samples = 0
 
     def show_events() -> None:
-        nonlocal shown
+        nonlocal shown, samples
         if not events_path.exists():
             return
         lines = events_path.read_text().splitlines()
@@ -42,6 +44,9 @@ def main() -> int:
             try:
                 ev = json.loads(line)
             except ValueError:
+                continue
+            if ev.get("event") == "memguard.sample":  # periodic memory readings: drawn in the HTML report
+                samples += 1
                 continue
             keys = {k: v for k, v in ev.items() if k not in ("event", "ts", "level", "source_pid", "hostname")}
             print(f"  event {ev['event']:<26} " + " ".join(f"{k}={v}" for k, v in keys.items() if v is not None))
@@ -91,8 +96,15 @@ def main() -> int:
 
     print("\n3) the report (python -m celery_memguard report events.log)\n")
     report = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(events_path)], check=False)
-    print(f"\nevents: {events_path}\nworker log: {DATA / 'worker.log'}")
-    return 0 if report.returncode == 0 else report.returncode
+    html_path = DATA / "report.html"
+    page = subprocess.run([sys.executable, "-m", "celery_memguard", "report", "--format", "html", "-o", str(html_path),
+                           str(events_path)], check=False, capture_output=True, text=True)
+    print(f"\nevents: {events_path} ({samples} memguard.sample lines, not shown above)\nworker log: {DATA / 'worker.log'}")
+    if page.returncode == 0:
+        print(f"HTML report (memory timelines; open it in a browser): {html_path}")
+    else:
+        print(f"HTML report failed: {page.stderr.strip()}")
+    return report.returncode or page.returncode
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ MAX_SLOTS = 64
 #: Markers kept over all hosts.
 MAX_MARKERS = 2000
 #: Child pids whose pool slot is remembered (to draw a recycle on its slot's own chart), over all hosts.
-MAX_PIDS = 50_000
+MAX_PIDS = 10_000
 #: Characters kept of a marker's hover text.
 MAX_LABEL = 300
+#: The finest time bucket: 2**-10 s (about a millisecond, the events' ``ts`` resolution).
+_FINEST = -10
 #: Largest memory value drawn (MiB): 8 PiB, as the config's largest size.
 _MAX_MIB = float(2**33)
 
@@ -87,15 +89,23 @@ def _mib(value: Any) -> float | None:
 
 
 class Series:
-    """One line of a chart: (time, value, second value) points, downsampled to stay bounded."""
+    """One line of a chart: (time, value, second value) points, downsampled to stay bounded.
 
-    __slots__ = ("name", "_t", "_v", "_w", "merged")
+    Points are grouped in time buckets of ``2**k`` seconds on a grid fixed to the epoch; each bucket keeps
+    its reading with the highest value (the earliest of equal ones). ``k`` starts below a millisecond and
+    grows by one (buckets pairwise merged, as the grid nests) whenever more than :data:`MAX_POINTS` buckets
+    are occupied. The result is the same whatever order the points come in: ``k`` ends as the smallest
+    for which all the points fit, as a subset never needs a larger one.
+    """
+
+    __slots__ = ("name", "_t", "_v", "_w", "_k", "merged")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._t = array("d")
         self._v = array("d")
-        self._w = array("d")  # RSS beside a child's metric; unused (0) elsewhere
+        self._w = array("d")  # RSS beside a child's metric or the master's; unused (0) elsewhere
+        self._k = _FINEST
         self.merged = 0  # readings folded into a bucket's peak by downsampling
 
     def add(self, t: float, value: float, second: float = 0.0) -> None:
@@ -103,32 +113,36 @@ class Series:
         self._v.append(value)
         self._w.append(second)
         if len(self._t) >= 2 * MAX_POINTS:
-            self._downsample(MAX_POINTS)
+            self._downsample()
 
     def __len__(self) -> int:
         return len(self._t)
 
-    def _downsample(self, buckets: int) -> None:
-        """Keep, per equal time bucket over the whole span, the reading with the highest value."""
-        order = sorted(range(len(self._t)), key=self._t.__getitem__)
-        first, last = self._t[order[0]], self._t[order[-1]]
-        width = (last - first) / buckets or 1.0
-        best: dict[int, int] = {}
-        for i in order:
-            bucket = min(int((self._t[i] - first) / width), buckets - 1)
-            kept = best.get(bucket)
-            if kept is None or self._v[i] > self._v[kept]:
-                best[bucket] = i
-        keep = sorted(best.values(), key=self._t.__getitem__)
-        self.merged += len(self._t) - len(keep)
-        self._t = array("d", (self._t[i] for i in keep))
-        self._v = array("d", (self._v[i] for i in keep))
+    def _downsample(self) -> None:
+        """One point per occupied bucket, coarsening the grid until at most MAX_POINTS buckets are occupied."""
+        t, v = self._t, self._v
+        while True:
+            width = 2.0 ** self._k
+            best: dict[int, int] = {}
+            for i in range(len(t)):
+                bucket = math.floor(t[i] / width)
+                kept = best.get(bucket)
+                if kept is None or v[i] > v[kept] or (v[i] == v[kept] and t[i] < t[kept]):
+                    best[bucket] = i
+            if len(best) <= MAX_POINTS:
+                break
+            self._k += 1
+        if len(best) == len(t):
+            return
+        keep = sorted(best.values(), key=t.__getitem__)
+        self.merged += len(t) - len(keep)
+        self._t = array("d", (t[i] for i in keep))
+        self._v = array("d", (v[i] for i in keep))
         self._w = array("d", (self._w[i] for i in keep))
 
     def points(self) -> list[tuple[float, float, float]]:
         """The points in time order, at most :data:`MAX_POINTS` of them."""
-        if len(self._t) > MAX_POINTS:
-            self._downsample(MAX_POINTS)
+        self._downsample()
         return sorted(zip(self._t, self._v, self._w))
 
 
