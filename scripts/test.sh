@@ -71,6 +71,19 @@ celery_of() { "$1" -c 'import celery; print(celery.__version__)' 2>/dev/null || 
 
 bash scripts/services.sh
 
+# -- headless Chromium for the HTML report's browser test (tests/integration/test_report_browser.py) ------
+# Debian's package; without apt-get (or the right to use it) the browser part of that test is skipped, with
+# the reason in its output.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing chromium (Debian package) for the HTML report's browser test"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if ! { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends chromium \
+         || { $SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends chromium; }; \
+       } >"$LOGS/chromium.log" 2>&1; then
+    echo "chromium could not be installed (see $LOGS/chromium.log): the browser test will be skipped"
+  fi
+fi
+
 # -- main venv (editable) -------------------------------------------------------------------------------
 say "main: $PYTHON in .venv"
 if [ ! -x .venv/bin/python ]; then
