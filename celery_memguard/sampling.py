@@ -6,8 +6,8 @@ child's memory in the configured metric and its RSS, its task count and pool
 slot, the master, the pool total and the available memory. Nothing is measured
 for it: :class:`SampleLog` is handed each poll's
 :class:`~celery_memguard.monitor.PollView` and only formats what the poll has
-already read, so a sample costs one log line (~70 bytes per child plus ~250; a
-16-child worker logs ~1.3 KB a minute, ~1.9 MB a day at the default interval).
+already read, so a sample costs one log line (~95 bytes per child plus ~260: a
+16-child worker logs ~1.8 KB a minute, ~2.6 MB a day at the default interval).
 
 What a sample holds, and where it comes from:
 

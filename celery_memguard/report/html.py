@@ -372,8 +372,12 @@ def render_html(report: Report, timelines: Timelines | None = None) -> str:
     for host in report.hosts:
         out.append(f"<h2>{_e(host.hostname)}</h2>")
         cfg = host.config
-        facts = [f"{k.replace('_', ' ')} {_e(cfg[k])}" for k in ("pool", "concurrency", "metric", "soft_limit_mib",
-                                                                  "hard_limit_mib", "dry_run") if cfg.get(k) is not None]
+        facts = [f"{label} {_e(cfg[k])}{unit}" for k, label, unit in (
+            ("pool", "pool", ""), ("concurrency", "concurrency", ""), ("metric", "metric", ""),
+            ("soft_limit_mib", "soft limit", " MiB"), ("hard_limit_mib", "hard limit", " MiB"),
+            ("poll_interval", "poll every", " s")) if cfg.get(k) is not None]
+        if cfg.get("dry_run"):
+            facts.append("DRY RUN")
         out.append(f'<p class="muted">{", ".join(facts) or "no memguard.started seen"}; events {_e(host.first_seen)} '
                    f"to {_e(host.last_seen)}</p>")
         line = timelines.hosts.get(host.hostname)
