@@ -28,12 +28,14 @@ written); readers retry a torn read and give up after a few tries.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import select
 import signal
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from .samples import TaskSample
 
@@ -256,6 +258,10 @@ class Board:
     def order_seq(self, index: int) -> int:
         """The sequence number of the slot's latest order (one unpack: cheap enough for every task)."""
         return _SEQ.unpack_from(self._map, self._base(index) + _ORDER_AT)[0]
+
+    def order_seq_reader(self, index: int) -> Callable[[], tuple[int]]:
+        """A callable returning ``(order_seq,)`` for slot ``index``: the per-task check without lookups."""
+        return functools.partial(_SEQ.unpack_from, self._map, self._base(index) + _ORDER_AT)
 
     def read_order(self, index: int) -> Order:
         seq, action, mem, limit, tid, reason = _ORDER.unpack_from(self._map, self._base(index) + _ORDER_AT)

@@ -83,6 +83,10 @@ __all__ = ["install", "ChildRuntime", "runtime"]
 
 
 siginterrupt = getattr(signal, "siginterrupt", lambda _sig, _flag: None)
+try:  # the C function: signal.getsignal maps the result to an enum, ~10 us for a Python handler
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover
+    _getsignal = signal.getsignal
 
 _board: Board | None = None
 _metric = "uss"
@@ -137,8 +141,10 @@ class ChildRuntime:
         self._orders_lock = threading.RLock()  # re-entrant: the main thread's handler may run inside disarm()
         self.armed: str | None = None  # id of the task whose function is running (a stop may be raised in it)
         self.stop_pending: MemoryLimitExceeded | None = None  # scheduled in the main thread, not raised yet
+        self.obeying = False  # obey() is running (see disarm())
         self.handler_warned = False
         board.claim(index, self.pid, self.spawned_at)
+        self._order_seq = board.order_seq_reader(index)
         self._handler = self._on_signal
         signal.signal(ORDER_SIGNAL, self._handler)
         siginterrupt(ORDER_SIGNAL, False)
@@ -177,17 +183,23 @@ class ChildRuntime:
         self.armed = task_id
 
     def disarm(self) -> None:
-        """The task's function has returned: no stop is raised from now on; one scheduled is withdrawn."""
-        with self._orders_lock:
-            self.armed = None
-            if self.stop_pending is not None:
-                self.stop_pending = None
-                cancel_in_thread(self.main_ident)
+        """The task's function has returned: no stop is raised from now on; one scheduled is withdrawn.
+
+        Lock-free unless a stop is pending or :meth:`obey` is running (the per-task path): ``armed`` is
+        cleared before ``obeying`` is read, and :meth:`obey` sets ``obeying`` before it reads ``armed``;
+        under the GIL one of the two sees the other's write, so a stop is never scheduled unseen.
+        """
+        self.armed = None
+        if self.obeying or self.stop_pending is not None:
+            with self._orders_lock:
+                if self.stop_pending is not None:
+                    self.stop_pending = None
+                    cancel_in_thread(self.main_ident)
 
     def after(self, task_id: str, ok: bool) -> None:
         if task_id != self.task_id or self.task is None:
             return
-        if signal.getsignal(ORDER_SIGNAL) is not self._handler and not self.handler_warned:
+        if _getsignal(ORDER_SIGNAL) is not self._handler and not self.handler_warned:
             self._handler_replaced(self.task, task_id)
         settled = self.settling
         if settled:
@@ -289,21 +301,28 @@ class ChildRuntime:
         orders lock, so a stop is scheduled at most once, and only while the ordered task's function runs.
         """
         with self._orders_lock:
-            if order.seq == self.last_order:
-                return False
-            self.last_order = order.seq
-            if order.action not in (ORDER_RECYCLE, ORDER_KILL):
-                return False
-            # A child that crossed its hard limit is not reused, whatever happens to the task.
-            self.recycle_requested = True
-            armed = self.armed
-            if order.action != ORDER_KILL or armed is None or order.task_id != _on_board(armed):
-                return False
-            metric = order.reason.partition("|")[2] or _metric  # "hard_limit|rss": a fallback reading
-            stop = MemoryLimitExceeded(self.task or "?", order.mem, order.limit, metric, self.pid)
-            self.stop_pending = stop
-            raise_in_thread(self.main_ident, delivering(stop, self._stop_delivered))
-            return True
+            self.obeying = True
+            try:
+                return self._obey(order)
+            finally:
+                self.obeying = False
+
+    def _obey(self, order: Order) -> bool:
+        if order.seq == self.last_order:
+            return False
+        self.last_order = order.seq
+        if order.action not in (ORDER_RECYCLE, ORDER_KILL):
+            return False
+        # A child that crossed its hard limit is not reused, whatever happens to the task.
+        self.recycle_requested = True
+        armed = self.armed
+        if order.action != ORDER_KILL or armed is None or order.task_id != _on_board(armed):
+            return False
+        metric = order.reason.partition("|")[2] or _metric  # "hard_limit|rss": a fallback reading
+        stop = MemoryLimitExceeded(self.task or "?", order.mem, order.limit, metric, self.pid)
+        self.stop_pending = stop
+        raise_in_thread(self.main_ident, delivering(stop, self._stop_delivered))
+        return True
 
     def _stop_delivered(self) -> None:
         # Runs in the task's thread as CPython raises the stop (no lock: the thread may hold it already).
@@ -321,7 +340,7 @@ class ChildRuntime:
         events.error("child.order_watcher", exc)
 
     def _handler_in_place(self) -> bool:
-        return signal.getsignal(ORDER_SIGNAL) is self._handler
+        return _getsignal(ORDER_SIGNAL) is self._handler
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """ORDER_SIGNAL in the main thread: forwarded by the watcher, or sent to the process."""
@@ -340,7 +359,7 @@ class ChildRuntime:
 
     def _check_orders(self) -> None:
         """At a task boundary: obey an order whose signal never arrived (lost, or no watcher)."""
-        if self.board.order_seq(self.index) != self.last_order:
+        if self._order_seq()[0] != self.last_order:
             self.obey(self.board.read_order(self.index))
 
     def _handler_replaced(self, task: str | None, task_id: str) -> None:
