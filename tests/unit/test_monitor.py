@@ -384,6 +384,29 @@ class TestMonitorFailures:
         h.poll(advance=1.5)  # kill_grace (2 s) after the KILL: the grace timer survived the failed reading
         assert (Action.FORCE_KILL, 11, "id-9", 0) == h.decisions()[-1]
 
+    def test_kill_grace_runs_from_when_the_stop_was_sent(self, logged: Path) -> None:
+        """Issue 13.1: a poll that spends 0.8 s before sending the stop does not shorten kill_grace."""
+        board = Board(1)
+        slow = RecordingActuator()
+        h = Harness(board=board, actuator=slow)
+        original_apply = slow.apply
+
+        def apply_slowly(decision: Decision, index: int | None) -> None:
+            h.clock.now += 0.8  # the poll's readings and decisions took 0.8 s before this stop went out
+            original_apply(decision, index)
+        slow.apply = apply_slowly  # type: ignore[method-assign]
+        board.claim(0, 11, 1.0)
+        board.task_started(0, 11, "app.tasks.grow", "id-9", 99.0, 0, 0, 1.0)
+        h.world.add(FakeProbe(11, rss=600 * MiB), 0)
+        h.poll(advance=0.5)  # poll at 100.5, stop sent at 101.3
+        assert [(Action.KILL, 11, "id-9", 0)] == h.decisions()
+        slow.apply = original_apply  # type: ignore[method-assign]
+        h.poll(advance=1.5)  # 102.8: 2.3 s after the poll began, only 1.5 s after the stop was sent
+        h.poll(advance=0.49)  # 103.29
+        assert [(Action.KILL, 11, "id-9", 0)] == h.decisions()
+        h.poll(advance=0.01)  # 103.3: the full 2 s after the stop was sent
+        assert (Action.FORCE_KILL, 11, "id-9", 0) == h.decisions()[-1]
+
     @pytest.mark.parametrize("pid", [0, None])
     def test_empty_pids_skipped(self, logged: Path, pid: Any) -> None:
         """Pool entries without a pid (a child still starting) are skipped."""
