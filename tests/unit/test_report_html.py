@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import tracemalloc
 from pathlib import Path
@@ -238,3 +239,25 @@ class TestCommand:
         out = io.StringIO()
         assert 0 == run_report([str(RECORDED)], "text", out=out, err=io.StringIO())
         assert "memguard.sample" not in out.getvalue()
+
+
+def test_fuzz_mutated_samples_and_markers(tmp_path: Path) -> None:
+    """Seeded fuzz: lines mutated from the recorded run's events (samples and markers included: wrong types,
+    NaN, huge numbers, broken syntax, cut lines) and random bytes give a page, never a traceback, with
+    nothing from the log unescaped."""
+    from .test_report_hostile import _mutant
+
+    events = [json.loads(raw) for raw in RECORDED.read_text().splitlines()]
+    for seed in range(3):
+        rng = random.Random(seed)
+        path = tmp_path / f"fuzz{seed}.log"
+        with open(path, "wb") as f:
+            for _ in range(1000):
+                f.write(_mutant(rng, events).encode("utf-8", "surrogatepass") + b"\n")
+            f.write(bytes(rng.randrange(256) for _ in range(4000)) + b"\n")
+        out, err = io.StringIO(), io.StringIO()
+        assert 0 == run_report([str(path)], "html", out=out, err=err)
+        page = out.getvalue()
+        assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+        assert "<script" not in page.lower()
+        assert_self_contained(page)
