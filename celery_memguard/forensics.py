@@ -90,6 +90,34 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _oom_verdict(signum: int | None, exitcode: int, oom_delta: int | None, last: ChildSample | None,
+                 rate: float | None, available: int | None, effective_memory: int) -> tuple[bool, str]:
+    """Whether the loss was likely the kernel's OOM killer, and why (the first sign that holds)."""
+    if signum != _signal.SIGKILL:
+        return False, "not killed by SIGKILL" if signum is not None else f"exited with code {exitcode}"
+    if oom_delta:
+        return True, f"the cgroup's oom_kill counter rose by {oom_delta}"
+    if last is not None and last.rss >= 0.8 * effective_memory:
+        return True, "its memory was near the effective memory limit"
+    if last is not None and rate is not None and rate > 50 * MiB:
+        return True, f"it was growing at {rate / MiB:.0f} MiB/s just before death"
+    if available is not None and available < 0.05 * effective_memory:
+        return True, "the system had under 5% of memory available"
+    if oom_delta == 0:
+        return False, ("SIGKILL, but the cgroup's oom_kill counter did not change: likely an operator, a time limit "
+                       "or another process")
+    return False, "SIGKILL with no memory pressure seen (oom_kill counter not readable)"
+
+
+def _task_of(recorded: RecordedTask | None, last: ChildSample | None) -> tuple[str | None, str | None, str | None]:
+    """The lost child's task, task id and where they come from: its own board record, else the last poll."""
+    if recorded is not None:
+        return recorded.task, recorded.task_id, "board"
+    if last is not None:
+        return last.task, last.task_id, "last_poll"
+    return None, None, None
+
+
 def explain_loss(
     pid: int,
     exitcode: int | None,
@@ -117,27 +145,9 @@ def explain_loss(
     if oom_kills_before is not None and oom_kills_now is not None:
         oom_delta = max(0, oom_kills_now - oom_kills_before)
 
-    likely, reason = False, "not killed by SIGKILL" if signum is not None else f"exited with code {exitcode}"
-    if signum == _signal.SIGKILL:
-        if oom_delta:
-            likely, reason = True, f"the cgroup's oom_kill counter rose by {oom_delta}"
-        elif last is not None and last.rss >= 0.8 * effective_memory:
-            likely, reason = True, "its memory was near the effective memory limit"
-        elif last is not None and rate is not None and rate > 50 * MiB:
-            likely, reason = True, f"it was growing at {rate / MiB:.0f} MiB/s just before death"
-        elif available is not None and available < 0.05 * effective_memory:
-            likely, reason = True, "the system had under 5% of memory available"
-        elif oom_delta == 0:
-            reason = "SIGKILL, but the cgroup's oom_kill counter did not change: likely an operator, a time limit or another process"
-        else:
-            reason = "SIGKILL with no memory pressure seen (oom_kill counter not readable)"
+    likely, reason = _oom_verdict(signum, exitcode, oom_delta, last, rate, available, effective_memory)
     last_at = history.last_at if history is not None else None
-    if recorded is not None:
-        task, task_id, source = recorded.task, recorded.task_id, "board"
-    elif last is not None:
-        task, task_id, source = last.task, last.task_id, "last_poll"
-    else:
-        task, task_id, source = None, None, None
+    task, task_id, source = _task_of(recorded, last)
     busy = recorded is not None and recorded.busy
     fields: dict[str, object] = {
         "pid": pid,

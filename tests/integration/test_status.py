@@ -106,6 +106,10 @@ def test_status_on_a_solo_worker_says_it_is_not_policing(start_worker: StartWork
     status = status_json(worker, hostname)
     assert status["active"] is False and status["pool"] == "solo", status
     assert "no child processes" in status["reason"], status
+    stats = celery_cli(worker, "inspect", "stats", "-d", hostname, "--json", "--timeout", "5")
+    assert stats.returncode == 0, stats.stderr
+    section = json.loads(stats.stdout)[hostname]["memguard"]
+    assert section["active"] is False and section["children_mib"] == {} and section["recycles"] == {}, section
 
 
 def test_status_without_a_reply_exits_2(start_worker: StartWorker, redis_url: str) -> None:
