@@ -31,7 +31,7 @@ from .forensics import CLEAN_EXITS, ChildHistory, explain_loss
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .probes.system import read_system
 from .detectors.base import Detector, Finding
-from .samples import Action, ChildSample, MasterSample, SystemSample, TaskSample
+from .samples import Action, ChildSample, Decision, MasterSample, SystemSample, TaskSample
 
 __all__ = ["HostReaders", "Monitor", "PollView", "PoolHooks"]
 
@@ -283,6 +283,31 @@ class Monitor:
         self.polls += 1
         if self.board is not None:
             self._activity_mark = self.board.activity()  # a task started after this wakes the next sleep
+        samples, index_of = self._read_children(now)
+        for pid in [p for p in self._tracked if p not in index_of]:
+            self._lost(pid, now)
+            self._forget(pid)
+        try:
+            self._drain_all(now)
+        except Exception as exc:
+            events.error("monitor.drain", exc)
+        if self.master_pid is not None and self.detectors:
+            self._observe_master(now)
+        system = self._read_system(now)
+        self._carry_out(self.engine.decide(samples, now, system=system), index_of)
+        for finding in self.engine.findings():
+            self._found(finding)
+        self._remind_leaving(samples, index_of)
+        self.last_poll = PollView(now, tuple(samples), system, self.master_reading, index_of)
+        if self.on_poll is not None:
+            try:
+                self.on_poll(self.last_poll)
+            except Exception as exc:
+                events.error("monitor.on_poll", exc)
+        return self._stretch(self.engine.next_delay, samples)
+
+    def _read_children(self, now: float) -> tuple[list[ChildSample], dict[int, int | None]]:
+        """Sample every listed child; also returns each listed child's pool index (gone ones included)."""
         samples: list[ChildSample] = []
         index_of: dict[int, int | None] = {}
         for pid, index in list(self.children()):
@@ -311,17 +336,11 @@ class Monitor:
             if not tracked.slot_checked:
                 tracked.slot_checked = True
                 self._check_slot(pid, index)
-        for pid in [p for p in self._tracked if p not in index_of]:
-            self._lost(pid, now)
-            self._forget(pid)
-        try:
-            self._drain_all(now)
-        except Exception as exc:
-            events.error("monitor.drain", exc)
-        if self.master_pid is not None and self.detectors:
-            self._observe_master(now)
-        system = self._read_system(now)
-        for decision in self.engine.decide(samples, now, system=system):
+        return samples, index_of
+
+    def _carry_out(self, decisions: Iterable[Decision], index_of: dict[int, int | None]) -> None:
+        """Count each decision and hand it to the actuator (a failure is logged; the others still go)."""
+        for decision in decisions:
             key = (decision.action.value, decision.reason)
             self.decided = {**self.decided, key: self.decided.get(key, 0) + 1}
             try:
@@ -334,22 +353,15 @@ class Monitor:
                     self._killed.add(decision.pid)
             except Exception as exc:
                 events.error("actions.apply", exc)
-        for finding in self.engine.findings():
-            self._found(finding)
+
+    def _remind_leaving(self, samples: list[ChildSample], index_of: dict[int, int | None]) -> None:
+        """Remind every idle child told to leave, each poll until it has gone (see worker/child.py)."""
         for sample in samples:
-            # An idle child told to leave is reminded every poll until it has gone (see worker/child.py).
             if sample.task_id is None and self.engine.pending(sample.pid) in _LEAVING:
                 try:
                     self.actuator.remind(sample.pid, index_of.get(sample.pid))
                 except Exception as exc:
                     events.error("actions.remind", exc)
-        self.last_poll = PollView(now, tuple(samples), system, self.master_reading, index_of)
-        if self.on_poll is not None:
-            try:
-                self.on_poll(self.last_poll)
-            except Exception as exc:
-                events.error("monitor.on_poll", exc)
-        return self._stretch(self.engine.next_delay, samples)
 
     def _sample(self, pid: int, index: int | None, now: float) -> ChildSample:
         tracked = self._tracked.get(pid)
