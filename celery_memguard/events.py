@@ -131,7 +131,8 @@ SAMPLE = "memguard.sample"
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
     STARTED: ("pool", "concurrency", "metric", "soft_limit_mib", "hard_limit_mib", "poll_interval", "dry_run",
-              "kill_grace", "effective_memory_mib", "policies", "leak_attribution", "log"),
+              "kill_grace", "effective_memory_mib", "policies", "leak_attribution", "log", "pool_limit_mib",
+              "min_available_mib", "sample_interval"),
     POOL_UNSUPPORTED: ("pool", "can", "cannot"),
     CHILD_RECYCLED: ("pid", "reason", "mem_mib", "limit_mib", "metric", "tasks_run", "lifetime_s", "task", "task_id"),
     TASK_KILLED: ("task", "task_id", "pid", "mem_mib", "limit_mib", "metric", "reason", "signal"),

@@ -280,7 +280,10 @@ def _timelines(host: HostTimeline) -> list[str]:
     ) if s is not None and len(s)]
     if totals:
         out.append("<h3>Pool total and available memory</h3>")
-        out.append(_chart(f"{host.hostname}: pool total and available memory", span, totals, [], [], height=200))
+        budget = [(value, colour, label) for value, colour, label in (
+            (host.pool_limit_mib, "#d62728", "pool limit"), (host.min_available_mib, "#2ca02c", "min available"))
+            if value is not None]
+        out.append(_chart(f"{host.hostname}: pool total and available memory", span, totals, budget, [], height=200))
         out.append(_legend([(label, colour) for _p, colour, label, _d in totals]))
     merged = sum(s.merged for s in (*host.slots.values(), host.master, host.pool, host.available) if s is not None)
     out.append(f'<p class="note">{_n(host.samples)} samples; {_n(len(host.markers))} markers'

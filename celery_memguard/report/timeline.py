@@ -172,6 +172,8 @@ class HostTimeline:
     metric: str | None = None
     soft_limit_mib: float | None = None
     hard_limit_mib: float | None = None
+    pool_limit_mib: float | None = None  #: memguard_pool_limit (drawn on the pool total's chart)
+    min_available_mib: float | None = None  #: memguard_min_available (drawn on the available memory's line)
     limits_ts: str = ""
     #: Pool slot of each child pid seen in the samples (at most :data:`MAX_PIDS` over all hosts).
     pid_slots: dict[int, int] = field(default_factory=dict)
@@ -269,6 +271,8 @@ class Timelines:
             host.limits_ts = ts
             host.soft_limit_mib = _mib(event.get("soft_limit_mib"))
             host.hard_limit_mib = _mib(event.get("hard_limit_mib"))
+            host.pool_limit_mib = _mib(event.get("pool_limit_mib"))
+            host.min_available_mib = _mib(event.get("min_available_mib"))
             metric = event.get("metric")
             host.metric = _text(metric, 10) if isinstance(metric, str) else host.metric
 

@@ -38,6 +38,7 @@ def test_samples_and_html_report_of_a_real_run(start_worker: StartWorker, redis_
         "memguard_soft_limit": f"{SOFT}MiB", "memguard_hard_limit": f"{HARD}MiB",
         "memguard_poll_interval": POLL, "memguard_sample_interval": SAMPLE})
     first = worker.wait_for_event("memguard.sample", timeout=60)
+    assert worker.events("memguard.started")[0]["sample_interval"] == SAMPLE
     children = worker.child_pids()
     assert {c["pid"] for c in first["children"]} <= children | worker.known_pids, (first, children)
     assert sorted(c["slot"] for c in first["children"]) == [0, 1], first

@@ -95,6 +95,7 @@ class TestDay:
         assert "app.render_pdf" in page  # heavy task
         assert "LEAK: 1 task retains memory on every call." in page
         assert "available memory" in page and "pool total" in page
+        assert "pool limit 3,000 MiB" in page and "min available 1,024 MiB" in page  # from memguard.started
         assert all(len(line) <= MAX_POINTS for line in polylines(page))
 
     def test_size_does_not_grow_with_the_sample_rate(self, day: Path, tmp_path: Path) -> None:

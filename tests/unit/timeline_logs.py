@@ -29,7 +29,8 @@ def day_events(children: int = 8, interval: float = 60.0, hours: float = 24.0, s
     rng = random.Random(seed)
     base = {"hostname": HOST, "level": "info", "source_pid": 100}
     yield {**base, "event": "memguard.started", "ts": _ts(0), "pool": "prefork", "concurrency": children,
-           "metric": "uss", "soft_limit_mib": SOFT, "hard_limit_mib": HARD, "poll_interval": 1.0, "dry_run": False}
+           "metric": "uss", "soft_limit_mib": SOFT, "hard_limit_mib": HARD, "poll_interval": 1.0, "dry_run": False,
+           "pool_limit_mib": 3000.0, "min_available_mib": 1024.0, "sample_interval": interval}
     pids = {slot: 1000 + slot for slot in range(children)}
     mem = {slot: 80.0 + rng.random() * 20 for slot in range(children)}
     tasks = {slot: 0 for slot in range(children)}
