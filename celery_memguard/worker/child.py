@@ -99,6 +99,10 @@ HEAP_ARM_GROWTH = 64 * 1024
 #: Tasks measured with the heap probe after each such growth.
 HEAP_ARMED_TASKS = 32
 _runtime: "ChildRuntime | None" = None
+#: Objects already in the permanent generation when MemGuard is imported (before the application can
+#: have called ``gc.freeze()``): 0 on most Pythons, a few hundred of the interpreter's own on 3.12. More
+#: than this later means the application froze objects itself, and settled readings are then skipped.
+_INTERPRETER_FROZEN = gc.get_freeze_count()
 
 
 def runtime() -> "ChildRuntime | None":
@@ -250,10 +254,11 @@ class ChildRuntime:
 
         ``gc.freeze()`` moves every tracked object to the permanent generation (a list splice: O(1));
         the automatic collections during the task then see only the task's own objects. Not done
-        when the application froze objects itself or disabled the collector (its choice stands).
+        when the application froze objects itself (more frozen than the interpreter's own, see
+        :data:`_INTERPRETER_FROZEN`) or disabled the collector (its choice stands).
         """
         try:
-            if gc.isenabled() and gc.get_freeze_count() == 0:
+            if gc.isenabled() and gc.get_freeze_count() <= _INTERPRETER_FROZEN:
                 gc.freeze()
                 self.settling = True
                 # A full collection also clears the interpreter's free lists; do it now too (it scans
