@@ -36,6 +36,15 @@ def mib(size: float | None) -> float | None:
     return None if size is None else round(size / MiB, 1)
 
 
+def format_number(value: float | int | None, digits: int = 1) -> str:
+    """A count or measure for people: thousands separated, ``digits`` decimals for floats, ``?`` if unknown."""
+    if value is None:
+        return "?"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
 def format_mib(size: float) -> str:
     """``size`` bytes for a message: ``"3.5 MiB"`` below 10 MiB, ``"512 MiB"`` from there on."""
     return f"{size / MiB:.1f} MiB" if abs(size) < 10 * MiB else f"{size / MiB:.0f} MiB"

@@ -26,6 +26,7 @@ import math
 from typing import Iterable, Sequence
 
 from .aggregate import MAX_ENTRIES, MAX_HOSTS, MAX_KEYS
+from ..units import format_number as _n
 from .model import HostReport, Report
 from .timeline import MAX_MARKERS, MAX_POINTS, MAX_SERIES, MAX_SLOTS, HostTimeline, Marker, Timelines
 
@@ -62,14 +63,6 @@ code{font-size:12px;background:#f4f4f4;padding:0 3px}.note{font-size:12px;color:
 
 def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _n(value: float | int | None, digits: int = 1) -> str:
-    if value is None:
-        return "?"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
 
 
 def _nice_step(span: float, ticks: int = 5) -> float:

@@ -12,6 +12,7 @@ import textwrap
 from typing import Any
 
 from .aggregate import MAX_ENTRIES, MAX_HOSTS, MAX_KEYS, OTHER, OTHER_HOSTS
+from ..units import format_number as _n
 from .model import HostReport, Report
 
 __all__ = ["render_text", "render_json", "to_dict", "table", "duration"]
@@ -29,14 +30,6 @@ def to_dict(report: Report) -> dict[str, Any]:
 
 def render_json(report: Report) -> str:
     return json.dumps(to_dict(report), indent=2, sort_keys=False) + "\n"
-
-
-def _n(value: float | int | None, digits: int = 1) -> str:
-    if value is None:
-        return "?"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
 
 
 def _plural(count: int, word: str) -> str:

@@ -203,7 +203,7 @@ class ChildRuntime:
     def after(self, task_id: str, ok: bool) -> None:
         if task_id != self.task_id or self.task is None:
             return
-        if _getsignal(ORDER_SIGNAL) is not self._handler and not self.handler_warned:
+        if not self.handler_warned and not self._handler_in_place():
             self._handler_replaced(self.task, task_id)
         settled = self.settling
         if settled:

@@ -51,11 +51,8 @@ class EventFile:
 
 
 @pytest.fixture
-def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EventFile]:
-    log = events.EventLog(fmt="json", log_file=str(tmp_path / "events.log"))
-    monkeypatch.setattr(events, "_current", log)
-    yield EventFile(tmp_path / "events.log")
-    os.close(log.fd)
+def logged(event_log: Path) -> EventFile:
+    return EventFile(event_log)
 
 
 def decision(action: Action, *, pid: int = 4242, task_id: str | None = "id-7", reason: str = "hard_limit",

@@ -383,21 +383,26 @@ def test_forked_child_reopens_a_moved_file_on_its_own(tmp_path: Path, monkeypatc
     assert [1, 2] == [r["polls"] for r in json_lines(path)]
 
 
-def test_stderr_socket_nobody_reads_never_blocks() -> None:
-    """Standard error a stream socket (journald) nobody drains: sends are non-blocking, drops counted."""
-    import socket
+def _flood_stderr(fd: int) -> "subprocess.CompletedProcess[str]":
+    """A process whose standard error is ``fd`` emits 2,000 events of 1 KB; it prints how many it dropped."""
     import subprocess
     import sys
 
-    reader, writer = socket.socketpair()
     code = ("from celery_memguard import events\n"
             "log = events.EventLog(fmt='json')\n"
             "for n in range(2000):\n"
             "    log.emit(events.STOPPED, polls=n, decisions=0, pad='x' * 1000)\n"
             "print(log.dropped)\n")
+    return subprocess.run([sys.executable, "-c", code], stderr=fd, stdout=subprocess.PIPE, timeout=60, text=True)
+
+
+def test_stderr_socket_nobody_reads_never_blocks() -> None:
+    """Standard error a stream socket (journald) nobody drains: sends are non-blocking, drops counted."""
+    import socket
+
+    reader, writer = socket.socketpair()
     try:
-        proc = subprocess.run([sys.executable, "-c", code], stderr=writer.fileno(), stdout=subprocess.PIPE,
-                              timeout=60, text=True)
+        proc = _flood_stderr(writer.fileno())
     finally:
         writer.close()
     reader.close()
@@ -407,18 +412,10 @@ def test_stderr_socket_nobody_reads_never_blocks() -> None:
 
 def test_stderr_pipe_nobody_reads_never_blocks() -> None:
     """Standard error a pipe nobody drains: reopened non-blocking, drops counted, the process carries on."""
-    import subprocess
-    import sys
 
     read_end, write_end = os.pipe()
-    code = ("from celery_memguard import events\n"
-            "log = events.EventLog(fmt='json')\n"
-            "for n in range(2000):\n"
-            "    log.emit(events.STOPPED, polls=n, decisions=0, pad='x' * 1000)\n"
-            "print(log.dropped)\n")
     try:
-        proc = subprocess.run([sys.executable, "-c", code], stderr=write_end, stdout=subprocess.PIPE,
-                              timeout=60, text=True)
+        proc = _flood_stderr(write_end)
     finally:
         os.close(write_end)
         os.close(read_end)

@@ -147,14 +147,6 @@ class Harness:
         return [(d.action, d.pid, d.task_id, index) for d, index in self.actuator.applied]
 
 
-@pytest.fixture
-def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    log = events.EventLog(fmt="json", log_file=str(tmp_path / "events.log"))
-    monkeypatch.setattr(events, "_current", log)
-    yield tmp_path / "events.log"
-    os.close(log.fd)
-
-
 def event_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

@@ -35,14 +35,6 @@ def restore_handler() -> Iterator[None]:
     signal.signal(ORDER_SIGNAL, handler)
 
 
-@pytest.fixture
-def logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    log = events.EventLog(fmt="json", log_file=str(tmp_path / "events.log"))
-    monkeypatch.setattr(events, "_current", log)
-    yield tmp_path / "events.log"
-    os.close(log.fd)
-
-
 def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

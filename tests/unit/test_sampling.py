@@ -16,7 +16,7 @@ from celery_memguard.monitor import PollView
 from celery_memguard.samples import ChildSample, MasterSample, SystemSample
 from celery_memguard.sampling import SampleLog, sample_fields
 
-from .test_monitor import MiB, FakeProbe, Harness, event_records, logged  # noqa: F401  (fixture)
+from .test_monitor import MiB, FakeProbe, Harness, event_records
 
 
 class CountingProbe(FakeProbe):
