@@ -152,7 +152,7 @@ class Engine:
             strikes=config.strikes,
             max_recycles_per_minute=config.max_recycles_per_minute,
             max_throughput_loss=config.max_throughput_loss,
-            metric=getattr(config, "metric", "uss"),
+            metric=config.metric,
         )
 
     @property
