@@ -6,7 +6,10 @@ code (killed by a signal) or an unexpected exit code, and MemGuard had not sent
 ``SIGKILL`` itself, :func:`explain_loss` turns what is known into one
 ``memguard.child_lost`` event: which task it was running, its last memory and its
 growth just before death, the change of the cgroup's ``oom_kill`` counter, and a
-``likely_oom`` verdict with the reason.
+``likely_oom`` verdict with the reason. A :class:`LossExplainer` is that concern
+for one worker: built once from the settings (hard limit, effective memory) and
+the readers it needs (OOM-kill counter, available memory), it keeps the counter's
+baseline between losses, so the monitor only says "this child is gone".
 
 The task comes from what the child itself wrote on the board when the task started
 (``task_source="board"``; it survives the child, even once a replacement has taken
@@ -24,13 +27,14 @@ from __future__ import annotations
 import signal as _signal
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
+from . import events
 from .events import CHILD_LOST
 from .samples import ChildSample
 from .units import MiB, mib
 
-__all__ = ["ChildHistory", "LossReport", "explain_loss", "EX_RECYCLE", "CLEAN_EXITS", "CHILD_LOST"]
+__all__ = ["ChildHistory", "LossExplainer", "LossReport", "explain_loss", "EX_RECYCLE", "CLEAN_EXITS", "CHILD_LOST"]
 
 #: billiard's exit code for a planned recycle; 0 is a clean exit.
 EX_RECYCLE = 0x9B
@@ -170,3 +174,44 @@ def explain_loss(
     if hard_limit is not None and last is not None:
         fields["hard_limit_mib"] = mib(hard_limit)
     return LossReport(CHILD_LOST, fields)
+
+
+class LossExplainer:
+    """Explains one worker's lost children: its limits, and how to read the machine when a child is lost.
+
+    ``oom_kills`` reads the kernel's OOM-kill counter (None: not read); ``available`` reads the memory
+    available right now (None: not read). A reader that raises is one ``memguard.error`` and the
+    explanation goes on without it. Built where the settings are known (the Guard); the monitor calls
+    :meth:`explain` for a child that left with an exit code MemGuard did not cause.
+    """
+
+    def __init__(self, *, hard_limit: int | None = None, effective_memory: int = 0,
+                 oom_kills: Callable[[], int | None] | None = None,
+                 available: Callable[[], int | None] | None = None) -> None:
+        self.hard_limit = hard_limit
+        self.effective_memory = effective_memory
+        self._oom_kills = oom_kills
+        self._available = available
+        self._oom_baseline = self._read("oom_kills", oom_kills)
+
+    def explain(self, pid: int, exitcode: int | None, history: ChildHistory | None, *,
+                recorded: RecordedTask | None = None, now: float | None = None) -> LossReport | None:
+        """The ``memguard.child_lost`` report for child ``pid`` (None for a clean exit); moves the baseline."""
+        if exitcode is None or exitcode in CLEAN_EXITS:
+            return None
+        oom_now = self._read("oom_kills", self._oom_kills)
+        report = explain_loss(pid, exitcode, history, oom_kills_before=self._oom_baseline, oom_kills_now=oom_now,
+                              hard_limit=self.hard_limit, effective_memory=self.effective_memory,
+                              available=self._read("system", self._available), recorded=recorded, now=now)
+        self._oom_baseline = oom_now
+        return report
+
+    @staticmethod
+    def _read(what: str, reader: Callable[[], int | None] | None) -> int | None:
+        if reader is None:
+            return None
+        try:
+            return reader()
+        except Exception as exc:
+            events.error(f"monitor.{what}", exc)
+            return None

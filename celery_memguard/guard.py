@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 from typing import Any
 
 from . import events
@@ -31,6 +32,7 @@ from .config import MemGuardConfig
 from .detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
 from .detectors.base import Detector, Finding
 from .engine import Engine
+from .forensics import LossExplainer
 from .monitor import HostReaders, Monitor, PollView, PoolHooks
 from .probes import HeapProbe, heap_probe
 from .probes.system import oom_kill_count, read_system
@@ -116,8 +118,9 @@ class Guard:
                 pool=pool, engine=self.engine, board=self.board, metric=cfg.metric, detectors=self.detectors,
                 actuator=Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run),
                 on_finding=self.record,
-                host=HostReaders(oom_kills=oom_kill_count, system=read_system if wants_system else None),
-                hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
+                host=HostReaders(system=read_system if wants_system else None),
+                explainer=LossExplainer(hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
+                                        oom_kills=oom_kill_count, available=_available_now),
                 on_poll=SampleLog(cfg.sample_interval, cfg.metric).offer if cfg.sample_interval else None,
             )
             monitor.start()
@@ -201,6 +204,18 @@ class Guard:
         return monitor.last_poll if monitor is not None else None
 
     @property
+    def polls(self) -> int:
+        """Polls done so far by the running monitor (0 when it is not running)."""
+        monitor = self.monitor
+        return monitor.polls if monitor is not None else 0
+
+    @property
+    def unreadable_children(self) -> int:
+        """Live children whose configured metric cannot be read (RSS stands in for them)."""
+        monitor = self.monitor
+        return monitor.unreadable_children if monitor is not None else 0
+
+    @property
     def decided(self) -> dict[tuple[str, str], int]:
         """Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done)."""
         monitor = self.monitor
@@ -242,6 +257,11 @@ def heap_attribution(cfg: MemGuardConfig) -> HeapProbe | None:
 @functools.cache
 def _heap_probe() -> HeapProbe | None:
     return heap_probe()
+
+
+def _available_now() -> int:
+    """Memory available right now, for a lost child's verdict (a child is rarely lost: ~0.5 ms)."""
+    return read_system(time.monotonic()).available
 
 
 def build_detectors(cfg: MemGuardConfig) -> list[Detector]:

@@ -27,9 +27,8 @@ from .actions import Actuator
 from .board import Board
 from .engine import Engine
 from .estimate import MetricEstimate
-from .forensics import CLEAN_EXITS, ChildHistory, explain_loss
+from .forensics import CLEAN_EXITS, ChildHistory, LossExplainer
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
-from .probes.system import read_system
 from .detectors.base import Detector, Finding
 from .samples import Action, ChildSample, Decision, MasterSample, SystemSample, TaskSample
 
@@ -88,12 +87,11 @@ class PoolHooks:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HostReaders:
-    """How the monitor reads the machine: a probe per process, the system's memory (None: only read to
-    explain a lost child), the kernel's OOM-kill counter, and the clock (tests pass fakes)."""
+    """How the monitor reads the machine: a probe per process, the system's memory for the pressure
+    policies (None: not read), and the clock (tests pass fakes)."""
 
     open_probe: Callable[[int], ProcessProbe] = open_process_probe
     system: Callable[[float], SystemSample] | None = None
-    oom_kills: Callable[[], int | None] | None = None
     clock: Callable[[], float] = time.monotonic
 
 
@@ -142,9 +140,7 @@ class Monitor:
         detectors: Sequence[Detector] = (),
         on_finding: Callable[[Finding], None] = events.log_finding,
         host: HostReaders = HostReaders(),
-        hard_limit: int | None = None,
-        effective_memory: int = 0,
-        on_tasks: Callable[[list[TaskSample]], None] | None = None,
+        explainer: LossExplainer | None = None,
         on_poll: Callable[[PollView], None] | None = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
@@ -153,23 +149,21 @@ class Monitor:
         self.actuator = actuator
         self.board = board
         self.metric = metric
-        self.open_probe, self.clock, self.system, self.oom_kills = host.open_probe, host.clock, host.system, host.oom_kills
-        self.on_tasks = on_tasks
+        self.open_probe, self.clock, self.system = host.open_probe, host.clock, host.system
+        #: Explains a child lost to a signal MemGuard did not send (None: such losses are not explained).
+        self.explainer = explainer
         self.detectors = list(detectors)
         self.master_every = min([MASTER_EXACT_EVERY] + [
             d.sample_interval for d in self.detectors if d.sample_interval is not None
         ])
         self.on_finding = on_finding
         self._master_probe: ProcessProbe | None = None
-        self.hard_limit = hard_limit
-        self.effective_memory = effective_memory
         self.leak_rates = _leak_rates(self.detectors)
         #: Called with each poll\'s :class:`PollView` (``memguard.sample``, see :mod:`celery_memguard.sampling`).
         self.on_poll = on_poll
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
-        self._oom_baseline = self._read_oom_kills()
         self.polls = 0
         #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done); replaced
         #: whole on each decision, never changed in place, so another thread can read it as it is.
@@ -450,7 +444,7 @@ class Monitor:
 
     def _drain_all(self, now: float) -> None:
         """Read every slot's new finished-task records (also those of children that just exited)."""
-        if self.board is None or (self.on_tasks is None and not self.detectors):
+        if self.board is None or not self.detectors:
             return
         for index in range(min(self.board.slots, self._top_index + 1)):
             since = self._drained.get(index, 0)
@@ -460,8 +454,6 @@ class Monitor:
                 self._dispatch(records, now)
 
     def _dispatch(self, records: list[TaskSample], now: float) -> None:
-        if self.on_tasks is not None:
-            self.on_tasks(records)
         for detector in self.detectors:
             for record in records:
                 if not self._feed(detector, detector.observe_task, record, now):
@@ -517,18 +509,9 @@ class Monitor:
                 return None
         return self._system
 
-    def _read_oom_kills(self) -> int | None:
-        if self.oom_kills is None:
-            return None
-        try:
-            return self.oom_kills()
-        except Exception as exc:
-            events.error("monitor.oom_kills", exc)
-            return None
-
     def _lost(self, pid: int, now: float) -> None:
         """A child left the pool: report it if it died in a way MemGuard did not cause."""
-        if self.exit_code is None or pid in self._killed:
+        if self.exit_code is None or self.explainer is None or pid in self._killed:
             self._killed.discard(pid)
             return
         if self.shutting_down is not None and self.shutting_down():
@@ -537,31 +520,16 @@ class Monitor:
             exitcode = self.exit_code(pid)
             if exitcode is None or exitcode in CLEAN_EXITS:
                 return
-            oom_now = self._read_oom_kills()
             tracked = self._tracked.get(pid)
             index = tracked.index if tracked is not None else None
             recorded = None
             if self.board is not None and index is not None and self.board.has_slot(index):
                 recorded = self.board.task_of(index, pid)  # what the child wrote at task start: survives it
-            report = explain_loss(pid, exitcode, _history_of(tracked), oom_kills_before=self._oom_baseline,
-                                  oom_kills_now=oom_now, hard_limit=self.hard_limit,
-                                  effective_memory=self.effective_memory, available=self._available_now(),
-                                  recorded=recorded, now=now)
-            self._oom_baseline = oom_now
+            report = self.explainer.explain(pid, exitcode, _history_of(tracked), recorded=recorded, now=now)
             if report is not None:
                 events.emit(report.event, "error", **report.fields)
         except Exception as exc:
             events.error("monitor.child_lost", exc)
-
-    def _available_now(self) -> int | None:
-        """Memory available right now (for a lost child's verdict): the pressure policies' reader when
-        configured, else one reading of the machine/cgroup (a child is rarely lost, ~0.5 ms)."""
-        reader = self.system if self.system is not None else read_system
-        try:
-            return reader(time.monotonic()).available
-        except Exception as exc:
-            events.error("monitor.system", exc)
-            return None
 
     def _forget(self, pid: int) -> None:
         tracked = self._tracked.pop(pid, None)

@@ -17,7 +17,9 @@ import pytest
 
 from celery_memguard import events
 from celery_memguard.board import Board
+from celery_memguard.detectors.base import Detector, Finding
 from celery_memguard.engine import ASSUMED_TASK_GROWTH, Engine
+from celery_memguard.forensics import LossExplainer
 from celery_memguard.estimate import PAGE_SIZE
 from celery_memguard.monitor import EXACT_REFRESH, HostReaders, Monitor, PoolHooks
 from celery_memguard.policies import HardLimit, SoftLimit
@@ -124,10 +126,21 @@ class Clock:
         return self.now
 
 
+class TaskRecorder(Detector):
+    """A detector that only keeps the finished-task records it is given."""
+
+    def __init__(self, received: list[TaskSample]) -> None:
+        self.received = received
+
+    def observe_task(self, sample: TaskSample, now: float) -> list[Finding]:
+        self.received.append(sample)
+        return []
+
+
 class Harness:
     def __init__(self, *, metric: str = "uss", soft: int | None = SOFT, hard: int | None = HARD,
                  board: Board | None = None, actuator: RecordingActuator | None = None,
-                 on_tasks: Any = None) -> None:
+                 detectors: Sequence[Detector] = ()) -> None:
         policies = ([HardLimit(limit=hard)] if hard else []) + ([SoftLimit(limit=soft)] if soft else [])
         self.engine = SpyEngine(policies, kill_grace=2.0, poll_interval=1.0)
         self.world = World()
@@ -137,7 +150,7 @@ class Harness:
         self.monitor = Monitor(pool=PoolHooks(children=self.world.children), engine=self.engine,
                                actuator=self.actuator, board=board, metric=metric,  # type: ignore[arg-type]
                                host=HostReaders(open_probe=self.world.open_probe, clock=self.clock),  # type: ignore[arg-type]
-                               on_tasks=on_tasks)
+                               detectors=detectors)
 
     def poll(self, advance: float = 1.0) -> float:
         self.clock.now += advance
@@ -482,11 +495,11 @@ class TestMonitorDecisions:
         assert 0.1 == h.poll()
         assert pytest.approx(0.25 * (HARD - 100 * MiB) / ASSUMED_TASK_GROWTH) == h.poll()
 
-    def test_on_tasks_receives_drained_records(self, logged: Path) -> None:
-        """Finished-task records on the board reach on_tasks once each, and restart for a new pid in the slot."""
+    def test_detectors_receive_drained_records(self, logged: Path) -> None:
+        """Finished-task records on the board reach the detectors once each, and restart for a new pid in the slot."""
         received: list[TaskSample] = []
         board = Board(1)
-        h = Harness(board=board, on_tasks=received.extend)
+        h = Harness(board=board, detectors=[TaskRecorder(received)])
         board.claim(0, 11, 1.0)
         for n in range(3):
             board.task_finished(0, 11, "app.tasks.t", f"id-{n}", 2.0, 0.1, MiB, 2 * MiB, 3 * MiB, True, n + 1, 1.0)
@@ -504,10 +517,10 @@ class TestMonitorDecisions:
 
 
     def test_records_of_exited_child_are_drained(self, logged: Path) -> None:
-        """Tasks a child finished after the last poll still reach on_tasks after the child has exited."""
+        """Tasks a child finished after the last poll still reach the detectors after the child has exited."""
         received: list[TaskSample] = []
         board = Board(1)
-        h = Harness(board=board, on_tasks=received.extend)
+        h = Harness(board=board, detectors=[TaskRecorder(received)])
         board.claim(0, 11, 1.0)
         h.world.add(FakeProbe(11, rss=10 * MiB), 0)
         h.poll()
@@ -667,8 +680,6 @@ class TestMonitorChildLost:
     def test_low_available_memory_makes_a_sigkill_likely_oom(self, logged: Path) -> None:
         """SIGKILL with no oom_kill counter, a small child not growing, but under 5 % of memory available
         when it died: likely OOM. explain_loss's ``available`` was never passed, so this branch never ran."""
-        from celery_memguard.samples import SystemSample
-
         gib = 1024 * MiB
         world = World()
         world.add(FakeProbe(11, 50 * MiB), 0)
@@ -676,10 +687,8 @@ class TestMonitorChildLost:
         clock = Clock()
         monitor = Monitor(pool=PoolHooks(children=world.children, exit_code=lambda pid: -9), engine=engine,
                           actuator=RecordingActuator(), board=None, metric="uss",  # type: ignore[arg-type]
-                          host=HostReaders(open_probe=world.open_probe, clock=clock,  # type: ignore[arg-type]
-                                           system=lambda now: SystemSample(available=100 * MiB, total=8 * gib,
-                                                                           used=8 * gib - 100 * MiB, at=now)),
-                          effective_memory=8 * gib)
+                          host=HostReaders(open_probe=world.open_probe, clock=clock),  # type: ignore[arg-type]
+                          explainer=LossExplainer(effective_memory=8 * gib, available=lambda: 100 * MiB))
         monitor.poll()
         world.remove(11)
         clock.now += 1.0
