@@ -13,7 +13,7 @@ The command runs in the worker's consumer thread while the monitor thread
 polls: it reads only what the monitor publishes whole after each poll
 (:class:`~celery_memguard.monitor.PollView`) and the guard's finding tables
 (:class:`~celery_memguard.guard.Guard`, replaced whole), never the detectors' or the engine's working state (except one
-dict lookup per child for its pending order). It costs no reading of its own.
+dict lookup per child for its pending order). It reads only the Guard's public view and costs no reading of its own.
 It is registered when this module is imported, which happens when the app
 module imports ``celery_memguard.MemGuard`` (so the client's ``celery inspect``
 knows the command too). A failure is returned as ``{"error": ...}`` and logged
@@ -63,15 +63,14 @@ def status_of(guard: "Guard | None", now: float) -> dict[str, Any]:
         "master_growth": guard.master_growth,
         "events": _events_status(),
     }
-    monitor = guard.monitor
-    if monitor is None:
+    if not guard.active:
         status["reason"] = ("the pool has no child processes to police" if guard.board is None
                             else "the monitor did not start (see memguard.error)")
         return status
-    view = monitor.last_poll
-    status["polls"] = monitor.polls
-    status["unreadable_children"] = getattr(monitor, "unreadable_children", 0)
-    status["decisions"] = {f"{action}:{reason}": count for (action, reason), count in sorted(monitor.decided.items())}
+    view = guard.last_poll
+    status["polls"] = guard.polls
+    status["unreadable_children"] = guard.unreadable_children
+    status["decisions"] = {f"{action}:{reason}": count for (action, reason), count in sorted(guard.decided.items())}
     if view is None:
         status["children"] = []
         return status

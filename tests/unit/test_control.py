@@ -19,12 +19,14 @@ MiB = 1024 * 1024
 
 
 def step(*, monitor: Any = None, prefork: bool = True, **conf: Any) -> Any:
-    """A Guard as the status command reads it (config, monitor, finding tables), with synthetic state."""
+    """A Guard's public view as the status command reads it (config, latest poll, finding tables), synthetic."""
     config = MemGuardConfig.from_mapping({"memguard_soft_limit": "512MiB", **conf}, 8 * 1024 * MiB)
     engine = getattr(monitor, "engine", None)
     pending = engine.pending if engine is not None else (lambda pid: None)
     return SimpleNamespace(
-        config=config, monitor=monitor, active=monitor is not None, board=object() if prefork else None,
+        config=config, active=monitor is not None, board=object() if prefork else None,
+        last_poll=getattr(monitor, "last_poll", None), polls=getattr(monitor, "polls", 0),
+        decided=dict(getattr(monitor, "decided", {})), unreadable_children=getattr(monitor, "unreadable_children", 0),
         pool_name="prefork" if prefork else "solo", pending=pending,
         suspects={"app.leak": {"task": "app.leak", "kib_per_call": 2048.0, "confidence": 0.9,
                                "calls_observed": 21, "children": 2}},
