@@ -103,7 +103,7 @@ class Actuator:
             pass  # already gone
 
     def _log(self, event: str, level: str, d: Decision, **extra: object) -> None:
-        unit = getattr(d, "unit", "bytes")
+        unit = d.unit
         limit: dict[str, object]
         if unit == "seconds":
             limit = {"limit_s": d.limit}
@@ -111,10 +111,9 @@ class Actuator:
             limit = {"limit_tasks": d.limit}
         else:
             limit = {"limit_mib": mib(d.limit)}
-        ranking = getattr(d, "ranking", ())
-        if ranking:
-            extra["ranking"] = [{"pid": pid, "mem_mib": mib(mem)} for pid, mem in ranking]
-        for key, value in getattr(d, "detail", ()) or ():
+        if d.ranking:
+            extra["ranking"] = [{"pid": pid, "mem_mib": mib(mem)} for pid, mem in d.ranking]
+        for key, value in d.detail:
             extra.setdefault(key, value)
         events.emit(event, level, pid=d.pid, task=d.task, task_id=d.task_id, reason=d.reason,
                     mem_mib=mib(d.mem), metric=d.metric or self.metric, **limit, **extra)

@@ -30,6 +30,7 @@ from .estimate import MetricEstimate
 from .forensics import CLEAN_EXITS, ChildHistory, LossExplainer
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .detectors.base import Detector, Finding
+from .detectors.leak import LeakDetector
 from .samples import Action, ChildSample, Decision, MasterSample, SystemSample, TaskSample
 
 __all__ = ["HostReaders", "Monitor", "PollView", "PoolHooks"]
@@ -96,12 +97,9 @@ class HostReaders:
 
 
 def _leak_rates(detectors: Sequence[Detector]) -> Callable[[int], tuple[float, float]] | None:
-    """(leak bytes per call, calls per second) of a child, from the detector that estimates them, if any."""
-    for detector in detectors:
-        rates = getattr(detector, "child_leak_rates", None)
-        if callable(rates):
-            return rates  # type: ignore[no-any-return]
-    return None
+    """(leak bytes per call, calls per second) of a child, from the leak detector if one runs."""
+    leak = next((d for d in detectors if isinstance(d, LeakDetector)), None)
+    return leak.child_leak_rates if leak is not None else None
 
 
 class _Tracked:
