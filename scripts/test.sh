@@ -5,6 +5,8 @@
 #   package   build the wheel and the sdist (python -m build), check what the sdist carries, install the
 #             wheel in a fresh venv (.venv-wheel) and run it from outside the checkout: import,
 #             celery-memguard --help, python -m celery_memguard --help, celery memguard --help
+#   docs      the documentation site: mkdocs build --strict (scripts/docs.sh, in its own venv .venv-docs);
+#             any warning (a broken link or anchor, a docstring that does not render) fails the leg
 #   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install)
 #   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
 #             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests (in the background under
@@ -17,7 +19,7 @@
 # non-zero when any leg that ran failed.
 #
 # Environment: PYTHON (the main interpreter), MATRIX_PYTHONS, OLDEST_CELERY (the pins of the oldest-Celery
-# leg), TEST_MATRIX=main (only the package check and the main suite, for a quick local run).
+# leg), TEST_MATRIX=main (only the package check, the docs and the main suite, for a quick local run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -132,6 +134,15 @@ else
   cat "$LOGS/package.log"; row "$(pyver "$PYTHON")" "-" "build + wheel install smoke" FAIL $((SECONDS - t))
 fi
 WHEEL=$(ls "$ROOT"/dist/*.whl 2>/dev/null | head -n 1)
+
+# -- docs: the site, mkdocs build --strict (any warning, a broken link or anchor included, fails) ----------
+say "docs: mkdocs build --strict (scripts/docs.sh, in .venv-docs)"
+t=$SECONDS
+if PYTHON="$PYTHON" bash scripts/docs.sh >"$LOGS/docs.log" 2>&1; then
+  tail -n 1 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" PASS $((SECONDS - t))
+else
+  tail -n 40 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" FAIL $((SECONDS - t))
+fi
 
 # -- other Pythons: venvs and unit tests in the background, at the lowest CPU priority -------------------
 # While the main suite runs (mostly real workers waiting on timers), the other Pythons' venvs are set up
