@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .exceptions import ConfigError
 from .units import MiB
 
-__all__ = ["MemGuardConfig", "parse_size", "key_name", "DEFAULTS", "KEYS"]
+__all__ = ["MemGuardConfig", "parse_size", "key_name", "DEFAULTS", "KEYS", "KEY_DOCS", "KeyDoc"]
 
 
 _UNITS: dict[str, int] = {
@@ -394,6 +394,146 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "max_throughput_loss": _fraction(0.0, 1.0, optional=True),
     "strikes": _count(0, optional=False),
     "policies": _policy_paths,
+}
+
+
+class KeyDoc(NamedTuple):
+    """What a setting accepts and what it does: the configuration reference and the README's table."""
+
+    accepted: str
+    meaning: str
+
+
+#: Each setting's documentation (Markdown), in the settings table's order: the configuration reference is
+#: generated from it (scripts/docs_hooks.py); a test checks every key of :data:`KEYS` has one.
+KEY_DOCS: dict[str, KeyDoc] = {
+    "enabled": KeyDoc(
+        'bool',
+        'turn the step off without removing it'),
+    "metric": KeyDoc(
+        '`"uss"`, `"pss"`, `"rss"`',
+        'what limits compare against; USS and PSS do not count pages shared copy-on-write with the master'),
+    "soft_limit": KeyDoc(
+        'size or `None`',
+        'a child above it finishes its current task (result and ack go out), then exits and is replaced'),
+    "hard_limit": KeyDoc(
+        'size or `None`, above the soft limit',
+        'a child above it has its running task stopped with `MemoryLimitExceeded`; the child is replaced; '
+        'other tasks are not disturbed'),
+    "poll_interval": KeyDoc(
+        'seconds, 0.01–3600',
+        'how often the master polls children; shortened automatically while a child grows towards the hard '
+        'limit'),
+    "sample_interval": KeyDoc(
+        'seconds, 0.1–86400, or `None` (off)',
+        "log a `memguard.sample` (every child's memory and RSS by pool slot, the master, the pool total, "
+        "available memory) this often, from the poll's own readings: the HTML report's timelines. ~2.6 MB a "
+        'day for 16 children at 60 s (see Reports)'),
+    "kill_grace": KeyDoc(
+        'seconds, 0–3600',
+        'time between the polite stop (`MemoryLimitExceeded` raised in the task) and `SIGKILL`, if the task '
+        'swallows the exception or is stuck in C code'),
+    "dry_run": KeyDoc(
+        'bool',
+        'log `memguard.would_recycle` / `memguard.would_kill`, do nothing'),
+    "log_format": KeyDoc(
+        '`"console"`, `"json"`',
+        '`json`: one JSON object per line with an `event` key'),
+    "log_file": KeyDoc(
+        'path or `None`',
+        "where events go (appended, never blocking; reopened when logrotate moves it). `None`: the worker's "
+        '`--logfile` if it has one, else standard error, else (standard error is `/dev/null`: `--detach` '
+        "without `--logfile`) `memguard-<node>.log` in the worker's working directory. A file that cannot be "
+        'opened stops the worker at start'),
+    "log_target": KeyDoc(
+        '`"direct"`, `"logging"`, `"both"`',
+        '`direct`: MemGuard writes each line itself (see `memguard_log_file`); `logging`: each line is the '
+        'message of a record on the stdlib `celery_memguard` logger (fields in `record.memguard`), for your '
+        'handlers (Sentry, JSON formatters, journald); `both`: both. The line is byte-for-byte the same '
+        'either way'),
+    "leak_detection": KeyDoc(
+        'bool',
+        'name leaking tasks, memory-heavy tasks and master growth (see Detection); a child whose RSS grew '
+        'measures its allocators (glibc `mallinfo2`, pymalloc blocks) around its next 32 tasks so each task '
+        'is charged what it kept (RSS deltas where `mallinfo2` is missing)'),
+    "heavy_task_threshold": KeyDoc(
+        'size, `"Nx"` (N > 1: a multiple of the typical task\'s own peak) or `None`',
+        'a task whose own peak is above it is reported as `memguard.heavy_task`'),
+    "master_growth_threshold": KeyDoc(
+        'size or `None`',
+        'master growth above its post-start baseline that is reported as `memguard.master_growth`'),
+    "master_growth_grace": KeyDoc(
+        'seconds, 0–86400',
+        'start-up time of the master (imports, pool start) that master-growth detection ignores; the baseline'
+        ' is taken right after it (a later one-off step, such as the first prefetch, is recognised as a step '
+        'and never named)'),
+    "master_growth_min_span": KeyDoc(
+        'seconds, 0–604800',
+        'shortest history after the baseline for `memguard.master_growth`; the master is read every '
+        '`min_span`/30 s (0.5–10 s). Fast growth is named once it reaches the threshold; slow growth once it '
+        'has been steady long enough (the growth needed falls to a quarter of the threshold, see Detection)'),
+    "diagnostics": KeyDoc(
+        '`"off"`, `"tracemalloc"`, `"pympler"`, `"both"`',
+        'when a task becomes a leak suspect, children trace its next 3 calls and report allocation sites / '
+        'growing types; nothing is traced otherwise. tracemalloc runs only during the traced calls (2-4x '
+        'slower allocations, one `gc.collect()` and snapshot after each); pympler walks every live object '
+        'before and after one traced call per task and child, which takes seconds in heaps of millions of '
+        'objects'),
+    "pool_limit": KeyDoc(
+        'size or `None`',
+        'children together above it: recycle the largest child (reason `pool_limit`)'),
+    "pool_hard_limit": KeyDoc(
+        'size above `memguard_pool_limit`, or `None`',
+        "total still above it for `kill_grace`: stop the largest child's task"),
+    "min_available": KeyDoc(
+        'size or `None`',
+        'less memory available (cgroup v2/v1 or host `MemAvailable`): recycle the largest idle child, then '
+        'the largest busy one (reason `pressure`)'),
+    "psi_threshold": KeyDoc(
+        '0–100 or `None`',
+        'memory PSI `some avg10` above it counts as pressure too'),
+    "pressure_min_relief": KeyDoc(
+        'size or `None`',
+        'under pressure, recycle at once only a child resident at least this much more (RSS) than a freshly '
+        'forked child (a fresh one frees nothing for good); when none is, log `memguard.pressure_unrelieved` '
+        'and recycle the largest child only after `memguard_pressure_retry` seconds, then at most once per '
+        'that interval (copy-on-write copies still get freed, without a storm). `None`: any child at once'),
+    "pressure_retry": KeyDoc(
+        'seconds, 0–3600',
+        'how long pressure no child offers lasting relief for must last before the largest child is recycled '
+        'anyway, and the spacing of such recycles'),
+    "recycle_on_leak": KeyDoc(
+        'bool (needs a soft or hard limit)',
+        'a child holding a confirmed leak and projected to cross its limit within `memguard_leak_horizon` is '
+        'recycled at its next idle moment (reason `leak_projection`)'),
+    "leak_horizon": KeyDoc(
+        'seconds, 1–86400',
+        'how far ahead the leak projection looks'),
+    "max_child_lifetime": KeyDoc(
+        'seconds, 1–2592000 (30 days), or `None`',
+        'recycle children older than this (reason `lifetime`)'),
+    "max_child_tasks": KeyDoc(
+        'int ≥ 1 or `None`',
+        'recycle children after this many tasks (reason `max_tasks`)'),
+    "jitter": KeyDoc(
+        '0–0.9',
+        "each child's lifetime / task limit is drawn in `[max·(1−jitter), max]`, spread so children never "
+        'restart together'),
+    "max_recycles_per_minute": KeyDoc(
+        'int ≥ 1 or `None`',
+        'rate limit on soft recycles (kills are never deferred); a `memguard.recycle_storm` event explains a '
+        'storm'),
+    "max_throughput_loss": KeyDoc(
+        '0–1 or `None`',
+        "rate-limit soft recycles when their measured spawn cost would exceed this share of the pool's "
+        'throughput (on by default; `None`: off)'),
+    "strikes": KeyDoc(
+        'int ≥ 0',
+        'a soft action needs this many consecutive violating polls (0 and 1: act at once); never delays the '
+        'hard limit'),
+    "policies": KeyDoc(
+        'policy classes or dotted paths',
+        'extra policies with the built-in interface (see Policies)'),
 }
 
 #: Each setting's default, as parsed: the dataclass's field defaults (their one home).

@@ -83,6 +83,11 @@ __all__ = [
     "LIMIT_UNREACHABLE",
     "PRESSURE_UNRELIEVED",
     "EVENT_KEYS",
+    "EVENT_DOCS",
+    "EXTRA_KEYS",
+    "KEY_DOCS",
+    "EVENT_KEY_DOCS",
+    "key_doc",
     "LOGGER_NAME",
     "TARGETS",
     "ORDER_SIGNAL_REPLACED",
@@ -167,6 +172,219 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),
 }
+
+
+#: When each event is logged (Markdown, for the events reference generated from this module).
+EVENT_DOCS: dict[str, str] = {
+    STARTED: "The worker started with MemGuard (level info): the settings it enforces.",
+    POOL_UNSUPPORTED: "The worker runs a pool without child processes (solo, threads, gevent, eventlet): "
+                      "MemGuard validated its settings and stays idle (level warning).",
+    CHILD_RECYCLED: "A recycle was ordered: the child finishes its current task (its result and ack go out), "
+                    "then exits and is replaced (level warning).",
+    TASK_KILLED: "A running task was stopped: `MemoryLimitExceeded` raised in it, or `SIGKILL` after "
+                 "`memguard_kill_grace` (level error).",
+    WOULD_RECYCLE: "In dry run (`memguard_dry_run`): a recycle that would have been ordered; nothing was done.",
+    WOULD_KILL: "In dry run (`memguard_dry_run`): a task that would have been stopped; nothing was done.",
+    ERROR: "An internal error MemGuard caught and carried on from (fail-open); logged once per cause "
+           "(`where` and the exception type), repeats are counted (level error).",
+    STOPPED: "The monitor stopped: after the pool drained (warm shutdown) or at once (cold).",
+    DRAINING: "Warm shutdown began: the hard limit (and its SIGKILL escalation) stays enforced until the pool's "
+              "last child has exited; no soft recycles.",
+    CHILD_UNGUARDED: "A pool child whose index is beyond the shared board (more than 256 children, or 4x the "
+                     "configured maximum, alive at once): measured and SIGKILLed above the hard limit only.",
+    METRIC_UNAVAILABLE: "Once per worker: the configured metric (USS/PSS) cannot be read for a child "
+                        "(non-dumpable, another user); RSS stands in, hard limit only.",
+    ORDER_SIGNAL_REPLACED: "Once per child: a task installed its own `SIGURG` handler (or ignored `SIGURG`). "
+                           "Orders still reach the child (they go to its order-watcher thread); an idle child "
+                           "asked to leave then does so after its next task.",
+    SAMPLE: "Every `memguard_sample_interval` seconds (default 60): what the latest poll read, nothing measured "
+            "for it; the HTML report's timelines.",
+    LEAK_SUSPECTED: "A task retains memory per call (level warning); logged once, then again on material change.",
+    LEAK_CLEARED: "A leak suspect stopped growing.",
+    GROWTH_WATCH: "Informational (level info), not a leak finding: a task's retained memory grows but is not "
+                  "judged yet (`state` `watching`: children now measure every call of it), or it stopped "
+                  "before being named (`settled`: a cache that filled).",
+    LEAK_SITES: "After tracing a suspect's next calls in a child with tracemalloc: where the memory it kept "
+                "was allocated.",
+    LEAK_TYPES: "After tracing a suspect's next call in a child with pympler: which object types grew.",
+    HEAVY_TASK: "A task's own peak is above `memguard_heavy_task_threshold`.",
+    MASTER_GROWTH: "The worker's main process keeps growing beyond `memguard_master_growth_threshold`.",
+    CHILD_LOST: "A child died by a signal MemGuard did not send (OOM killer, operator, ...): what it was running "
+                "and whether the OOM killer is the likely cause (level error).",
+    RECYCLE_STORM: "Soft recycles are being rate-limited (`memguard_max_recycles_per_minute`, "
+                   "`memguard_max_throughput_loss`): how many, why, and what they cost.",
+    LIMIT_UNREACHABLE: "A freshly forked child is already above the soft limit: recycling for it stops until a "
+                       "fresh child starts below it.",
+    PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
+                         "one (once per episode).",
+}
+
+#: Keys some occurrences of an event carry besides its :data:`EVENT_KEYS`: recycles and kills carry the
+#: limit in the policy's unit and the policy's details (a custom policy's ``detail`` adds its own keys).
+_DECISION_EXTRAS = ("limit_s", "limit_tasks", "ranking", "tasks_run", "lifetime_s", "max_lifetime_s", "max_tasks",
+                    "total", "pool_limit", "pool_hard_limit", "over_hard_limit_s", "leak_bytes_per_second", "eta_s",
+                    "horizon_s", "trigger", "available", "min_available", "psi_some_avg10", "psi_threshold", "idle",
+                    "lasting_relief")
+EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(key for key in _DECISION_EXTRAS if key not in EVENT_KEYS[name])
+    for name in (CHILD_RECYCLED, WOULD_RECYCLE, TASK_KILLED, WOULD_KILL)
+}
+
+#: What each key means (Markdown), wherever it appears; :data:`EVENT_KEY_DOCS` overrides it for one event.
+KEY_DOCS: dict[str, str] = {
+    "pool": "the worker's pool (`prefork`, `solo`, `threads`, ...)",
+    "concurrency": "the pool's number of children",
+    "metric": "what memory figures are in: `uss`, `pss`, or `rss` where RSS stands in for an unreadable metric",
+    "soft_limit_mib": "`memguard_soft_limit` in MiB (null: none)",
+    "hard_limit_mib": "`memguard_hard_limit` in MiB (null: none)",
+    "poll_interval": "`memguard_poll_interval`, seconds",
+    "dry_run": "`memguard_dry_run`",
+    "kill_grace": "`memguard_kill_grace`, seconds",
+    "effective_memory_mib": "the smaller of physical memory and the worker's cgroup limit, MiB: what `\"20%\"` "
+                            "sizes refer to",
+    "policies": "the reasons of the policies in force, built-in and custom",
+    "leak_attribution": "how tasks are charged what they keep: `heap` (allocator counters), `rss` (RSS deltas "
+                        "where `mallinfo2` is missing), null when leak detection is off",
+    "log": "where events go: a file path, `stderr`, or `logging:celery_memguard` (+ the file with `both`)",
+    "pool_limit_mib": "`memguard_pool_limit` in MiB (null: none)",
+    "min_available_mib": "`memguard_min_available` in MiB (null: none)",
+    "sample_interval": "`memguard_sample_interval`, seconds (null: no samples)",
+    "can": "what MemGuard does on this pool",
+    "cannot": "what it cannot do on this pool, and why",
+    "pid": "the pool child the event is about",
+    "reason": "why: the deciding policy's reason (`soft_limit`, `hard_limit` for an idle child, `pool_limit`, "
+              "`pressure`, `leak_projection`, `lifetime`, `max_tasks`, or a custom policy's)",
+    "mem_mib": "the child's memory when the decision was made, MiB in `metric`",
+    "limit_mib": "the memory limit it crossed, MiB (memory policies)",
+    "tasks_run": "tasks the child has run",
+    "lifetime_s": "the child's age, seconds",
+    "task": "the task's name",
+    "task_id": "the task's id (null when the child is idle)",
+    "signal": "how the task is stopped: `MemoryLimitExceeded` (raised in the task), or `SIGKILL` on escalation "
+              "after `kill_grace`",
+    "where": "the part of MemGuard that failed",
+    "error": "the exception, as `Type: message`",
+    "polls": "polls the monitor made",
+    "decisions": "decisions carried out, by action and reason",
+    "shutdown": "`warm` (the pool drained first) or `cold`",
+    "drained_s": "seconds the warm shutdown took to drain the pool (null for cold)",
+    "events_dropped": "event lines that could not be written (full pipe or disk, I/O error), across the master "
+                      "and the children",
+    "children": "the number of pool children",
+    "busy": "children running a task",
+    "enforcing": "what stays enforced while the pool drains",
+    "index": "the child's pool index",
+    "board_slots": "the shared board's number of slots",
+    "effect": "what this means for the child",
+    "fix": "how to fix it",
+    "used": "the metric used instead",
+    "handler": "the handler the task installed for the signal",
+    "pool_mib": "all children together, MiB in `metric`",
+    "pool_rss_mib": "all children's RSS together, MiB",
+    "master_mib": "the worker's main process, MiB in `metric` (null when the master is not read)",
+    "master_rss_mib": "the main process's RSS, MiB (null when the master is not read)",
+    "available_mib": "available memory, MiB (null unless a pressure policy reads it)",
+    "kib_per_call": "memory the task keeps per call, KiB",
+    "confidence": "how sure the detector is, 0–1",
+    "calls_observed": "calls of the task the judgement rests on",
+    "projected_calls_to_soft_limit": "calls until a child reaches the soft limit at this rate (null without one)",
+    "since_calls": "calls observed when it was first suspected",
+    "state": "`watching` (children now measure every call) or `settled` (it stopped growing before being named)",
+    "growth_mib_per_child": "retained growth per child so far, MiB",
+    "note": "a sentence saying what the figures mean",
+    "peak_mib": "the task's own peak, MiB",
+    "retained_mib": "what the task left in use after it returned, MiB",
+    "occurrences": "times the task was heavy so far",
+    "typical_peak_mib": "the typical task's own peak, MiB",
+    "advice": "what to do about it",
+    "mib_per_hour": "the master's growth rate, MiB per hour",
+    "since_s": "seconds of history the judgement rests on",
+    "growth_mib": "growth above the post-start baseline, MiB",
+    "reserved": "prefetched, unacknowledged messages the master holds now (growth that follows them is not a leak)",
+    "calls_traced": "calls traced",
+    "sites": "allocation sites of what was kept: `file`, `line`, `size_kib`, `count`",
+    "types": "object types that grew: `type`, `count`, `size_kib`",
+    "exitcode": "the child's exit code",
+    "task_source": "where `task` comes from: `board` (what the child recorded at task start) or `last_poll`",
+    "task_started_s_before": "seconds between the task's start and the loss",
+    "rss_at_task_start_mib": "the child's RSS when the task started, MiB",
+    "last_mem_mib": "the master's last reading of the child, MiB in `metric`",
+    "last_rss_mib": "the master's last reading of the child's RSS, MiB",
+    "last_poll_s_before": "seconds between that reading and the loss being noticed",
+    "last_poll_during_task": "whether that reading was taken during the task (false: it predates the task)",
+    "growth_mib_per_s": "how fast the child grew before it died, MiB/s",
+    "oom_kill_delta": "OOM kills the cgroup (or host) counted since the previous loss",
+    "likely_oom": "whether the OOM killer is the likely cause",
+    "spawn_time_s": "measured time to start a replacement child, seconds",
+    "recycles_per_minute": "recycles in the last minute",
+    "max_recycles_per_minute": "the rate cap in force (configured, or derived from `memguard_max_throughput_loss`)",
+    "throughput_lost": "the share of the pool's capacity spent restarting children at this rate",
+    "deferred": "recycles held back this poll",
+    "reasons": "recycles in the window, by reason",
+    "cause": "a sentence naming the cause",
+    "fresh_child_mib": "a freshly forked child's memory, MiB in `metric`",
+    "trigger": "what signalled pressure: `available` or `psi`",
+    "available": "available memory, bytes",
+    "min_available": "`memguard_min_available`, bytes",
+    "psi_some_avg10": "memory PSI `some avg10`, percent (null where not readable)",
+    "psi_threshold": "`memguard_psi_threshold` (null: none)",
+    "children_rss_mib": "all children's RSS together, MiB",
+    "fresh_rss_mib": "a freshly forked child's RSS, MiB",
+    "largest_pid": "the child with the most RSS",
+    "largest_relief_mib": "how much more RSS it holds than a fresh child, MiB",
+    "min_relief_mib": "`memguard_pressure_min_relief`, MiB",
+    "retry_s": "`memguard_pressure_retry`: seconds until the largest child is recycled anyway",
+    # Keys only some recycles and kills carry (EXTRA_KEYS).
+    "limit_s": "the lifetime limit it crossed, seconds (`lifetime`)",
+    "limit_tasks": "the task-count limit it reached (`max_tasks`)",
+    "ranking": "how a pool policy ranked the children when it chose this one: `pid`, `mem_mib`, the victim first",
+    "max_lifetime_s": "`memguard_max_child_lifetime`, seconds (`lifetime`)",
+    "max_tasks": "`memguard_max_child_tasks` (`max_tasks`)",
+    "total": "all children together, bytes (`pool_limit`)",
+    "pool_limit": "`memguard_pool_limit`, bytes (`pool_limit`)",
+    "pool_hard_limit": "`memguard_pool_hard_limit`, bytes (`pool_limit`; null: none)",
+    "over_hard_limit_s": "how long the total has been above the pool hard limit, seconds",
+    "leak_bytes_per_second": "the child's projected growth from its confirmed leak, bytes/s (`leak_projection`)",
+    "eta_s": "seconds until it would cross its limit (`leak_projection`)",
+    "horizon_s": "`memguard_leak_horizon`, seconds (`leak_projection`)",
+    "idle": "whether the child was idle (`pressure`)",
+    "lasting_relief": "whether the child holds `memguard_pressure_min_relief` more than a fresh one (`pressure`; "
+                      "false for a fallback recycle)",
+}
+
+#: Meanings that differ for one event: ``(event, key) -> meaning``.
+EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
+    (TASK_KILLED, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), or a custom policy's",
+    (WOULD_KILL, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), or a custom policy's",
+    (LEAK_CLEARED, "reason"): "why the suspicion was dropped",
+    (GROWTH_WATCH, "reason"): "why the task is watched, or why it settled",
+    (CHILD_LOST, "reason"): "why `likely_oom` says what it says",
+    (CHILD_LOST, "signal"): "the signal that ended the child (null when it exited)",
+    (CHILD_LOST, "hard_limit_mib"): "`memguard_hard_limit` in MiB (null: none): whether the child could have been "
+                                    "stopped cleanly",
+    (LIMIT_UNREACHABLE, "reason"): "the limit a fresh child is already above (`soft_limit`)",
+    (LIMIT_UNREACHABLE, "limit_mib"): "that limit, MiB",
+    (LIMIT_UNREACHABLE, "pid"): "the fresh child",
+    (LIMIT_UNREACHABLE, "master_mib"): "the master's memory, MiB in `metric`",
+    (ORDER_SIGNAL_REPLACED, "signal"): "the signal the task took over (`SIGURG`)",
+    (ORDER_SIGNAL_REPLACED, "task"): "the task that installed the handler",
+    (METRIC_UNAVAILABLE, "metric"): "the configured metric that could not be read",
+    (METRIC_UNAVAILABLE, "error"): "why it could not be read",
+    (SAMPLE, "children"): "one entry per child: `slot`, `pid`, `mem_mib`, `rss_mib`, `tasks`; `exact: false` when "
+                          "`mem_mib` is the monitor's upper bound, `metric: \"rss\"` when RSS stands in",
+    (SAMPLE, "metric"): "the configured metric",
+    (LEAK_SUSPECTED, "children"): "children the task grew in",
+    (GROWTH_WATCH, "children"): "children the task grew in",
+    (PRESSURE_UNRELIEVED, "children"): "children alive",
+    (HEAVY_TASK, "pid"): "the child that ran it",
+    (MASTER_GROWTH, "mem_mib"): "the master's memory now, MiB in `metric`",
+    (DRAINING, "children"): "children still alive",
+}
+
+
+def key_doc(event: str, key: str) -> str:
+    """What ``key`` means in ``event`` (``KeyError`` when it is not documented)."""
+    return EVENT_KEY_DOCS.get((event, key)) or KEY_DOCS[key]
 
 
 #: Where events go (``memguard_log_target``).

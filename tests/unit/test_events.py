@@ -501,10 +501,59 @@ def emitted_keys() -> dict[str, set[str]]:
     return found
 
 
+def decision_extra_keys() -> set[str]:
+    """Keys a recycle or kill event carries beyond EVENT_KEYS, read from the source: the keys of every
+    ``detail`` a policy attaches to its violation (``(("key", value), ...)`` tuples, which actions'
+    ``_log`` adds to the event) and of the limit dicts ``_log`` builds (``{"limit_s": ...}``)."""
+    import ast
+
+    keys: set[str] = set()
+    for path in [*(PACKAGE / "policies").rglob("*.py"), PACKAGE / "actions.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple) and len(node.elts) == 2 and isinstance(node.elts[0], ast.Constant) \
+                    and isinstance(node.elts[0].value, str) and path.parent.name == "policies":
+                keys.add(node.elts[0].value)
+            if isinstance(node, ast.Dict) and path.name == "actions.py":
+                keys |= {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+            if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and path.name == "actions.py"
+                    and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
+                keys.add(node.slice.value)
+    return keys
+
+
 def test_every_emitted_key_is_documented_in_event_keys() -> None:
-    """Each key the code logs with an event is listed in EVENT_KEYS (the public API table); before, four
-    keys of memguard.started (kill_grace, effective_memory_mib, policies, leak_attribution) were not."""
+    """Each key the code logs with an event is listed in EVENT_KEYS (the public API table), or in EXTRA_KEYS
+    for keys only some occurrences carry; before, four keys of memguard.started (kill_grace,
+    effective_memory_mib, policies, leak_attribution) were not."""
     found = emitted_keys()
     assert {events.STARTED, "memguard.heavy_task", "memguard.child_lost", events.ERROR} <= set(found)
-    missing = {name: sorted(keys - set(EVENT_KEYS.get(name, ()))) for name, keys in found.items()}
+    listed = {name: set(EVENT_KEYS.get(name, ())) | set(events.EXTRA_KEYS.get(name, ())) for name in found}
+    missing = {name: sorted(keys - listed[name]) for name, keys in found.items()}
     assert {} == {name: keys for name, keys in missing.items() if keys}, "add these to events.EVENT_KEYS"
+
+
+def test_every_recycle_and_kill_detail_key_is_documented() -> None:
+    """The keys policies' details and the limit in its unit add to recycle and kill events (limit_s,
+    ranking, trigger, lasting_relief...) are listed in events.EXTRA_KEYS for each of those events."""
+    extra = decision_extra_keys()
+    assert {"limit_s", "limit_tasks", "ranking", "lasting_relief", "eta_s", "total"} <= extra  # the scan works
+    for name in (events.CHILD_RECYCLED, events.WOULD_RECYCLE, events.TASK_KILLED, events.WOULD_KILL):
+        listed = set(EVENT_KEYS[name]) | set(events.EXTRA_KEYS.get(name, ()))
+        assert sorted(extra - listed) == [], f"add these to events.EXTRA_KEYS[{name!r}] and describe them"
+
+
+def test_every_event_and_key_has_a_description() -> None:
+    """The events reference (generated from events.py) says when each event is logged and what each of
+    its keys means: EVENT_DOCS for every event, KEY_DOCS (or EVENT_KEY_DOCS for one event) for every key."""
+    assert sorted(set(EVENT_KEYS) - set(events.EVENT_DOCS)) == [], "describe these events in events.EVENT_DOCS"
+    assert sorted(set(events.EVENT_DOCS) - set(EVENT_KEYS)) == [], "EVENT_DOCS names events EVENT_KEYS lacks"
+    assert set(events.EXTRA_KEYS) <= set(EVENT_KEYS)
+    undocumented = sorted(f"{name}: {key}" for name in EVENT_KEYS
+                          for key in (*EVENT_KEYS[name], *events.EXTRA_KEYS.get(name, ()))
+                          if not (events.EVENT_KEY_DOCS.get((name, key)) or events.KEY_DOCS.get(key)))
+    assert undocumented == [], "describe these keys in events.KEY_DOCS (or EVENT_KEY_DOCS for one event)"
+    used = {key for name in EVENT_KEYS for key in (*EVENT_KEYS[name], *events.EXTRA_KEYS.get(name, ()))}
+    assert sorted(set(events.KEY_DOCS) - used) == [], "KEY_DOCS describes keys no event carries"
+    for (name, key) in events.EVENT_KEY_DOCS:
+        assert key in (*EVENT_KEYS[name], *events.EXTRA_KEYS.get(name, ())), (name, key)
+    assert all(text.strip() for text in (*events.EVENT_DOCS.values(), *events.KEY_DOCS.values()))
