@@ -398,7 +398,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
 
 
 class KeyDoc(NamedTuple):
-    """What a setting accepts and what it does: the configuration reference and the README's table."""
+    """What a setting accepts and what it does, for the configuration reference generated from it."""
 
     accepted: str
     meaning: str
