@@ -1,9 +1,12 @@
-"""Shared plumbing for the benchmarks: worker processes, Redis, statistics, tables.
+"""Shared plumbing for the benchmarks: the integration harness, the benchapp worker, statistics, tables.
 
 Kept apart from the scenarios so that :mod:`bench_foundation` reads as the list
-of measurements. A :class:`Worker` is a real ``celery -A benchapp worker
---pool=prefork`` subprocess in its own session (process group), started against
-a dedicated Redis DB and stopped with SIGTERM, then SIGKILL for the whole group.
+of measurements. Worker processes, event logs, Redis and cgroups come from the
+integration tests' harness, :mod:`tests.harness` (importing this module puts the
+repository on ``sys.path`` for it). A :class:`Worker` is a real ``celery -A benchapp
+worker --pool=prefork`` subprocess in its own session (process group), started
+against a dedicated Redis DB and stopped like every harness worker: SIGTERM, then
+SIGKILL for the whole group, then a check that no process of it is left.
 """
 
 from __future__ import annotations
@@ -11,18 +14,22 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # last: an exported --commit snapshot first on PYTHONPATH keeps precedence
+
+# flush_db, redis_up: the harness's Redis helpers, imported by the benchmarks from here.
+from tests.harness import WorkerProcess, flush_db, read_events, redis_up, tail, worker_command  # noqa: E402,F401
+
 MiB = 1024 * 1024
 
 #: benchapp's per-child counter file: count, last completion (monotonic), warm-up mark (monotonic).
@@ -128,37 +135,12 @@ def source_description() -> str:
     return str(path)
 
 
-# -- Redis ------------------------------------------------------------------------
-
-
-def flush_db(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def redis_up(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
-
-
 # -- workers ---------------------------------------------------------------------
 
 
 @dataclass
 class Worker:
-    """A real ``celery worker --pool=prefork`` subprocess running :mod:`benchapp`."""
+    """A real ``celery worker --pool=prefork`` subprocess running :mod:`benchapp` (a harness ``WorkerProcess``)."""
 
     tag: str
     run_dir: Path
@@ -166,7 +148,11 @@ class Worker:
     memguard: bool = False
     conf: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 2
-    proc: subprocess.Popen[bytes] | None = None
+    process: WorkerProcess | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
 
     @property
     def log(self) -> Path:
@@ -181,6 +167,7 @@ class Worker:
         return self.run_dir / f"ready-{self.tag}"
 
     def start(self, timeout: float = 60.0) -> "Worker":
+        """Start the worker and wait for its ``worker_ready`` (benchapp writes :attr:`ready_file`)."""
         conf = dict(self.conf)
         if self.memguard:
             conf.setdefault("memguard_log_format", "json")
@@ -194,91 +181,35 @@ class Worker:
             # benchmarks/ for benchapp; an exported --commit snapshot (in PYTHONPATH) before the repository.
             PYTHONPATH=os.pathsep.join(p for p in [str(HERE), env.get("PYTHONPATH", ""), str(REPO)] if p),
         )
-        cmd = [sys.executable, "-m", "celery", "-A", "benchapp", "worker", "--pool=prefork",
-               "-c", str(self.concurrency), "-Q", "bench", "-l", "warning", "-n", f"bench-{self.tag}@%h",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.tag} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"worker {self.tag} not ready after {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        command = worker_command(app="benchapp", concurrency=self.concurrency, hostname=f"bench-{self.tag}",
+                                 args=["-Q", "bench"])
+        self.process = WorkerProcess.launch(command, env=env, cwd=HERE, stdout_path=self.log)
+        try:
+            self.process.wait_ready(self.ready_file.exists, timeout, what=f"worker {self.tag} to be ready")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def pids(self) -> list[int]:
         """The master's pid followed by its pool children's."""
-        import psutil
-
-        if self.proc is None:
-            return []
-        try:
-            master = psutil.Process(self.proc.pid)
-            return [master.pid] + [c.pid for c in master.children()]
-        except psutil.NoSuchProcess:
-            return []
+        return self.process.pids() if self.process is not None else []
 
     def cpu_seconds(self) -> tuple[float, float]:
         """User + system CPU seconds of (the master, its current children)."""
-        import psutil
-
-        master, children = 0.0, 0.0
-        for i, pid in enumerate(self.pids()):
-            try:
-                t = psutil.Process(pid).cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            if i == 0:
-                master += t.user + t.system
-            else:
-                children += t.user + t.system
-        return master, children
+        return self.process.cpu_seconds() if self.process is not None else (0.0, 0.0)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the worker's process group (warm shutdown), SIGKILL it if still there."""
-        proc = self.proc
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        self.proc = None
+        """Warm shutdown (SIGTERM), then SIGKILL to the process group; checks that nothing of it is left."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop(timeout)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.log, lines)
 
     def memguard_events(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        try:
-            text = self.events.read_text(errors="replace")
-        except OSError:
-            return out
-        for line in text.splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
+        return read_events(self.events)
 
     def __enter__(self) -> "Worker":
         return self.start()

@@ -43,13 +43,12 @@ import datetime as dt
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,6 +58,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from _common import export_commit, flush_db, fmt, machine, median, redis_up, source_description, table  # noqa: E402
+from tests.harness import HarnessTimeout, Worker, launch_worker, wait_until  # noqa: E402
 
 SECTIONS = ("scenarios", "fp", "overhead", "armed", "synthetic")
 #: The last commit of issue 2 (the foundation), before leak detection and leak-site tracing.
@@ -84,93 +84,18 @@ def _ts(text: str) -> float:
 # =================================================================================
 
 
-@dataclass
-class ScenarioWorker:
-    """A ``celery -A tests.integration.proj worker --pool=prefork -c 2`` in its own session."""
+def scenario_worker(run_dir: Path, broker: str, conf: dict[str, Any], table_mib: int = 0) -> Worker:
+    """A ready ``celery -A tests.integration.proj worker --pool=prefork -c 2`` with the scenario tasks (harness)."""
+    return launch_worker(run_dir, broker, tag=uuid.uuid4().hex[:10], backend=broker, table_mib=table_mib,
+                         conf={"imports": ["tests.integration.detect_tasks"], **conf})
 
-    run_dir: Path
-    broker: str
-    conf: dict[str, Any]
-    table_mib: int = 0
-    concurrency: int = 2
-    queue: str = field(default_factory=lambda: f"mg-bench-det-{uuid.uuid4().hex[:10]}")
-    proc: subprocess.Popen[bytes] | None = None
-    app: Any = None
 
-    @property
-    def event_file(self) -> Path:
-        return self.run_dir / f"{self.queue}.jsonl"
-
-    def start(self, timeout: float = 60.0) -> "ScenarioWorker":
-        from tests.integration.proj import make_app
-
-        conf = {"memguard_log_format": "json", "memguard_log_file": str(self.event_file),
-                "imports": ["tests.integration.detect_tasks"], **self.conf}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MG_")}
-        env.update(MG_BROKER=self.broker, MG_BACKEND=self.broker, MG_QUEUE=self.queue, MG_CONF=json.dumps(conf),
-                   MG_MEMGUARD="1", MG_TABLE_MIB=str(self.table_mib), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p))
-        self.app = make_app(env)
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.integration.proj", "worker", "--pool=prefork",
-               "-c", str(self.concurrency), "-l", "warning", "-n", f"{self.queue}@%h",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        with open(self.run_dir / f"{self.queue}.log", "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.events("memguard.started"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"worker did not start; see {self.run_dir / (self.queue + '.log')}")
-            time.sleep(0.05)
-        self.app.send_task("it.ping", queue=self.queue).get(timeout=timeout)
-        return self
-
-    def run(self, calls: Sequence[tuple[str, tuple[Any, ...]]], timeout: float = 600.0) -> list[Any]:
-        """Send ``calls`` at once and wait for all; returns the results (failed calls raise)."""
-        results = [self.app.send_task(name, args=args, queue=self.queue) for name, args in calls]
-        deadline = time.monotonic() + timeout
-        return [r.get(timeout=max(1.0, deadline - time.monotonic()), interval=0.02) for r in results]
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        try:
-            text = self.event_file.read_text(errors="replace")
-        except OSError:
-            return out
-        for line in text.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                out.append(event)
-        return out
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.1)
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate`` came true within ``timeout`` seconds (a benchmark goes on either way)."""
+    try:
+        return bool(wait_until(predicate, timeout))
+    except HarnessTimeout:
         return False
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None:
-            for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    pass
-            self.proc = None
-        if self.app is not None:
-            self.app.close()
-            self.app = None
 
 
 # =================================================================================
@@ -200,7 +125,7 @@ class ScenarioResult:
     wall: float
 
 
-def _traced(worker: ScenarioWorker, task: str) -> Callable[[], bool]:
+def _traced(worker: Worker, task: str) -> Callable[[], bool]:
     """Whether a child has logged ``memguard.leak_sites`` for ``task`` (or the master cleared it)."""
     def done() -> bool:
         if any(e.get("task") == task for e in worker.events("memguard.leak_sites")):
@@ -220,12 +145,11 @@ def run_scenario(name: str, seed: int, diagnostics: str, run_dir: Path, broker: 
     scenario = d.SCENARIOS[name]
     flush_db(broker)
     started = time.monotonic()
-    worker = ScenarioWorker(run_dir, broker, {"memguard_poll_interval": POLL_INTERVAL, "memguard_soft_limit": "2GiB",
-                                              "memguard_hard_limit": "3GiB", "memguard_diagnostics": diagnostics},
-                            table_mib=scenario.table_mib)
+    worker = scenario_worker(run_dir, broker, {"memguard_poll_interval": POLL_INTERVAL, "memguard_soft_limit": "2GiB",
+                                               "memguard_hard_limit": "3GiB", "memguard_diagnostics": diagnostics},
+                             table_mib=scenario.table_mib)
     results: list[tuple[str, Any]] = []
     try:
-        worker.start()
         for phase in scenario.plan(seed, scale):
             results += zip([n for n, _ in phase], worker.run(phase))
             time.sleep(5 * POLL_INTERVAL)
@@ -234,10 +158,10 @@ def run_scenario(name: str, seed: int, diagnostics: str, run_dir: Path, broker: 
             for task in sorted(named & scenario.leaking):
                 calls = d.follow_up(task, FOLLOW_UP_CALLS)
                 results += zip([n for n, _ in calls], worker.run(calls))
-                worker.wait_for(_traced(worker, task), 120)
+                wait_for(_traced(worker, task), 120)
             time.sleep(5 * POLL_INTERVAL)
     finally:
-        worker.stop()
+        worker.close()
     wall = time.monotonic() - started
     suspected = worker.events("memguard.leak_suspected")
     named = {e["task"] for e in suspected}
@@ -255,13 +179,8 @@ def run_scenario(name: str, seed: int, diagnostics: str, run_dir: Path, broker: 
     cleared: dict[str, int] = {}
     for event in worker.events("memguard.leak_cleared"):
         cleared[event["task"]] = cleared.get(event["task"], 0) + 1
-    report = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(worker.event_file), "--format",
-                             "json"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    top1 = None
-    if report.returncode == 0:
-        hosts = json.loads(report.stdout)["hosts"]
-        ranked = [s["task"] for h in hosts for s in h["suspects"]]
-        top1 = ranked[0] if ranked else None
+    ranked = [s["task"] for h in worker.report(timeout=120)["hosts"] for s in h["suspects"]]
+    top1 = ranked[0] if ranked else None
     return ScenarioResult(
         name=name, diagnostics=diagnostics, seed=seed, leaking=scenario.leaking, heavy_expected=scenario.heavy,
         named=named, heavy={e["task"] for e in worker.events("memguard.heavy_task")}, top1=top1, latency=latency,
@@ -402,16 +321,15 @@ def section_fp(quick: bool, run_dir: Path, broker: str, tasks: int) -> None:
         f"to one worker (same settings as section 1, default diagnostics); every `leak_suspected` is a false "
         f"positive.\n")
     flush_db(broker)
-    worker = ScenarioWorker(run_dir, broker, {"memguard_poll_interval": POLL_INTERVAL, "memguard_soft_limit": "2GiB",
-                                              "memguard_hard_limit": "3GiB"})
     started = time.monotonic()
+    worker = scenario_worker(run_dir, broker, {"memguard_poll_interval": POLL_INTERVAL, "memguard_soft_limit": "2GiB",
+                                               "memguard_hard_limit": "3GiB"})
     try:
-        worker.start()
         progress(f"false positives: {tasks:,} tasks")
         worker.run(calls, timeout=1800)
         time.sleep(5 * POLL_INTERVAL)
     finally:
-        worker.stop()
+        worker.close()
     wall = time.monotonic() - started
     suspects = worker.events("memguard.leak_suspected")
     false_names = sorted({e["task"] for e in suspects})

@@ -505,7 +505,7 @@ def section_throughput(quick: bool, base_dir: Path, broker: str, n: int, rounds:
     say(f"Method: for each round and each variant, flush Redis DB, publish {n:,} `bench.noop` messages "
         f"(app.send_task in a loop on one producer) *before* the worker starts, then start "
         f"`celery -A benchapp worker --pool=prefork -c 2 --without-gossip --without-mingle --without-heartbeat`, "
-        f"wait until all {n:,} have run and stop it (SIGTERM to its process group). The producer is not "
+        f"wait until all {n:,} have run and stop it (SIGTERM, then SIGKILL to its process group). The producer is not "
         f"running during the measurement, so it cannot be the bottleneck. Each task counts itself in a "
         f"per-child mmap'd file (no Redis round trip, no result); tasks/s is measured inside the children, "
         f"from the completion of task #{warm:,} (after start-up and warm-up) to the last completion "

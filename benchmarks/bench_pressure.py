@@ -2,8 +2,9 @@
 
 Several prefork children run tasks that each keep ``--keep-mib`` MiB for good (a leak, or
 a cache that is never trimmed), so the children grow together. The worker runs inside a
-1 GiB cgroup v1 memory cgroup (created under this process's own, removed at the end): the
-kernel OOM-kills a process when the cgroup reaches its limit, as it would in a container.
+1 GiB memory cgroup (cgroup v1, or v2 with ``memory.peak``; a fresh one per variant, created
+under this process's own by the integration harness, ``tests/harness/cgroups.py``, and removed
+after): the kernel OOM-kills a process when the cgroup reaches its limit, as it would in a container.
 Each variant gets the same queue of tasks:
 
 * Celery with no limit;
@@ -18,7 +19,7 @@ Per variant: the cgroup's ``oom_kill`` counter change, tasks lost (``WorkerLostE
 never finished), children replaced, the cgroup's peak usage, and throughput (successful
 tasks per second, and as a share of the ideal ``concurrency / task duration``).
 
-Where no memory cgroup can be created (no v1 memory controller, not root) ``--simulate`` is
+Where no memory cgroup can be created (no memory controller, not root) ``--simulate`` is
 implied: the workers run unconfined, memguard's pool limit is given in MiB (768), the
 pressure variant is left out (host memory is not the limit), and instead of kernel OOM kills
 the driver samples the worker's total PSS every 0.1 s and counts the samples above 1 GiB.
@@ -37,8 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -49,10 +48,10 @@ from typing import Any
 
 from celery import Celery
 
-MiB = 1024 * 1024
+from _common import HERE, REPO, MiB, flush_db, read_events, machine as machine_facts
+from tests.harness import CgroupUnavailable, MemoryCgroup, WorkerProcess, worker_command
+
 PAGE = 4096
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 # -- the worker side: app and task ------------------------------------------------------------------
 
@@ -126,66 +125,8 @@ class Outcome:
         return self.succeeded / self.seconds if self.seconds > 0 else 0.0
 
 
-class Cgroup:
-    """A cgroup v1 memory cgroup under this process's own, with a limit."""
-
-    def __init__(self, limit: int) -> None:
-        from celery_memguard.probes.system import memory_cgroup_dirs
-
-        dirs = memory_cgroup_dirs()
-        if not dirs or dirs[0][0] != 1:
-            raise OSError(f"no cgroup v1 memory controller for this process ({dirs[:1] or 'none'})")
-        self.path = Path(dirs[0][1]) / f"mg-bench-{uuid.uuid4().hex[:8]}"
-        self.path.mkdir()
-        try:
-            (self.path / "memory.limit_in_bytes").write_text(str(limit))
-        except OSError:
-            self.path.rmdir()
-            raise
-        self.limit = limit
-
-    def oom_kills(self) -> int:
-        for line in (self.path / "memory.oom_control").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        raise OSError("no oom_kill counter in memory.oom_control (kernel < 4.13)")
-
-    def reset_peak(self) -> None:
-        (self.path / "memory.max_usage_in_bytes").write_text("0")
-
-    def peak(self) -> int:
-        return int((self.path / "memory.max_usage_in_bytes").read_text())
-
-    def members(self) -> list[int]:
-        return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-
-    def remove(self) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def flush(broker: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(broker)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
 
 
 def total_pss(pid: int) -> int:
@@ -205,9 +146,9 @@ def total_pss(pid: int) -> int:
     return total
 
 
-def run_variant(variant: Variant, args: argparse.Namespace, cgroup: Cgroup | None, run_dir: Path) -> Outcome:
-    """Start the worker (in the cgroup), queue the tasks, wait, stop it; measure."""
-    flush(args.broker)
+def run_variant(variant: Variant, args: argparse.Namespace, simulate: bool, run_dir: Path) -> Outcome:
+    """Start the worker (in a fresh memory cgroup unless simulating), queue the tasks, wait, stop it; measure."""
+    flush_db(args.broker)
     queue = f"bp-{uuid.uuid4().hex[:8]}"
     events = run_dir / f"{variant.name.replace(' ', '_')}-{queue}.jsonl"
     conf = dict(variant.conf)
@@ -216,102 +157,83 @@ def run_variant(variant: Variant, args: argparse.Namespace, cgroup: Cgroup | Non
     env = dict(os.environ, BP_BROKER=args.broker, BP_QUEUE=queue, BP_CONF=json.dumps(conf),
                BP_MEMGUARD="1" if variant.memguard else "0",
                PYTHONPATH=os.pathsep.join(p for p in [str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")] if p))
-    cmd = [sys.executable, "-m", "celery", "-A", "bench_pressure", "worker", "--pool=prefork",
-           "-c", str(args.concurrency), "-l", "error", "-n", f"{queue}@%h",
-           "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    if cgroup is not None:
-        cmd = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.path / "cgroup.procs"), *cmd]
-        cgroup.reset_peak()
-        oom_before = cgroup.oom_kills()
+    command = worker_command(app="bench_pressure", concurrency=args.concurrency, hostname=queue, loglevel="error")
+    cgroup = None if simulate else MemoryCgroup.create(args.limit_mib * MiB, prefix="mg-bench")
     client = Celery("bench_pressure_client", broker=args.broker, backend=args.broker)
     client.conf.update(task_default_queue=queue, result_expires=600)
-    with open(run_dir / f"worker-{queue}.log", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
     outcome = Outcome(variant.name, args.tasks)
     try:
-        ready = client.send_task("bp.retain", args=(0, 0.0))
-        ready.get(timeout=60)  # the worker is up (its import and fork are not timed)
-        import psutil
-
-        first_children = {c.pid for c in psutil.Process(proc.pid).children()}
-        results = [client.send_task("bp.retain", args=(args.keep_mib, args.sleep)) for _ in range(args.tasks)]
-        start = time.monotonic()
-        pending = dict(enumerate(results))
-        pids: set[int] = set(first_children)
-        last_done = start
-        over = samples = 0
-        peak_pss = 0
-        while pending and time.monotonic() - start < args.timeout:
-            if cgroup is None:
-                pss = total_pss(proc.pid)
-                peak_pss = max(peak_pss, pss)
-                samples += 1
-                over += pss > args.limit_mib * MiB
-            for i, result in list(pending.items()):
-                if result.ready():
-                    del pending[i]
-                    last_done = time.monotonic()
-                    if result.successful():
-                        outcome.succeeded += 1
-                        pids.add(int(result.result))
-                    elif "WorkerLostError" in repr(result.result):
-                        outcome.worker_lost += 1
-                    else:
-                        outcome.other_failures += 1
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        outcome.unfinished = len(pending)
-        outcome.seconds = last_done - start
-        outcome.replaced = max(0, len(pids) - args.concurrency)
-        outcome.master_alive = proc.poll() is None
-        if cgroup is not None:
-            outcome.oom_kills = cgroup.oom_kills() - oom_before
-            outcome.peak_mib = cgroup.peak() / MiB
-        else:
-            outcome.over_budget_samples = over
-            outcome.peak_mib = peak_pss / MiB
+        oom_before = cgroup.oom_kills() if cgroup is not None else 0
+        worker = WorkerProcess.launch([*(cgroup.join_command() if cgroup else ()), *command], env=env, cwd=HERE,
+                                      stdout_path=run_dir / f"worker-{queue}.log")
+        try:
+            client.send_task("bp.retain", args=(0, 0.0)).get(timeout=60)  # up (its import and fork are not timed)
+            _drive(worker, client, args, outcome, simulate)
+            if cgroup is not None:
+                outcome.oom_kills = cgroup.oom_kills() - oom_before
+                outcome.peak_mib = cgroup.peak() / MiB
+        finally:
+            worker.stop()
     finally:
-        _stop(proc)
         client.close()
+        if cgroup is not None:
+            cgroup.remove()
     if variant.memguard:
-        for line in events.read_text(errors="replace").splitlines() if events.exists() else ():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            name = event.get("event", "")
-            if name in ("memguard.child_recycled", "memguard.task_killed"):
-                key = f"{name.split('.')[1]}:{event.get('reason')}"
-                outcome.memguard_actions[key] = outcome.memguard_actions.get(key, 0) + 1
-            elif name == "memguard.child_lost":
-                key = f"child_lost(likely_oom={event.get('likely_oom')})"
-                outcome.memguard_actions[key] = outcome.memguard_actions.get(key, 0) + 1
-    if cgroup is not None:
-        deadline = time.monotonic() + 15
-        while cgroup.members() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        outcome.memguard_actions = _actions(read_events(events))
     return outcome
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker's process group, then SIGKILL whatever is left."""
-    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
+def _drive(worker: WorkerProcess, client: Celery, args: argparse.Namespace, outcome: Outcome, simulate: bool) -> None:
+    """Queue the tasks and follow them to the end (or the timeout); fills ``outcome``."""
+    first_children = worker.child_pids()
+    results = [client.send_task("bp.retain", args=(args.keep_mib, args.sleep)) for _ in range(args.tasks)]
+    start = time.monotonic()
+    pending = dict(enumerate(results))
+    pids: set[int] = set(first_children)
+    last_done = start
+    over = 0
+    peak_pss = 0
+    while pending and time.monotonic() - start < args.timeout:
+        if simulate:
+            pss = total_pss(worker.pid)
+            peak_pss = max(peak_pss, pss)
+            over += pss > args.limit_mib * MiB
+        for i, result in list(pending.items()):
+            if result.ready():
+                del pending[i]
+                last_done = time.monotonic()
+                if result.successful():
+                    outcome.succeeded += 1
+                    pids.add(int(result.result))
+                elif "WorkerLostError" in repr(result.result):
+                    outcome.worker_lost += 1
+                else:
+                    outcome.other_failures += 1
+        if not worker.running():
+            break
+        time.sleep(0.1)
+    outcome.unfinished = len(pending)
+    outcome.seconds = last_done - start
+    outcome.replaced = max(0, len(pids) - args.concurrency)
+    outcome.master_alive = worker.running()
+    if simulate:
+        outcome.over_budget_samples = over
+        outcome.peak_mib = peak_pss / MiB
+
+
+def _actions(events: list[dict[str, Any]]) -> dict[str, int]:
+    """memguard's recycles, kills and lost children, counted by kind and reason."""
+    actions: dict[str, int] = {}
+    for event in events:
+        name = event.get("event", "")
+        if name in ("memguard.child_recycled", "memguard.task_killed"):
+            key = f"{name.split('.')[1]}:{event.get('reason')}"
+        elif name == "memguard.child_lost":
+            key = f"child_lost(likely_oom={event.get('likely_oom')})"
+        else:
             continue
-        if sig == signal.SIGTERM:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # children left behind by a killed master
-            except ProcessLookupError:
-                pass
-            return
+        actions[key] = actions.get(key, 0) + 1
+    return actions
 
 
 def variants(args: argparse.Namespace, simulate: bool) -> list[Variant]:
@@ -335,10 +257,7 @@ def variants(args: argparse.Namespace, simulate: bool) -> list[Variant]:
 
 
 def machine() -> str:
-    sys.path.insert(0, str(HERE))
-    from _common import machine as facts
-
-    m = facts()
+    m = machine_facts()
     return (f"{m['cpus']} CPUs ({m['cpu model']}), {m['memory']}, Linux {m['kernel']}, Python {m['python']}, "
             f"Celery {m['celery']}, billiard {m['billiard']}; load average at start {m['load average']}")
 
@@ -375,12 +294,11 @@ def main() -> int:
     parser.add_argument("--conf", default="{}", help="JSON merged into every memguard variant's settings")
     args = parser.parse_args()
 
-    cgroup: Cgroup | None = None
     simulate = args.simulate
     if not simulate:
         try:
-            cgroup = Cgroup(args.limit_mib * MiB)
-        except OSError as exc:
+            MemoryCgroup.create(args.limit_mib * MiB, prefix="mg-bench").remove()  # one per variant later
+        except CgroupUnavailable as exc:
             log(f"cannot create a memory cgroup ({exc}); simulating with a pool limit instead")
             simulate = True
     run_dir = Path(f"/tmp/bench-pressure-{os.getpid()}")
@@ -395,17 +313,15 @@ def main() -> int:
                 if variant.memguard:
                     variant.conf.update(json.loads(args.conf))
                 log(f"round {round_ + 1}/{args.rounds}: {variant.name} ...")
-                outcome = run_variant(variant, args, cgroup, run_dir)
+                outcome = run_variant(variant, args, simulate, run_dir)
                 log(f"  {outcome}")
                 rows.append(outcome)
     finally:
-        if cgroup is not None:
-            cgroup.remove()
-        flush(args.broker)
+        flush_db(args.broker)
     total = args.tasks * args.keep_mib
     print(f"# Pressure benchmark, {started:%Y-%m-%d %H:%M} UTC\n")
     print(f"machine: {machine()}")
-    where = (f"a {args.limit_mib} MiB cgroup v1 memory cgroup" if not simulate
+    where = (f"a {args.limit_mib} MiB memory cgroup" if not simulate
              else f"no cgroup (simulated {args.limit_mib} MiB budget)")
     print(f"scenario: {args.concurrency} children in {where}; {args.tasks} tasks per variant, each keeping "
           f"{args.keep_mib} MiB for good and busy {args.sleep} s ({total} MiB kept in all if no child were replaced; "

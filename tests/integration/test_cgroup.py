@@ -22,16 +22,11 @@ controller, not root, read-only cgroupfs). The cgroup is removed afterwards.
 from __future__ import annotations
 
 import time
-import uuid
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from celery_memguard.probes.system import memory_cgroup_dirs
-
-from . import conftest
-from .conftest import StartWorker, wait_until
+from .conftest import MemoryCgroup, StartWorker, make_memory_cgroup, wait_until
 from .policy_tasks import MODULE
 
 MiB = 1024 * 1024
@@ -41,73 +36,23 @@ TASKS = 90
 CONCURRENCY = 3
 
 
-def _read_counter(path: Path, name: str) -> int:
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"no {name} in {path}")
-
-
 @pytest.fixture
-def memory_cgroup() -> Iterator[Path]:
-    """A fresh v1 memory cgroup with a 600 MiB limit under this process's own; removed afterwards."""
-    dirs = memory_cgroup_dirs()
-    if not dirs:
-        pytest.skip("no memory cgroup found for this process (/proc/self/cgroup)")
-    version, parent = dirs[0]
-    if version != 1:
-        pytest.skip(f"this test drives the cgroup v1 memory controller; {parent} is cgroup v{version}")
-    path = Path(parent) / f"mg-it-{uuid.uuid4().hex[:10]}"
-    try:
-        path.mkdir()
-    except OSError as exc:
-        pytest.skip(f"cannot create a memory cgroup under {parent}: {exc}")
-    try:
-        (path / "memory.limit_in_bytes").write_text(str(LIMIT_MIB * MiB))
-        if int((path / "memory.limit_in_bytes").read_text()) != LIMIT_MIB * MiB:
-            pytest.skip(f"{path} did not take a {LIMIT_MIB} MiB limit")
-        yield path
-    finally:
-        _remove(path)
+def in_cgroup() -> Iterator[MemoryCgroup]:
+    """A fresh v1 memory cgroup with a 600 MiB limit under this process's own; removed afterwards.
+
+    Start the workers with ``wrapper=in_cgroup.join_command()`` to run them inside it.
+    """
+    yield from make_memory_cgroup(LIMIT_MIB * MiB, versions=(1,))
 
 
-def _remove(path: Path) -> None:
-    """rmdir the cgroup once its processes are gone (the harness stops the worker before this runs)."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-@pytest.fixture
-def in_cgroup(memory_cgroup: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Make the harness start its workers inside ``memory_cgroup`` (a sh wrapper joins it, then execs celery)."""
-    original: Callable[..., list[str]] = conftest.worker_command
-
-    def command(**kwargs: Any) -> list[str]:
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(memory_cgroup / "cgroup.procs"),
-                *original(**kwargs)]
-
-    monkeypatch.setattr(conftest, "worker_command", command)
-    return memory_cgroup
-
-
-def test_memguard_relieves_cgroup_pressure_before_the_oom_killer(in_cgroup: Path, start_worker: StartWorker,
-                                                                 redis_url: str) -> None:
+def test_memguard_relieves_cgroup_pressure_before_the_oom_killer(in_cgroup: MemoryCgroup,
+                                                                 start_worker: StartWorker, redis_url: str) -> None:
     """In a 600 MiB cgroup, children keeping 720 MiB in all: pressure recycles, all tasks succeed, no OOM kill."""
-    oom_before = _read_counter(in_cgroup / "memory.oom_control", "oom_kill")
-    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf={
+    oom_before = in_cgroup.oom_kills()
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, wrapper=in_cgroup.join_command(), conf={
         "imports": [MODULE], "memguard_poll_interval": 0.1, "memguard_min_available": "25%",
     })
-    members = {int(p) for p in (in_cgroup / "cgroup.procs").read_text().split()}
+    members = in_cgroup.members()
     assert worker.proc.pid in members and worker.child_pids() <= members, (members, worker.child_pids())
     (started,) = worker.events("memguard.started")
     assert started["effective_memory_mib"] == LIMIT_MIB, started
@@ -116,19 +61,19 @@ def test_memguard_relieves_cgroup_pressure_before_the_oom_killer(in_cgroup: Path
 
     states = [o.state for o in outcomes]
     assert states == ["SUCCESS"] * TASKS, [(o.state, o.traceback) for o in outcomes if o.state != "SUCCESS"]
-    assert _read_counter(in_cgroup / "memory.oom_control", "oom_kill") == oom_before
+    assert in_cgroup.oom_kills() == oom_before
     assert [e for e in worker.events("memguard.child_lost") if e["likely_oom"]] == []
     recycled = worker.events("memguard.child_recycled")
     assert recycled, worker.diagnostics()
     for event in recycled:
         assert event["reason"] == "pressure" and event["trigger"] == "available", event
         assert event["min_available"] == LIMIT_MIB * MiB // 4, event
-    peak = int((in_cgroup / "memory.max_usage_in_bytes").read_text())
+    peak = in_cgroup.peak()
     assert peak < LIMIT_MIB * MiB, f"the cgroup reached its limit ({peak} bytes)"
     assert worker.events("memguard.error") == []
     wait_until(lambda: len(worker.child_pids()) == CONCURRENCY, 20, what="a full pool at the end")
     print(f"cgroup peak usage {peak / MiB:.0f} MiB of {LIMIT_MIB}; {len(recycled)} pressure recycles; "
-          f"failcnt {int((in_cgroup / 'memory.failcnt').read_text())}")
+          f"failcnt {in_cgroup.failcnt()}")
 
 
 #: The second scenario: pressure below 250 MiB available, i.e. above 350 MiB used; the worker's own baseline is
@@ -140,8 +85,8 @@ HOLD_MIB = 150
 QUIET_AFTER_RELIEF = 2.5
 
 
-def test_one_recycle_relieves_pressure_and_no_second_child_is_taken(in_cgroup: Path, start_worker: StartWorker,
-                                                                    redis_url: str) -> None:
+def test_one_recycle_relieves_pressure_and_no_second_child_is_taken(in_cgroup: MemoryCgroup,
+                                                                    start_worker: StartWorker, redis_url: str) -> None:
     """When recycling a holder ends the pressure, no second child is recycled (two episodes).
 
     The reading taken as the victim exits may not show its memory freed yet (the kernel uncharges it 15-60 ms
@@ -149,7 +94,7 @@ def test_one_recycle_relieves_pressure_and_no_second_child_is_taken(in_cgroup: P
     first: one that holds less than memguard_pressure_min_relief (32 MiB) beyond a freshly forked child cannot
     relieve anything, so the first recycle of each episode is a holder.
     """
-    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf={
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, wrapper=in_cgroup.join_command(), conf={
         "imports": [MODULE], "memguard_poll_interval": 0.1,
         "memguard_min_available": f"{RELIEF_MIN_AVAILABLE_MIB}MiB",
     })

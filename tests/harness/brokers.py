@@ -1,0 +1,77 @@
+"""The brokers the harness talks to (Redis, RabbitMQ), and cleaning up after a worker in them.
+
+Tests use Redis DB 13 as broker and DB 14 for results; every test has a queue of its own, so they
+can share both. Benchmarks use a dedicated DB (11 or 12) that they flush before and after.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
+#: Broker database (Redis) and result backend database; queues are unique per test, so sharing is safe.
+REDIS_BROKER_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/13"
+RABBIT_BROKER_URL = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}//"
+BACKEND_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_up(url: str) -> bool:
+    """Whether the Redis server of ``url`` answers a PING."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def flush_db(url: str) -> None:
+    """Empty the Redis database of ``url`` (a benchmark's own DB)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def delete_queue(app: Any, queue: str, broker: str) -> None:
+    """Remove ``queue`` and its exchange (and kombu's Redis binding keys) so nothing leaks into the broker.
+
+    Never raises: where the broker went away there is nothing to clean up.
+    """
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            channel.queue_delete(queue)
+            try:
+                channel.exchange_delete(queue)
+            except Exception:
+                pass
+        if broker.startswith("redis://"):
+            import redis
+
+            client = redis.Redis.from_url(broker)
+            try:
+                keys = list(client.scan_iter(match=f"*{queue}*"))
+                if keys:
+                    client.delete(*keys)
+            finally:
+                client.close()
+    except Exception:
+        pass
