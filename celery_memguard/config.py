@@ -245,6 +245,8 @@ class MemGuardConfig:
     psi_threshold: float | None = None
     pressure_min_relief: int | None = 32 * MiB
     pressure_retry: float = 30.0
+    #: How the monitor learns of memory pressure between polls (see celery_memguard.pace).
+    pressure_wake: str = "auto"
     recycle_on_leak: bool = False
     leak_horizon: float = 300.0
     max_child_lifetime: float | None = None
@@ -385,6 +387,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "psi_threshold": _fraction(0.0, 100.0, optional=True),
     "pressure_min_relief": _optional_size,
     "pressure_retry": _seconds(0.0, 3600.0),
+    "pressure_wake": _choice("auto", "adaptive", "interval"),
     "recycle_on_leak": _bool,
     "leak_horizon": _seconds(1.0, 86400.0),
     "max_child_lifetime": _optional_seconds(1.0, 30 * 86400.0),

@@ -82,6 +82,7 @@ __all__ = [
     "RECYCLE_STORM",
     "LIMIT_UNREACHABLE",
     "PRESSURE_UNRELIEVED",
+    "PRESSURE_WATCH",
     "EVENT_KEYS",
     "EVENT_DOCS",
     "EXTRA_KEYS",
@@ -129,6 +130,10 @@ CHILD_LOST = "memguard.child_lost"
 RECYCLE_STORM = "memguard.recycle_storm"
 LIMIT_UNREACHABLE = "memguard.limit_unreachable"
 PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
+#: Once at start when a policy reads memory pressure: how the monitor learns of it between polls (``wake``: the
+#: kernel notifications armed, e.g. ``["cgroup1-threshold"]`` or ``["psi"]``, empty when none; ``adaptive_poll``:
+#: whether polling speeds up while available memory falls; ``fallback``: why no (or not every) kernel source).
+PRESSURE_WATCH = "memguard.pressure_watch"
 ORDER_SIGNAL_REPLACED = "memguard.order_signal_replaced"
 #: Every ``memguard_sample_interval`` seconds: the latest poll's memory readings (see celery_memguard.sampling).
 SAMPLE = "memguard.sample"
@@ -168,6 +173,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
                                "throughput_lost", "concurrency", "deferred", "reasons", "cause"),
     LIMIT_UNREACHABLE: ("reason", "limit_mib", "fresh_child_mib", "master_mib", "metric", "pid", "cause",
                                    "fix"),
+    PRESSURE_WATCH: ("wake", "detail", "thresholds_mib", "psi_trigger", "adaptive_poll", "adaptive_floor_s",
+                     "poll_interval", "mode", "fallback"),
     PRESSURE_UNRELIEVED: ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),

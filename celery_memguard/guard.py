@@ -34,7 +34,9 @@ from .detectors.base import Detector, Finding
 from .engine import Engine
 from .forensics import LossExplainer
 from .monitor import HostReaders, Monitor, PollView, PoolHooks
+from .pace import ADAPTIVE_FLOOR, AdaptivePace, PressurePlan
 from .probes import HeapProbe, heap_probe
+from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch
 from .probes.system import oom_kill_count, read_system
 from .samples import Action
 from .sampling import SampleLog
@@ -114,6 +116,9 @@ class Guard:
             return
         try:
             wants_system = cfg.min_available is not None or cfg.psi_threshold is not None
+            plan = PressurePlan.from_config(cfg)
+            pace = AdaptivePace(plan.available_levels, cfg.poll_interval) if plan.adaptive and wants_system else None
+            watch = self._pressure_watch(plan, pace)
             monitor = Monitor(
                 pool=pool, engine=self.engine, board=self.board, metric=cfg.metric, detectors=self.detectors,
                 actuator=Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run),
@@ -122,11 +127,48 @@ class Guard:
                 explainer=LossExplainer(hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
                                         oom_kills=oom_kill_count, available=_available_now),
                 on_poll=SampleLog(cfg.sample_interval, cfg.metric).offer if cfg.sample_interval else None,
+                pace=pace, watch=watch,
             )
             monitor.start()
             self.monitor = monitor
         except Exception as exc:
             events.error("guard.start", exc)
+
+    def _pressure_watch(self, plan: PressurePlan, pace: AdaptivePace | None) -> PressureWatch | None:
+        """Arm the kernel's pressure notifications the plan wants (None where none can be) and log
+        ``memguard.pressure_watch`` saying what wakes the monitor, and why not more."""
+        if not (plan.available_levels or plan.used_levels or plan.psi_threshold is not None):
+            return None  # no policy reads memory pressure
+        watch: PressureWatch | None = None
+        fallback: str | None = None
+        if plan.mode != "auto":
+            fallback = f"memguard_pressure_wake={plan.mode!r}"
+        else:
+            failures: list[BaseException] = []
+            try:
+                watch = open_pressure_watch(plan.usage_thresholds, plan.psi_trigger,
+                                            host_psi=plan.psi_threshold is not None)
+                fallback, failures = "; ".join(watch.notes) or None, list(watch.failures)
+            except PressureWatchError as exc:  # nothing armed: adaptive polling alone
+                fallback, failures = str(exc), list(exc.failures)
+            except Exception as exc:  # fail open: a bug here costs the notifications, nothing else
+                fallback, failures = f"{type(exc).__name__}: {exc}", [exc]
+            if failures:
+                events.error("guard.pressure_watch", failures[0])
+        armed = watch.armed if watch is not None else []
+        events.emit(
+            events.PRESSURE_WATCH,
+            wake=[a.source for a in armed],
+            detail=[a.detail for a in armed],
+            thresholds_mib=[mib(t) for a in armed for t in a.thresholds],
+            psi_trigger=next((a.trigger for a in armed if a.trigger), None),
+            adaptive_poll=pace is not None,
+            adaptive_floor_s=ADAPTIVE_FLOOR if pace is not None else None,
+            poll_interval=self.config.poll_interval,
+            mode=plan.mode,
+            fallback=fallback,
+        )
+        return watch
 
     def drain(self) -> None:
         """Warm shutdown: the monitor keeps enforcing the hard limit while the pool drains."""

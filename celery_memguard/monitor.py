@@ -13,6 +13,12 @@ that leaves the pool by a signal MemGuard did not send is explained as
 the delay the engine chose: ``memguard_poll_interval``, shorter while a child grows towards its hard
 limit. Anything that goes wrong is logged as ``memguard.error`` and the loop
 carries on.
+
+Memory pressure wakes it early: a kernel notification (a cgroup v1 usage threshold or a PSI trigger,
+armed by :mod:`celery_memguard.probes.pressure_events` and waited on by its own thread) calls
+:meth:`Monitor.pressure_event`, and the monitor polls at once with a fresh system reading (at most one
+such poll per ``EVENT_SPACING``). While available memory falls, :class:`~celery_memguard.pace.AdaptivePace`
+shortens the delay until the next poll (see :mod:`celery_memguard.pace`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from . import events
 from .actions import Actuator
@@ -31,7 +37,11 @@ from .forensics import CLEAN_EXITS, ChildHistory, LossExplainer
 from .probes import ProbeError, ProcessGone, ProcessProbe, open_process_probe
 from .detectors.base import Detector, Finding
 from .detectors.leak import LeakDetector
+from .pace import AdaptivePace
 from .samples import Action, ChildSample, Decision, MasterSample, SystemSample, TaskSample
+
+if TYPE_CHECKING:
+    from .probes.pressure_events import PressureWatch
 
 __all__ = ["HostReaders", "Monitor", "PollView", "PoolHooks"]
 
@@ -53,6 +63,9 @@ IDLE_STRETCH = 4
 QUIET_RSS_CHANGE = 256 * 1024
 #: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
 SYSTEM_EVERY = 0.5
+#: Shortest spacing (seconds) of polls brought forward by kernel pressure notifications (a usage hovering
+#: around a threshold signals at every crossing).
+EVENT_SPACING = 0.02
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +153,8 @@ class Monitor:
         host: HostReaders = HostReaders(),
         explainer: LossExplainer | None = None,
         on_poll: Callable[[PollView], None] | None = None,
+        pace: AdaptivePace | None = None,
+        watch: "PressureWatch | None" = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
         self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
@@ -181,6 +196,13 @@ class Monitor:
         self._quiet = 0
         #: When :meth:`drain` was called (warm shutdown), else None.
         self.draining_since: float | None = None
+        self.pace = pace
+        self.watch = watch
+        #: Kernel pressure notifications received so far.
+        self.pressure_wakes = 0
+        self._woken = threading.Event()  # set by a pressure notification or stop(): end the current sleep
+        self._pressure_at: float | None = None  # when the first notification since the last poll came
+        self._polled_at: float | None = None
 
     # -- thread ---------------------------------------------------------
     @property
@@ -191,6 +213,33 @@ class Monitor:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="memguard-monitor", daemon=True)
         self._thread.start()
+        if self.watch is not None:
+            try:
+                self.watch.start(self.pressure_event, self._watch_lost)
+            except Exception as exc:
+                events.error("monitor.pressure_watch", exc)
+                self._close_watch()
+
+    def pressure_event(self, source: str) -> None:
+        """The kernel signalled memory pressure (or relief): poll at once (called from the watch's thread)."""
+        self.pressure_wakes += 1
+        if self._pressure_at is None:
+            self._pressure_at = self.clock()
+        self._woken.set()
+        if self.board is not None and self.board.can_wake:
+            self.board.wake()
+
+    def _watch_lost(self, source: str, exc: BaseException) -> None:
+        """A kernel notification source failed (its cgroup was removed...): adaptive polling carries on."""
+        events.error(f"pressure_watch.{source}", exc)
+
+    def _close_watch(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            try:
+                watch.close()
+            except Exception as exc:
+                events.error("monitor.pressure_watch", exc)
 
     def drain(self) -> None:
         """The worker is in warm shutdown and its pool drains: keep polling, enforce only the hard limit.
@@ -203,6 +252,8 @@ class Monitor:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._woken.set()
+        self._close_watch()
         if self.board is not None:
             self.board.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -232,21 +283,37 @@ class Monitor:
         (a child starting a task writes to it while the master sleeps: no wake-up while nothing happens),
         or, without one, reads the board's activity counter every ACTIVITY_TICK seconds.
         """
+        if self._woken.is_set():
+            return self._after_pressure_event()
         board = self.board if self.engine.idle_watched else None
         if board is None or delay <= ACTIVITY_TICK:
-            return not self._stop.wait(delay)
+            if self._woken.wait(delay) and not self._stop.is_set():
+                return self._after_pressure_event()
+            return not self._stop.is_set()
         if board.can_wake:
             board.sleep_until_task(self._activity_mark, delay)
+            if self._woken.is_set() and not self._stop.is_set():
+                return self._after_pressure_event()
             return not self._stop.is_set()
         end = time.monotonic() + delay
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 return True
-            if self._stop.wait(min(ACTIVITY_TICK, left)):
-                return False
+            if self._woken.wait(min(ACTIVITY_TICK, left)):
+                return self._after_pressure_event() if not self._stop.is_set() else False
             if board.activity() != self._activity_mark:
                 return True
+
+    def _after_pressure_event(self) -> bool:
+        """Woken by a pressure notification: poll now, or after EVENT_SPACING since the last poll; False once stopped."""
+        if self._stop.is_set():
+            return False
+        if self._polled_at is not None:
+            wait = EVENT_SPACING - (self.clock() - self._polled_at)
+            if wait > 0:
+                return not self._stop.wait(wait)
+        return True
 
     def _stretch(self, delay: float, samples: list[ChildSample]) -> float:
         """The delay, doubled (up to IDLE_STRETCH x the interval) while nothing changes: every child idle,
@@ -273,6 +340,9 @@ class Monitor:
         """One poll; returns the delay until the next."""
         now = self.clock()
         self.polls += 1
+        self._polled_at = now
+        notified, self._pressure_at = self._pressure_at is not None, None
+        self._woken.clear()
         if self.board is not None:
             self._activity_mark = self.board.activity()  # a task started after this wakes the next sleep
         samples, index_of = self._read_children(now)
@@ -285,7 +355,9 @@ class Monitor:
             events.error("monitor.drain", exc)
         if self.master_pid is not None and self.detectors:
             self._observe_master(now)
-        system = self._read_system(now)
+        if notified and self.pace is not None:
+            self.pace.notified()
+        system = self._read_system(now, fresh=notified)
         self._carry_out(self.engine.decide(samples, now, system=system), index_of)
         for finding in self.engine.findings():
             self._found(finding)
@@ -296,7 +368,10 @@ class Monitor:
                 self.on_poll(self.last_poll)
             except Exception as exc:
                 events.error("monitor.on_poll", exc)
-        return self._stretch(self.engine.next_delay, samples)
+        delay = self._stretch(self.engine.next_delay, samples)
+        if self.pace is not None and system is not None:
+            delay = min(delay, self.pace.observe(system))
+        return delay
 
     def _read_children(self, now: float) -> tuple[list[ChildSample], dict[int, int | None]]:
         """Sample every listed child; also returns each listed child's pool index (gone ones included)."""
@@ -495,11 +570,13 @@ class Monitor:
         except Exception as exc:
             events.error("monitor.finding", exc)
 
-    def _read_system(self, now: float) -> SystemSample | None:
-        """The machine/cgroup reading for pressure policies, refreshed at most every SYSTEM_EVERY s."""
+    def _read_system(self, now: float, fresh: bool = False) -> SystemSample | None:
+        """The machine/cgroup reading for pressure policies, refreshed at most every SYSTEM_EVERY s (sooner while
+        adaptive polling is fast, and at once after a kernel pressure notification: ``fresh``)."""
         if self.system is None:
             return None
-        if self._system is None or now - self._system.at >= SYSTEM_EVERY:
+        every = min(SYSTEM_EVERY, self.pace.delay * 0.9) if self.pace is not None else SYSTEM_EVERY
+        if fresh or self._system is None or now - self._system.at >= every:
             try:
                 self._system = self.system(now)
             except Exception as exc:

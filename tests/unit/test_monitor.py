@@ -695,3 +695,113 @@ class TestMonitorChildLost:
         monitor.poll()
         (lost,) = [r for r in event_records(logged) if r["event"] == "memguard.child_lost"]
         assert lost["likely_oom"] is True and "under 5%" in lost["reason"], lost
+
+
+class _FakeWatch:
+    """Stands in for a PressureWatch: the test calls ``fire`` as the kernel would."""
+
+    def __init__(self) -> None:
+        self.on_event: Any = None
+        self.closed = False
+
+    def start(self, on_event: Any, on_lost: Any) -> None:
+        self.on_event = on_event
+
+    def fire(self, source: str = "cgroup1-threshold") -> None:
+        self.on_event(source)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TestMonitorPressureWake:
+    """Kernel pressure notifications (pressure_event) and adaptive polling (pace)."""
+
+    @pytest.mark.parametrize("board_wake", [True, False, None], ids=["wake-pipe", "activity-ticks", "no-board"])
+    def test_notification_polls_at_once_with_a_fresh_system_reading(self, logged: Path,
+                                                                     board_wake: bool | None) -> None:
+        """Polling every 10 s: a notification brings a poll within milliseconds, and its system reading is taken
+        then (not the one cached for SYSTEM_EVERY)."""
+        from celery_memguard.samples import SystemSample
+
+        board = Board(2, wake=board_wake) if board_wake is not None else None
+        if board is not None:
+            board.claim(0, 11, time.monotonic())
+        reads: list[float] = []
+
+        def system(at: float) -> SystemSample:
+            reads.append(time.monotonic())
+            return SystemSample(available=900 * MiB, total=1024 * MiB, used=124 * MiB, at=at)
+
+        engine = Engine([HardLimit(limit=HARD)], kill_grace=2.0, poll_interval=10.0)
+        world = World()
+        world.add(FakeProbe(11, rss=10 * MiB), 0)
+        watch = _FakeWatch()
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe, system=system),  # type: ignore[arg-type]
+                          watch=watch)  # type: ignore[arg-type]
+        monitor.start()
+        try:
+            deadline = time.monotonic() + 5.0
+            while monitor.polls < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)
+            settled, read = monitor.polls, len(reads)
+            fired = time.monotonic()
+            watch.fire()
+            while monitor.polls == settled and time.monotonic() < fired + 2.0:
+                time.sleep(0.001)
+            assert monitor.polls == settled + 1, "no poll after the notification"
+            assert len(reads) == read + 1 and reads[-1] - fired < 0.2, (reads, fired)
+            assert monitor.pressure_wakes == 1
+        finally:
+            monitor.stop()
+            if board is not None:
+                board.close()
+        assert watch.closed
+
+    def test_notifications_coalesce(self, logged: Path) -> None:
+        """A burst of notifications costs one poll per EVENT_SPACING at most."""
+        from celery_memguard.monitor import EVENT_SPACING
+
+        engine = Engine([HardLimit(limit=HARD)], kill_grace=2.0, poll_interval=10.0)
+        world = World()
+        world.add(FakeProbe(11, rss=10 * MiB), 0)
+        watch = _FakeWatch()
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=None, metric="uss", host=HostReaders(open_probe=world.open_probe), watch=watch)  # type: ignore[arg-type]
+        monitor.start()
+        try:
+            deadline = time.monotonic() + 5.0
+            while monitor.polls < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            settled = monitor.polls
+            started = time.monotonic()
+            while time.monotonic() - started < 0.2:
+                watch.fire()
+                time.sleep(0.0005)
+            time.sleep(EVENT_SPACING * 2)
+            spent = time.monotonic() - started
+            assert 1 <= monitor.polls - settled <= spent / EVENT_SPACING + 1, (monitor.polls - settled, spent)
+        finally:
+            monitor.stop()
+
+    def test_pace_shortens_the_delay_while_memory_falls(self, logged: Path) -> None:
+        """With a pace, a falling system reading shortens the delay the poll returns; stable memory restores it."""
+        from celery_memguard.pace import AdaptivePace
+        from celery_memguard.samples import SystemSample
+
+        available = [900 * MiB]
+        h = Harness(hard=None)
+        h.monitor.system = lambda at: SystemSample(available=available[0], total=1024 * MiB,
+                                                   used=1024 * MiB - available[0], at=at)
+        h.monitor.pace = AdaptivePace([256 * MiB], 1.0)
+        h.world.add(FakeProbe(11, rss=10 * MiB), None)
+        h.poll()
+        assert h.poll() == 1.0
+        available[0] = 500 * MiB  # 400 MiB/s, 244 MiB to the level: half of 0.61 s
+        assert h.poll() == pytest.approx(0.305, abs=0.01)
+        available[0] = 400 * MiB  # read again (the pace is faster than SYSTEM_EVERY): 100 MiB in 0.3 s
+        assert h.poll(0.3) < 0.5
+        assert h.poll(0.3) == 1.0  # stable
