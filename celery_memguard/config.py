@@ -505,6 +505,13 @@ KEY_DOCS: dict[str, KeyDoc] = {
         'seconds, 0–3600',
         'how long pressure no child offers lasting relief for must last before the largest child is recycled '
         'anyway, and the spacing of such recycles'),
+    "pressure_wake": KeyDoc(
+        '`"auto"`, `"adaptive"`, `"interval"`',
+        'how the monitor learns of memory pressure between polls: `"auto"` arms the kernel\'s notifications '
+        '(cgroup v1 usage thresholds derived from `memguard_min_available` and the pool budgets, PSI triggers on '
+        'cgroup v2 or the host) so it acts within tens of milliseconds of a crossing, and polls faster while '
+        'available memory falls; `"adaptive"`: the faster polling only; `"interval"`: every '
+        '`memguard_poll_interval`. `memguard.pressure_watch` says what was armed, or why not (docs/pressure.md)'),
     "recycle_on_leak": KeyDoc(
         'bool (needs a soft or hard limit)',
         'a child holding a confirmed leak and projected to cross its limit within `memguard_leak_horizon` is '

@@ -222,6 +222,9 @@ EVENT_DOCS: dict[str, str] = {
                    "`memguard_max_throughput_loss`): how many, why, and what they cost.",
     LIMIT_UNREACHABLE: "A freshly forked child is already above the soft limit: recycling for it stops until a "
                        "fresh child starts below it.",
+    PRESSURE_WATCH: "Once at start, when a pressure setting is on: what wakes the monitor between polls (kernel "
+                    "notifications armed, adaptive polling) and, where nothing or not everything could be armed, "
+                    "why (see docs/pressure.md).",
     PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
                          "one (once per episode).",
 }
@@ -341,6 +344,14 @@ KEY_DOCS: dict[str, str] = {
     "largest_relief_mib": "how much more RSS it holds than a fresh child, MiB",
     "min_relief_mib": "`memguard_pressure_min_relief`, MiB",
     "retry_s": "`memguard_pressure_retry`: seconds until the largest child is recycled anyway",
+    "wake": "the kernel notifications armed: `cgroup1-threshold`, `psi` (empty: none)",
+    "detail": "what each was armed on (the cgroup's `memory.usage_in_bytes`, a `pressure/memory` file)",
+    "thresholds_mib": "the cgroup v1 usage thresholds, MiB",
+    "psi_trigger": "the PSI trigger written (`some <stall µs> <window µs>`), null: none",
+    "adaptive_poll": "whether polling speeds up while available memory falls",
+    "adaptive_floor_s": "the shortest delay adaptive polling chooses, seconds (null: no adaptive polling)",
+    "mode": "`memguard_pressure_wake`",
+    "fallback": "why no (or not every) kernel notification was armed; null: nothing missing",
     # Keys only some recycles and kills carry (EXTRA_KEYS).
     "limit_s": "the lifetime limit it crossed, seconds (`lifetime`)",
     "limit_tasks": "the task-count limit it reached (`max_tasks`)",
