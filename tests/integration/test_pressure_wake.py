@@ -11,23 +11,31 @@ the crossing, where polling alone could take up to 5 s.
 
 With ``memguard_pressure_wake="adaptive"`` the same worker arms nothing, says why, and adaptive polling
 alone still acts (later: the fall is seen only at the polls). Skipped, with the reason, where a memory
-cgroup cannot be created (see tests/integration/test_cgroup.py, whose fixtures are used).
+cgroup cannot be created (tests/harness/cgroups.py).
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from pathlib import Path
+from typing import Iterator
 
-from .conftest import StartWorker
+import pytest
+
+from .conftest import MemoryCgroup, StartWorker, make_memory_cgroup
 from .pressure_tasks import MODULE
-from .test_cgroup import in_cgroup, memory_cgroup  # noqa: F401  (fixtures)
 
 MiB = 1024 * 1024
+LIMIT_MIB = 600
 LEVEL_MIB = 250
 #: The reaction the kernel notification must achieve: a tenth of the 5 s poll interval.
 WITHIN_S = 0.5
+
+
+@pytest.fixture
+def in_cgroup() -> Iterator[MemoryCgroup]:
+    """A fresh v1 memory cgroup with a 600 MiB limit (v1: the usage thresholds are what is tested)."""
+    yield from make_memory_cgroup(LIMIT_MIB * MiB, versions=(1,))
 
 
 def _ts(event: dict[str, object]) -> float:
@@ -35,15 +43,15 @@ def _ts(event: dict[str, object]) -> float:
 
 
 def test_threshold_crossing_wakes_the_monitor_within_a_fraction_of_the_interval(
-        in_cgroup: Path, start_worker: StartWorker, redis_url: str) -> None:  # noqa: F811
+        in_cgroup: MemoryCgroup, start_worker: StartWorker, redis_url: str) -> None:
     """Poll interval 5 s; the recycle of the child that crossed the threshold comes within 0.5 s of the crossing."""
-    worker = start_worker(redis_url, concurrency=2, conf={
+    worker = start_worker(redis_url, concurrency=2, wrapper=in_cgroup.join_command(), conf={
         "imports": [MODULE], "memguard_poll_interval": 5, "memguard_min_available": f"{LEVEL_MIB}MiB",
     })
     (watch,) = worker.events("memguard.pressure_watch")
     assert watch["wake"] == ["cgroup1-threshold"], watch
     assert watch["adaptive_poll"] is True and watch["fallback"] is None, watch
-    assert 600 - LEVEL_MIB in watch["thresholds_mib"], watch
+    assert LIMIT_MIB - LEVEL_MIB in watch["thresholds_mib"], watch
     reactions = []
     for _ in range(2):  # twice: the notifications keep working after a relief (crossings both ways)
         seen = len(worker.events("memguard.child_recycled"))
@@ -61,9 +69,9 @@ def test_threshold_crossing_wakes_the_monitor_within_a_fraction_of_the_interval(
 
 
 def test_without_kernel_notifications_adaptive_polling_says_so_and_still_acts(
-        in_cgroup: Path, start_worker: StartWorker, redis_url: str) -> None:  # noqa: F811
+        in_cgroup: MemoryCgroup, start_worker: StartWorker, redis_url: str) -> None:
     """memguard_pressure_wake="adaptive": nothing armed, the reason logged, the pressure still relieved."""
-    worker = start_worker(redis_url, concurrency=2, conf={
+    worker = start_worker(redis_url, concurrency=2, wrapper=in_cgroup.join_command(), conf={
         "imports": [MODULE], "memguard_poll_interval": 1, "memguard_min_available": f"{LEVEL_MIB}MiB",
         "memguard_pressure_wake": "adaptive",
     })
