@@ -84,7 +84,7 @@ def events_reference() -> str:
 
     parts: list[str] = []
     for name, keys in events.EVENT_KEYS.items():
-        parts.append(f"### `{name}`\n\n{events.EVENT_DOCS[name]}\n")
+        parts.append(f"### `{name}` {{ #{name} }}\n\n{events.EVENT_DOCS[name]}\n")
         rows = ["| key | meaning |", "|---|---|"]
         for key in keys:
             rows.append(f"| `{key}` | {_cell(events.key_doc(name, key))} |")
@@ -168,5 +168,7 @@ _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):<c
 
 
 def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
-    # Sphinx roles in docstrings (":class:`~pkg.mod.Name`") as plain code ("Name"; without "~" the whole path).
-    return _ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
+    # Sphinx roles in docstrings (":class:`~pkg.mod.Name`") as plain code ("Name"; without "~" the whole path),
+    # and a literal block's "::" introduction as one colon.
+    html = _ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
+    return html.replace('::</p>\n<div class="highlight">', ':</p>\n<div class="highlight">')

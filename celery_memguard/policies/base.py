@@ -46,8 +46,11 @@ class Policy:
     """
 
     reason: ClassVar[str] = "policy"
+    """The ``reason`` its recycles and kills are logged with (``memguard.child_recycled``...)."""
     debounce: ClassVar[bool] = True
+    """Whether ``memguard_strikes`` applies to its soft actions."""
     threshold: int | None = None
+    """Smallest memory (bytes, configured metric) at which it could act; ``None``: memory is not its input."""
 
     def check(self, child: ChildSample, now: float) -> Violation | None:  # pragma: no cover
         """Return a violation for ``child`` at ``now``, or ``None``."""
@@ -70,8 +73,11 @@ class PoolPolicy:
     """
 
     reason: ClassVar[str] = "pool_policy"
+    """The ``reason`` its recycles and kills are logged with."""
     debounce: ClassVar[bool] = True
+    """Whether ``memguard_strikes`` applies to its soft actions."""
     threshold: int | None = None
+    """As :attr:`Policy.threshold`; ``0`` asks for exact readings of every child."""
 
     def check_pool(
         self, children: Sequence[ChildSample], now: float, system: SystemSample | None

@@ -57,7 +57,22 @@ class WorkerConfigError(ConfigError, click.ClickException):
         return (type(self), (self.key, self.value, self.accepted))
 
 class MemGuard(bootsteps.StartStopStep):
-    """Per-child memory measurement and limits for Celery prefork workers."""
+    """Per-child memory measurement and limits for Celery prefork workers: the worker bootstep.
+
+    Add it to the app's worker blueprint; everything else is configuration (``memguard_*`` keys in
+    ``app.conf``, or ``celery worker --memguard-*`` options)::
+
+        from celery_memguard import MemGuard
+
+        app.steps["worker"].add(MemGuard)
+        app.conf.update(memguard_soft_limit="400MiB", memguard_hard_limit="1GiB")
+
+    Constructing the step validates the settings: an invalid one stops the worker before it consumes a
+    message (one ``Error: celery-memguard: invalid KEY=VALUE: expected ...`` line, exit status 1). The
+    step only wires MemGuard to Celery; what MemGuard knows lives in its
+    :class:`~celery_memguard.guard.Guard`. ``celery -A proj memguard status`` shows :meth:`status`,
+    ``celery -A proj inspect stats`` carries :meth:`info`.
+    """
 
     #: What MemGuard knows and does in this worker (built in create(), see celery_memguard/guard.py).
     guard: Guard | None = None

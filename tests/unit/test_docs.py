@@ -53,7 +53,7 @@ def test_config_table_lists_every_key_with_its_option_and_default(hooks: Any) ->
 def test_events_reference_lists_every_event_and_key(hooks: Any) -> None:
     page = hooks.events_reference()
     for name, keys in events.EVENT_KEYS.items():
-        section = page.split(f"### `{name}`\n", 1)[1].split("\n### ", 1)[0]
+        section = page.split(f"### `{name}` {{ #{name} }}\n", 1)[1].split("\n### ", 1)[0]
         assert events.EVENT_DOCS[name].split()[0] in section
         for key in (*keys, *events.EXTRA_KEYS.get(name, ())):
             assert f"| `{key}`" in section, (name, key)
