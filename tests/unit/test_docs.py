@@ -125,3 +125,38 @@ def test_site_pages_in_the_nav_exist() -> None:
     pages = re.findall(r"(?:^|:\s|-\s)([\w/-]+\.md)\s*$", nav, re.M)
     assert len(pages) > 20
     assert [page for page in pages if not (DOCS / page).is_file()] == []
+
+
+def _accepts(name: str, value: Any) -> bool:
+    from celery_memguard.config import _PARSERS
+    from celery_memguard.exceptions import ConfigError
+
+    try:
+        _PARSERS[name](f"memguard_{name}", value, 8 << 30)
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", list(KEY_DOCS))
+def test_documented_accepted_values_match_the_parser(name: str) -> None:
+    """What the reference says a key accepts is what its parser accepts: a range "A–B" (both ends in, just
+    outside refused), quoted choices (each in, another word refused), `None` when and only when it says so,
+    "int ≥ N" (N in, N-1 refused)."""
+    accepted = KEY_DOCS[name].accepted
+    if name != "policies":
+        assert _accepts(name, None) == ("`None`" in accepted), accepted
+    for low, high in re.findall(r"(\d+(?:\.\d+)?)–(\d+(?:\.\d+)?)", accepted):
+        assert _accepts(name, float(low)) and _accepts(name, float(high)), accepted
+        assert not _accepts(name, float(high) * 1.01 + 0.01), accepted
+        if float(low) > 0:
+            assert not _accepts(name, float(low) * 0.99), accepted
+    choices = re.findall(r'`"(\w+)"`', accepted)
+    if choices and "size" not in accepted:
+        assert all(_accepts(name, choice) for choice in choices) and not _accepts(name, "nonsense"), accepted
+    for low in re.findall(r"int ≥ (\d+)", accepted):
+        assert _accepts(name, int(low)) and not _accepts(name, int(low) - 1), accepted
+    if accepted.startswith("bool"):
+        assert _accepts(name, True) and _accepts(name, False) and not _accepts(name, "maybe")
+    if accepted.startswith("size"):
+        assert _accepts(name, "512MiB") and _accepts(name, "20%") and not _accepts(name, "lots")
