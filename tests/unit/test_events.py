@@ -445,8 +445,8 @@ def emitted_keys() -> dict[str, set[str]]:
     """Event name -> every key the package's code logs with it, read from the source: the keywords of each
     ``events.emit(NAME, ...)`` call, and the keys of the fields dict of each ``Finding(NAME, fields)`` /
     ``LossReport(NAME, fields)`` (a dict literal, or a local variable built from literals and
-    ``fields["key"] = ...``). Calls whose event name is not a constant (actions' shared ``_log``) are
-    covered by the events' own tests."""
+    ``fields["key"] = ...``). Calls whose event name is not a constant are covered by the events' own
+    tests; the keys actions' ``_log`` adds from a decision by decision_extra_keys."""
     import ast
 
     trees = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
@@ -487,17 +487,21 @@ def emitted_keys() -> dict[str, set[str]]:
             for call in ast.walk(scope):
                 if not isinstance(call, ast.Call) or not call.args:
                     continue
-                event = name_of(call.args[0])
-                if event is None:
+                first = call.args[0]
+                options = [first.body, first.orelse] if isinstance(first, ast.IfExp) else [first]  # a if dry else b
+                names = [name for name in map(name_of, options) if name is not None]
+                if not names:
                     continue
-                callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
-                if callee == "emit":
+                func = call.func.func if isinstance(call.func, ast.Call) else call.func  # self._emitter()(...)
+                callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if "emit" in callee or callee == "_log":  # emit, self._emit, self._emitter(), actions' _log
                     keys = {k.arg for k in call.keywords if k.arg and k.arg != "level"}  # level: emit's own
                 elif callee in ("Finding", "LossReport") and len(call.args) > 1:
                     keys = dict_keys(call.args[1], scope)
                 else:
                     continue
-                found.setdefault(event, set()).update(keys)
+                for event in names:
+                    found.setdefault(event, set()).update(keys)
     return found
 
 
@@ -518,6 +522,9 @@ def decision_extra_keys() -> set[str]:
             if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and path.name == "actions.py"
                     and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
                 keys.add(node.slice.value)
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "emit"
+                    and path.name == "actions.py"):  # _log's own keys: pid, task, reason, mem_mib...
+                keys |= {k.arg for k in node.keywords if k.arg}
     return keys
 
 
@@ -536,7 +543,7 @@ def test_every_recycle_and_kill_detail_key_is_documented() -> None:
     """The keys policies' details and the limit in its unit add to recycle and kill events (limit_s,
     ranking, trigger, lasting_relief...) are listed in events.EXTRA_KEYS for each of those events."""
     extra = decision_extra_keys()
-    assert {"limit_s", "limit_tasks", "ranking", "lasting_relief", "eta_s", "total"} <= extra  # the scan works
+    assert {"limit_s", "limit_tasks", "ranking", "lasting_relief", "eta_s", "total", "mem_mib"} <= extra  # it works
     for name in (events.CHILD_RECYCLED, events.WOULD_RECYCLE, events.TASK_KILLED, events.WOULD_KILL):
         listed = set(EVENT_KEYS[name]) | set(events.EXTRA_KEYS.get(name, ()))
         assert sorted(extra - listed) == [], f"add these to events.EXTRA_KEYS[{name!r}] and describe them"
