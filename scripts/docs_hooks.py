@@ -121,7 +121,8 @@ GENERATED = {
 
 # -- external links -----------------------------------------------------------------------------------
 
-_LINK = re.compile(r"\]\((?P<url>https?://[^)\s]+)(?:\s+\"[^\"]*\")?\)|<(?P<auto>https?://[^>\s]+)>")
+_LINK = re.compile(r"\]\((?P<url>https?://[^)\s]+)(?:\s+\"[^\"]*\")?\)|<(?P<auto>https?://[^>\s]+)>"
+                   r"|^\s*\[[^\]]+\]:\s*(?P<ref>https?://\S+)", re.M)
 
 
 def site_pages(docs_dir: Path) -> set[str]:
@@ -157,7 +158,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             markdown = markdown.replace(marker, generate())
     pages = site_pages(Path(config["docs_dir"]))
     for match in _LINK.finditer(markdown):
-        url = match.group("url") or match.group("auto")
+        url = match.group("url") or match.group("auto") or match.group("ref")
         problem = check_external(url, pages)
         if problem:
             log.warning("Doc file '%s' links to %s, which %s", page.file.src_uri, url, problem)
