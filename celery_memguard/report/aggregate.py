@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping
 
 from .. import events
@@ -503,52 +504,92 @@ def _hosts_text(names: list[str]) -> str:
 
 
 def verdict(report: Report) -> Verdict:
-    """The conclusion and advice for ``report``."""
+    """The conclusion and advice for ``report``: each kind of problem adds its findings and advice in turn."""
     if report.events == 0:
-        hints: list[str] = []
-        if report.console:
-            hints.append(
-                f"{report.console} MemGuard events were logged in console format; set "
-                f'memguard_log_format = "json" (and memguard_log_file) so they can be read.'
-            )
-        elif report.readable_sources:
-            hints.append("Is MemGuard installed (app.steps['worker'].add(MemGuard)) and logging JSON to this file?")
-        lines = f"{report.lines:,} line{'' if report.lines == 1 else 's'}"
-        return Verdict("no-data", f"No MemGuard events found in {lines}.", [], hints)
+        return _no_data(report)
+    notes = _Notes()
+    leaks = _leaks(report, notes)
+    problems = [
+        _heavy_tasks(report, notes),
+        _master_growth(report, notes),
+        _interventions(report, notes),
+        _lost_children(report, notes),
+        _unrelieved_pressure(report, notes),
+        _recycle_storms(report, notes),
+    ]
+    _dry_run_and_health(report, notes)
+    if leaks:
+        return Verdict("leak", f"LEAK: {leaks} task{'s' if leaks != 1 else ''} "
+                               f"retain{'s' if leaks == 1 else ''} memory on every call.", notes.findings, notes.advice)
+    if any(problems):
+        return Verdict("attention", "ATTENTION: no leaking task, but memory problems were found.",
+                       notes.findings, notes.advice)
+    return Verdict("ok", f"OK: no leak, heavy task or master growth in {report.events:,} MemGuard events.",
+                   notes.findings, notes.advice)
 
-    findings: list[str] = []
-    advice: list[str] = []
 
+@dataclass
+class _Notes:
+    """What the verdict has found so far, and its advice, in the order the report prints them."""
+
+    findings: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+
+def _no_data(report: Report) -> Verdict:
+    """No MemGuard event was read: say so, with the likely reason."""
+    hints: list[str] = []
+    if report.console:
+        hints.append(
+            f"{report.console} MemGuard events were logged in console format; set "
+            f'memguard_log_format = "json" (and memguard_log_file) so they can be read.'
+        )
+    elif report.readable_sources:
+        hints.append("Is MemGuard installed (app.steps['worker'].add(MemGuard)) and logging JSON to this file?")
+    lines = f"{report.lines:,} line{'' if report.lines == 1 else 's'}"
+    return Verdict("no-data", f"No MemGuard events found in {lines}.", [], hints)
+
+
+def _leaks(report: Report, notes: _Notes) -> int:
+    """Each leaking task (worst first) across hosts, with where to look; returns how many tasks leak."""
     leaks: dict[str, list[tuple[str, Suspect]]] = {}
     for host in report.hosts:
         for suspect in host.active_suspects:
             leaks.setdefault(suspect.task, []).append((host.hostname, suspect))
-    ranked = sorted(leaks.items(), key=lambda item: -max(s.score for _, s in item[1]))
-    for task, found in ranked:
+    for task, found in sorted(leaks.items(), key=lambda item: -max(s.score for _, s in item[1])):
         best = max((s for _, s in found), key=lambda s: s.score)
         confidence = f", confidence {best.confidence:.2f}" if best.confidence is not None else ""
-        findings.append(
+        notes.findings.append(
             f"{task} retains ~{_fmt(best.kib_per_call or 0.0)} KiB per call{confidence} "
             f"on {_hosts_text([h for h, _ in found])}."
         )
-        site = next((s.sites[0] for _, s in found if s.sites), None)
-        kind = next((s.types[0] for _, s in found if s.types), None)
-        where = []
-        if site is not None:
-            where.append(f"top growing site {site.file}:{site.line if site.line is not None else '?'} "
-                         f"(+{_fmt(site.size_kib)} KiB)")
-        if kind is not None:
-            where.append(f"growing type {kind.type} (+{_fmt(kind.size_kib)} KiB)")
-        hint = ("; ".join(where) + ". ") if where else (
-            'Enable memguard_diagnostics = "tracemalloc" to get the allocation sites. ')
-        projected = [s.projected_calls_to_soft_limit for _, s in found if s.projected_calls_to_soft_limit is not None]
-        budget = ""
-        if projected:
-            budget = (f" A child reaches the soft limit after ~{min(projected):,} more calls of it; until the fix "
-                      f"ships, let MemGuard recycle children at the soft limit (or set worker_max_tasks_per_child).")
-        advice.append(f"Fix {task}: {hint}Look for module-level lists/dicts, caches without a bound and "
-                      f"references kept across calls.{budget}")
+        notes.advice.append(_leak_advice(task, [s for _, s in found]))
+    return len(leaks)
 
+
+def _leak_advice(task: str, found: list[Suspect]) -> str:
+    """How to fix one leaking task: its top growing site and type if known, and the calls left to the soft limit."""
+    site = next((s.sites[0] for s in found if s.sites), None)
+    kind = next((s.types[0] for s in found if s.types), None)
+    where = []
+    if site is not None:
+        where.append(f"top growing site {site.file}:{site.line if site.line is not None else '?'} "
+                     f"(+{_fmt(site.size_kib)} KiB)")
+    if kind is not None:
+        where.append(f"growing type {kind.type} (+{_fmt(kind.size_kib)} KiB)")
+    hint = ("; ".join(where) + ". ") if where else (
+        'Enable memguard_diagnostics = "tracemalloc" to get the allocation sites. ')
+    projected = [s.projected_calls_to_soft_limit for s in found if s.projected_calls_to_soft_limit is not None]
+    budget = ""
+    if projected:
+        budget = (f" A child reaches the soft limit after ~{min(projected):,} more calls of it; until the fix "
+                  f"ships, let MemGuard recycle children at the soft limit (or set worker_max_tasks_per_child).")
+    return (f"Fix {task}: {hint}Look for module-level lists/dicts, caches without a bound and "
+            f"references kept across calls.{budget}")
+
+
+def _heavy_tasks(report: Report, notes: _Notes) -> int:
+    """Each memory-heavy task (highest peak first) across hosts; returns how many."""
     heavy: dict[str, list[tuple[str, HeavyTask]]] = {}
     for host in report.hosts:
         for item in host.heavy:
@@ -556,89 +597,105 @@ def verdict(report: Report) -> Verdict:
     for task, calls in sorted(heavy.items(), key=lambda item: -max(h.max_peak_mib for _, h in item[1])):
         peak = max(h.max_peak_mib for _, h in calls)
         count = sum(h.occurrences for _, h in calls)
-        findings.append(f"{task} is memory-heavy: one call peaked at {_fmt(peak)} MiB "
-                        f"({count} heavy call{'s' if count != 1 else ''}) on {_hosts_text([h for h, _ in calls])}.")
+        notes.findings.append(f"{task} is memory-heavy: one call peaked at {_fmt(peak)} MiB "
+                              f"({count} heavy call{'s' if count != 1 else ''}) on "
+                              f"{_hosts_text([h for h, _ in calls])}.")
     if heavy:
-        advice.append("Heavy tasks: chunk the work (smaller inputs per call, stream instead of loading whole "
-                      "payloads) or route them to their own queue served by a dedicated worker with low "
-                      "concurrency and its own memory limits; a child keeps its high-watermark until it exits.")
+        notes.advice.append("Heavy tasks: chunk the work (smaller inputs per call, stream instead of loading whole "
+                            "payloads) or route them to their own queue served by a dedicated worker with low "
+                            "concurrency and its own memory limits; a child keeps its high-watermark until it exits.")
+    return len(heavy)
 
-    for host in report.hosts:
+
+def _master_growth(report: Report, notes: _Notes) -> int:
+    """Each host whose master grew; returns how many."""
+    grown = [host for host in report.hosts if host.master is not None]
+    for host in grown:
         master = host.master
-        if master is None:
-            continue
+        assert master is not None
         rate = f" ({_fmt(master.mib_per_hour)} MiB/h)" if master.mib_per_hour is not None else ""
-        findings.append(f"The master of {host.hostname} grew by {_fmt(master.growth_mib or 0.0)} MiB{rate}.")
-        advice.append(f"Master of {host.hostname}: {master.note}" if master.note else
-                      f"Master of {host.hostname}: the main process itself grows; suspect Celery/kombu or code "
-                      f"running in the main process, not the tasks.")
+        notes.findings.append(f"The master of {host.hostname} grew by {_fmt(master.growth_mib or 0.0)} MiB{rate}.")
+        notes.advice.append(f"Master of {host.hostname}: {master.note}" if master.note else
+                            f"Master of {host.hostname}: the main process itself grows; suspect Celery/kombu or "
+                            f"code running in the main process, not the tasks.")
+    return len(grown)
 
+
+def _interventions(report: Report, notes: _Notes) -> int:
+    """Children recycled and tasks stopped by MemGuard; returns the tasks stopped (a problem, recycles are not)."""
     killed = sum(sum(h.interventions.killed.values()) for h in report.hosts)
     recycled = sum(sum(h.interventions.recycled.values()) for h in report.hosts)
     if killed or recycled:
         children = "child" if recycled == 1 else "children"
         tasks = "task" if killed == 1 else "tasks"
-        findings.append(f"MemGuard recycled {recycled} pool {children} and stopped {killed} {tasks}.")
+        notes.findings.append(f"MemGuard recycled {recycled} pool {children} and stopped {killed} {tasks}.")
         if killed:
-            advice.append("Tasks were stopped at the hard limit: fix the leak or heavy task named above, or give "
-                          "the worker more headroom between the soft and the hard limit.")
+            notes.advice.append("Tasks were stopped at the hard limit: fix the leak or heavy task named above, or "
+                                "give the worker more headroom between the soft and the hard limit.")
+    return killed
+
+
+def _lost_children(report: Report, notes: _Notes) -> int:
+    """Children killed outside MemGuard, how many likely by the OOM killer, and what they ran; returns how many."""
     lost_hosts = [h for h in report.hosts if h.lost.count]
     lost = sum(h.lost.count for h in lost_hosts)
-    if lost:
-        oom = sum(h.lost.likely_oom for h in lost_hosts)
-        running_at_death: dict[str, int] = {}
-        for h in lost_hosts:
-            for task, count in h.lost.tasks.items():
-                running_at_death[task] = running_at_death.get(task, 0) + count
-        running = ", ".join(f"{task} ({count})" for task, count in
-                            sorted(running_at_death.items(), key=lambda kv: (-kv[1], kv[0])))
-        findings.append(
-            f"{lost} pool {'child was' if lost == 1 else 'children were'} killed outside MemGuard "
-            f"({oom} likely by the OOM killer) on {_hosts_text([h.hostname for h in lost_hosts])}"
-            + (f", while running {running}." if running else ".")
-        )
-        if oom:
-            advice.append("Children were OOM-killed before MemGuard acted (Celery shows WorkerLostError: signal 9): "
-                          "set memguard_hard_limit per child, and memguard_min_available or memguard_pool_limit "
-                          "below the container's limit, so MemGuard recycles or stops a task first; the tasks "
-                          "named above were running when the kernel struck.")
+    if not lost:
+        return 0
+    oom = sum(h.lost.likely_oom for h in lost_hosts)
+    running_at_death: dict[str, int] = {}
+    for h in lost_hosts:
+        for task, count in h.lost.tasks.items():
+            running_at_death[task] = running_at_death.get(task, 0) + count
+    running = ", ".join(f"{task} ({count})" for task, count in
+                        sorted(running_at_death.items(), key=lambda kv: (-kv[1], kv[0])))
+    notes.findings.append(
+        f"{lost} pool {'child was' if lost == 1 else 'children were'} killed outside MemGuard "
+        f"({oom} likely by the OOM killer) on {_hosts_text([h.hostname for h in lost_hosts])}"
+        + (f", while running {running}." if running else ".")
+    )
+    if oom:
+        notes.advice.append("Children were OOM-killed before MemGuard acted (Celery shows WorkerLostError: signal 9): "
+                            "set memguard_hard_limit per child, and memguard_min_available or memguard_pool_limit "
+                            "below the container's limit, so MemGuard recycles or stops a task first; the tasks "
+                            "named above were running when the kernel struck.")
+    return lost
 
+
+def _unrelieved_pressure(report: Report, notes: _Notes) -> int:
+    """Pressure episodes no pool child could relieve; returns how many hosts had one."""
     unrelieved = [h for h in report.hosts if h.pressure_unrelieved.count]
     if unrelieved:
         episodes = sum(h.pressure_unrelieved.count for h in unrelieved)
-        findings.append(f"Memory pressure no pool child could relieve ({episodes} "
-                        f"episode{'s' if episodes != 1 else ''}) on {_hosts_text([h.hostname for h in unrelieved])}.")
-        advice.append("Pressure came from memory held outside the pool children (the master, other processes in "
-                      "the container, tmpfs or page cache that cannot be reclaimed): recycling children cannot "
-                      "free it. Find that process, or lower memguard_pressure_min_relief if your children's "
-                      "normal size is what fills the memory.")
+        notes.findings.append(f"Memory pressure no pool child could relieve ({episodes} "
+                              f"episode{'s' if episodes != 1 else ''}) on "
+                              f"{_hosts_text([h.hostname for h in unrelieved])}.")
+        notes.advice.append("Pressure came from memory held outside the pool children (the master, other processes "
+                            "in the container, tmpfs or page cache that cannot be reclaimed): recycling children "
+                            "cannot free it. Find that process, or lower memguard_pressure_min_relief if your "
+                            "children's normal size is what fills the memory.")
+    return len(unrelieved)
 
+
+def _recycle_storms(report: Report, notes: _Notes) -> int:
+    """Episodes in which recycles were rate-limited, with the first cause given; returns how many."""
     storms = sum(h.recycle_storms.count for h in report.hosts)
     if storms:
         cause = next((h.recycle_storms.cause for h in report.hosts if h.recycle_storms.cause), None)
-        findings.append(f"Recycles were rate-limited in {storms} storm episode{'s' if storms != 1 else ''}"
-                        + (f": {cause}" if cause else "."))
+        notes.findings.append(f"Recycles were rate-limited in {storms} storm episode{'s' if storms != 1 else ''}"
+                              + (f": {cause}" if cause else "."))
+    return storms
 
+
+def _dry_run_and_health(report: Report, notes: _Notes) -> None:
+    """What a dry run would have done, MemGuard's own errors, and pools it only partly supports (no advice)."""
     would = sum(sum(h.interventions.would_recycle.values()) + sum(h.interventions.would_kill.values())
                 for h in report.hosts)
     if would:
-        findings.append(f"Dry run: MemGuard would have acted {would} times.")
-
+        notes.findings.append(f"Dry run: MemGuard would have acted {would} times.")
     errors = sum(e.count for h in report.hosts for e in h.errors)
     if errors:
-        findings.append(f"MemGuard logged {errors} internal error{'s' if errors != 1 else ''} (memguard.error).")
+        notes.findings.append(f"MemGuard logged {errors} internal error{'s' if errors != 1 else ''} (memguard.error).")
     unsupported = sorted({p for h in report.hosts for p in h.unsupported_pools})
     if unsupported:
-        findings.append(f"Pool(s) {', '.join(unsupported)} are only partly supported (memguard.pool_unsupported).")
-
-    if leaks:
-        status = "leak"
-        headline = f"LEAK: {len(leaks)} task{'s' if len(leaks) != 1 else ''} retain{'s' if len(leaks) == 1 else ''} " \
-                   f"memory on every call."
-    elif heavy or any(h.master for h in report.hosts) or killed or lost or unrelieved or storms:
-        status = "attention"
-        headline = "ATTENTION: no leaking task, but memory problems were found."
-    else:
-        status = "ok"
-        headline = f"OK: no leak, heavy task or master growth in {report.events:,} MemGuard events."
-    return Verdict(status, headline, findings, advice)
+        notes.findings.append(f"Pool(s) {', '.join(unsupported)} are only partly supported "
+                              f"(memguard.pool_unsupported).")
