@@ -66,9 +66,15 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _host(host: HostReport) -> list[str]:
-    out: list[str] = []
+    """One host's section: its settings, then one block per table (suspects, heavy tasks, interventions, ...)."""
+    return [*_host_header(host), "", *_suspects(host), *_heavy(host), *_interventions(host), *_lost(host),
+            *_episodes(host), *_master(host), *_errors_and_other(host)]
+
+
+def _host_header(host: HostReport) -> list[str]:
+    """The host's name, event count and span, and the settings its last start logged."""
     span = f"{host.first_seen or '?'} .. {host.last_seen or '?'}"
-    out.append(f"{host.hostname}  ({_plural(host.events, 'event')}, {span})")
+    out = [f"{host.hostname}  ({_plural(host.events, 'event')}, {span})"]
     if host.config or host.starts:
         c = host.config
         parts = [_plural(host.starts, "start")]
@@ -83,82 +89,102 @@ def _host(host: HostReport) -> list[str]:
         if c.get("dry_run"):
             parts.append("DRY RUN")
         out.append("  " + ", ".join(parts))
+    return out
 
-    out.append("")
+
+def _suspects(host: HostReport) -> list[str]:
+    """The leak suspects' table, each row followed by its top allocation sites and growing types."""
     suspects = host.suspects
-    if suspects:
-        out.append("  Leak suspects (ranked by KiB/call x confidence)")
-        rows = []
-        for rank, s in enumerate(suspects, 1):
-            state = f"cleared ({s.cleared_reason})" if s.cleared else ""
-            rows.append([str(rank), s.task, _n(s.kib_per_call), _n(s.confidence, 2), _n(s.calls_observed),
-                         _n(s.children), _n(s.projected_calls_to_soft_limit), state])
-        lines = table(rows, ["#", "task", "KiB/call", "confidence", "calls", "children", "calls to soft limit", ""],
-                      "    ", right={0, 2, 3, 4, 5, 6})
-        out.append(lines[0])
-        for s, row in zip(suspects, lines[1:]):
-            out.append(row)
-            for i, site in enumerate(s.sites[:5]):
-                label = "sites:" if i == 0 else ""
-                where = f"{site.file}:{site.line if site.line is not None else '?'}"
-                count = f" in {_plural(site.count, 'block')}" if site.count is not None else ""
-                out.append(f"         {label:6s} {where}  +{_n(site.size_kib)} KiB{count}")
-            for i, kind in enumerate(s.types[:5]):
-                label = "types:" if i == 0 else ""
-                count = f" ({_plural(kind.count, 'object')})" if kind.count is not None else ""
-                out.append(f"         {label:6s} {kind.type}  +{_n(kind.size_kib)} KiB{count}")
-    else:
-        out.append("  Leak suspects: none")
+    if not suspects:
+        return ["  Leak suspects: none"]
+    rows = []
+    for rank, s in enumerate(suspects, 1):
+        state = f"cleared ({s.cleared_reason})" if s.cleared else ""
+        rows.append([str(rank), s.task, _n(s.kib_per_call), _n(s.confidence, 2), _n(s.calls_observed),
+                     _n(s.children), _n(s.projected_calls_to_soft_limit), state])
+    lines = table(rows, ["#", "task", "KiB/call", "confidence", "calls", "children", "calls to soft limit", ""],
+                  "    ", right={0, 2, 3, 4, 5, 6})
+    out = ["  Leak suspects (ranked by KiB/call x confidence)", lines[0]]
+    for s, row in zip(suspects, lines[1:]):
+        out.append(row)
+        for i, site in enumerate(s.sites[:5]):
+            label = "sites:" if i == 0 else ""
+            where = f"{site.file}:{site.line if site.line is not None else '?'}"
+            count = f" in {_plural(site.count, 'block')}" if site.count is not None else ""
+            out.append(f"         {label:6s} {where}  +{_n(site.size_kib)} KiB{count}")
+        for i, kind in enumerate(s.types[:5]):
+            label = "types:" if i == 0 else ""
+            count = f" ({_plural(kind.count, 'object')})" if kind.count is not None else ""
+            out.append(f"         {label:6s} {kind.type}  +{_n(kind.size_kib)} KiB{count}")
+    return out
 
-    if host.heavy:
-        out.append("  Heavy tasks")
-        rows = [[h.task, _n(h.occurrences), _n(h.max_peak_mib), _n(h.max_retained_mib),
-                 str(h.last_pid) if h.last_pid is not None else "?", h.last_task_id or "?"] for h in host.heavy]
-        out.extend(table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
-                         "    ", right={1, 2, 3, 4}))
-    else:
-        out.append("  Heavy tasks: none")
 
+def _heavy(host: HostReport) -> list[str]:
+    if not host.heavy:
+        return ["  Heavy tasks: none"]
+    rows = [[h.task, _n(h.occurrences), _n(h.max_peak_mib), _n(h.max_retained_mib),
+             str(h.last_pid) if h.last_pid is not None else "?", h.last_task_id or "?"] for h in host.heavy]
+    return ["  Heavy tasks", *table(rows, ["task", "heavy calls", "peak MiB", "retained MiB", "pid", "last task_id"],
+                                    "    ", right={1, 2, 3, 4})]
+
+
+def _interventions(host: HostReport) -> list[str]:
+    """Recycles and kills by reason (and, in a dry run, what would have been done)."""
     acts = host.interventions
-    out.append(f"  Recycles by reason: {_counts(acts.recycled) or 'none'}")
     kills = _counts(acts.killed) or "none"
     if acts.killed_tasks:
         kills += f"  (tasks: {_counts(acts.killed_tasks)})"
-    out.append(f"  Kills by reason:    {kills}")
+    out = [f"  Recycles by reason: {_counts(acts.recycled) or 'none'}", f"  Kills by reason:    {kills}"]
     if acts.would_recycle or acts.would_kill:
         out.append(f"  Dry run, would recycle: {_counts(acts.would_recycle) or 'none'}; "
                    f"would kill: {_counts(acts.would_kill) or 'none'}")
+    return out
 
+
+def _lost(host: HostReport) -> list[str]:
+    """Children killed outside MemGuard: how many, by which signal, what they ran, the latest reason."""
     lost = host.lost
-    if lost.count:
-        line = (f"  Children lost outside MemGuard: {lost.count:,} ({lost.likely_oom:,} likely OOM; "
-                f"{_counts(lost.by_signal)})")
-        if lost.max_last_mem_mib is not None:
-            line += f", last memory up to {_n(lost.max_last_mem_mib)} MiB"
-        out.append(line)
-        if lost.tasks:
-            out.append(f"    running: {_counts(lost.tasks)}")
-        if lost.last_reason:
-            out.extend(_wrap(f"latest: {lost.last_reason}", "    "))
-    else:
-        out.append("  Children lost outside MemGuard: none")
+    if not lost.count:
+        return ["  Children lost outside MemGuard: none"]
+    line = (f"  Children lost outside MemGuard: {lost.count:,} ({lost.likely_oom:,} likely OOM; "
+            f"{_counts(lost.by_signal)})")
+    if lost.max_last_mem_mib is not None:
+        line += f", last memory up to {_n(lost.max_last_mem_mib)} MiB"
+    out = [line]
+    if lost.tasks:
+        out.append(f"    running: {_counts(lost.tasks)}")
+    if lost.last_reason:
+        out.extend(_wrap(f"latest: {lost.last_reason}", "    "))
+    return out
+
+
+def _episodes(host: HostReport) -> list[str]:
+    """Recycle storms and pressure no child could relieve, with their latest cause (nothing if none)."""
+    out: list[str] = []
     for label, episodes in (("Recycle storms", host.recycle_storms),
                             ("Pressure no child could relieve", host.pressure_unrelieved)):
         if episodes.count:
             out.append(f"  {label}: {_plural(episodes.count, 'episode')}")
             if episodes.cause:
                 out.extend(_wrap(episodes.cause, "    "))
+    return out
 
+
+def _master(host: HostReport) -> list[str]:
     m = host.master
     if m is None:
-        out.append("  Master growth: none")
-    else:
-        out.append(f"  Master growth: +{_n(m.growth_mib)} MiB over {duration(m.since_s)} "
-                   f"({_n(m.mib_per_hour)} MiB/h), now {_n(m.mem_mib)} MiB"
-                   + (f", {m.reserved:,} messages reserved" if m.reserved is not None else ""))
-        if m.note:
-            out.extend(_wrap(m.note, "    "))
+        return ["  Master growth: none"]
+    out = [f"  Master growth: +{_n(m.growth_mib)} MiB over {duration(m.since_s)} "
+           f"({_n(m.mib_per_hour)} MiB/h), now {_n(m.mem_mib)} MiB"
+           + (f", {m.reserved:,} messages reserved" if m.reserved is not None else "")]
+    if m.note:
+        out.extend(_wrap(m.note, "    "))
+    return out
 
+
+def _errors_and_other(host: HostReport) -> list[str]:
+    """MemGuard's own errors, pools it only partly supports, and events the report does not itemise."""
+    out: list[str] = []
     if host.errors:
         out.append(f"  Errors: {sum(e.count for e in host.errors):,}")
         for e in host.errors:
