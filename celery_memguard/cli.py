@@ -128,8 +128,14 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
         return [f"{hostname}: unexpected reply {status!r}"]
     if "error" in status:
         return [f"{hostname}: {status['error']}"]
-    limits = status.get("limits") or {}
     metric = status.get("metric", "?")
+    return [*_status_header(hostname, status, metric), *_status_host(status, metric),
+            *_status_children(status, metric), *_status_findings(status)]
+
+
+def _status_header(hostname: str, status: dict[str, Any], metric: str) -> list[str]:
+    """The worker's pool, metric and limits, and whether (and how recently) it polls."""
+    limits = status.get("limits") or {}
     head = [f"pool {status.get('pool', '?')}", f"metric {metric}"]
     for key, label in (("soft_limit_mib", "soft"), ("hard_limit_mib", "hard"), ("pool_limit_mib", "pool budget"),
                        ("min_available_mib", "min available")):
@@ -142,6 +148,12 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
         out.append(f"  not policing: {status.get('reason', '?')}")
     else:
         out.append(f"  {_num(status.get('polls'), digits=0)} polls, last {_num(status.get('poll_age_s'), ' s', 2)} ago")
+    return out
+
+
+def _status_host(status: dict[str, Any], metric: str) -> list[str]:
+    """The master's memory and the system's available memory, when they were read."""
+    out: list[str] = []
     master = status.get("master")
     if isinstance(master, dict):
         out.append(f"  master pid {master.get('pid')}: {metric} {_num(master.get('mem_mib'), ' MiB')}, "
@@ -151,29 +163,41 @@ def _worker_status(hostname: str, status: Any) -> list[str]:
         psi = system.get("psi_some_avg10")
         out.append(f"  available {_num(system.get('available_mib'), ' MiB')} of {_num(system.get('total_mib'), ' MiB')}"
                    + (f", PSI some avg10 {psi:.2f}" if isinstance(psi, (int, float)) else ""))
+    return out
+
+
+def _status_children(status: dict[str, Any], metric: str) -> list[str]:
+    """The pool children's table (upper bounds marked ``<=``, RSS stand-ins ``(rss)``) and the pool total."""
     children = status.get("children")
-    if isinstance(children, list) and children:
-        rows = []
-        for c in children:
-            if not isinstance(c, dict):
-                continue
-            mem = _num(c.get("mem_mib"))
-            age = c.get("age_s")
-            if c.get("metric") not in (None, metric):
-                mem += f" ({c.get('metric')})"  # the configured metric could not be read for this child
-            rows.append([str(c.get("pid")), mem if c.get("exact", True) else "<=" + mem, _num(c.get("rss_mib")),
-                         _num(c.get("tasks_run"), digits=0),
-                         duration(float(age)) if isinstance(age, (int, float)) else "?", c.get("leaving") or "",
-                         f"{c.get('task')} {c.get('task_id')}" if c.get("task") else "idle"])
-        out.extend(table(rows, ["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"], "    ",
-                         right={1, 2, 3, 4}))
-        if status.get("unreadable_children"):
-            out.append(f"    {status['unreadable_children']} children: {metric} unreadable, RSS stands in (marked "
-                       f"'(rss)'); hard limit only, no soft recycles on it (see memguard.metric_unavailable)")
-        total = _num(status.get("pool_mib"), " MiB")
-        out.append(f"    pool total {total if status.get('pool_exact', True) else '<=' + total}"
-                   + ("" if all(isinstance(c, dict) and c.get("exact", True) for c in children) else
-                      " (<= marks an upper bound: the exact reading was not needed)"))
+    if not isinstance(children, list) or not children:
+        return []
+    rows = []
+    for c in children:
+        if not isinstance(c, dict):
+            continue
+        mem = _num(c.get("mem_mib"))
+        age = c.get("age_s")
+        if c.get("metric") not in (None, metric):
+            mem += f" ({c.get('metric')})"  # the configured metric could not be read for this child
+        rows.append([str(c.get("pid")), mem if c.get("exact", True) else "<=" + mem, _num(c.get("rss_mib")),
+                     _num(c.get("tasks_run"), digits=0),
+                     duration(float(age)) if isinstance(age, (int, float)) else "?", c.get("leaving") or "",
+                     f"{c.get('task')} {c.get('task_id')}" if c.get("task") else "idle"])
+    out = table(rows, ["pid", f"{metric} MiB", "rss MiB", "tasks", "age", "leaving", "task"], "    ",
+                right={1, 2, 3, 4})
+    if status.get("unreadable_children"):
+        out.append(f"    {status['unreadable_children']} children: {metric} unreadable, RSS stands in (marked "
+                   f"'(rss)'); hard limit only, no soft recycles on it (see memguard.metric_unavailable)")
+    total = _num(status.get("pool_mib"), " MiB")
+    out.append(f"    pool total {total if status.get('pool_exact', True) else '<=' + total}"
+               + ("" if all(isinstance(c, dict) and c.get("exact", True) for c in children) else
+                  " (<= marks an upper bound: the exact reading was not needed)"))
+    return out
+
+
+def _status_findings(status: dict[str, Any]) -> list[str]:
+    """Leak suspects, heavy tasks, master growth, decisions so far, and where events go."""
+    out: list[str] = []
     suspects = status.get("suspects") or []
     if suspects:
         out.append("  leak suspects:")
