@@ -50,6 +50,7 @@ import math
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..samples import TaskSample
 from ..units import MiB
@@ -243,6 +244,140 @@ class _TaskState:
 
 def _band(confidence: float) -> int:
     return sum(1 for edge in _BANDS if confidence >= edge)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pooled:
+    """A task's children's statistics pooled (weighted by their calls), as :meth:`LeakDetector._combine`
+    judges them."""
+
+    n: int
+    slope: float
+    recent_slope: float
+    trend_z: float
+    trend_p: float
+    growing: int
+    sign_p: float
+    efficiency: float
+    step_share: float
+    saturation: float | None
+    block_fraction: float
+    growth_per_child: float
+    typical_n: float
+    fill_ratio: float | None
+
+
+def _pool(stats: list[_ChildStats]) -> _Pooled:
+    """Pool the children's statistics (at least one)."""
+    weights = [float(s.n) for s in stats]
+    slope = weighted_median([s.slope for s in stats], weights)
+    kendall = Kendall(0, 0.0)
+    for s in stats:
+        kendall = kendall + s.kendall
+    growing = sum(s.growing for s in stats)
+    gross = sum(s.gross for s in stats)
+    saturation, recent_slope = _saturation(stats, slope)
+    blocks = sum(s.blocks for s in stats)
+    first_growing = sum(s.growing_first for s in stats)
+    return _Pooled(
+        n=sum(s.n for s in stats),
+        slope=slope,
+        recent_slope=recent_slope,
+        trend_z=kendall.z,
+        trend_p=normal_sf(kendall.z),
+        growing=growing,
+        sign_p=sign_test_p(growing, sum(s.shrinking for s in stats)),
+        efficiency=sum(s.growth for s in stats) / gross if gross else 0.0,
+        step_share=_step_share(stats),
+        saturation=saturation,
+        block_fraction=sum(s.growing_blocks for s in stats) / blocks if blocks else 0.0,
+        growth_per_child=sum(s.growth for s in stats) / len(stats),
+        typical_n=weighted_median([float(s.n) for s in stats], weights),
+        fill_ratio=sum(s.growing_second for s in stats) / first_growing if first_growing >= _FILL_MIN else None,
+    )
+
+
+def _step_share(stats: list[_ChildStats]) -> float:
+    """The share of the growth the two largest calls carry: pooled over all children, or within a child
+    (only children with enough calls to tell; pooled over them, weighted by their growth), the larger."""
+    positive_growth = sum(s.positive_growth for s in stats)
+    tops = sorted((t for s in stats for t in s.top), reverse=True)
+    pooled_share = (tops[0] + tops[1]) / positive_growth if positive_growth > 0 else 1.0
+    long_enough = [s for s in stats if s.n >= 6 and s.positive_growth > 0]
+    child_positive = sum(s.positive_growth for s in long_enough)
+    child_share = sum(s.top[0] + s.top[1] for s in long_enough) / child_positive if child_positive else 0.0
+    return max(pooled_share, child_share)
+
+
+def _saturation(stats: list[_ChildStats], slope: float) -> tuple[float | None, float]:
+    """(second half's slope over the first's, or None; the recent slope: the second half's, else ``slope``)."""
+    halves = [s for s in stats if s.first is not None and s.second is not None]
+    if not halves:
+        return None, slope
+    half_weights = [float(s.n) for s in halves]
+    first = weighted_median([s.first for s in halves if s.first is not None], half_weights)
+    second = weighted_median([s.second for s in halves if s.second is not None], half_weights)
+    return (second / first if first > 0 else None), second
+
+
+def _half_slopes(cumulative: list[int]) -> tuple[float, float]:
+    """Theil–Sen slopes of the first and the second half of a cumulative series."""
+    mid = len(cumulative) // 2
+    head = downsample(list(enumerate(cumulative[: mid + 1])), _POINTS // 2)
+    tail = downsample([(i + mid, y) for i, y in enumerate(cumulative[mid:])], _POINTS // 2)
+    return theil_sen([x for x, _ in head], [y for _, y in head]), theil_sen([x for x, _ in tail], [y for _, y in tail])
+
+
+def _growing_blocks(cumulative: list[int], blocks: int, noise: int) -> int:
+    """Of ``blocks`` equal stretches of a cumulative series, how many grew by more than ``noise``."""
+    size = (len(cumulative) - 1) / blocks
+    growing = 0
+    for b in range(blocks):
+        lo, hi = round(b * size), round((b + 1) * size)
+        if cumulative[hi] - cumulative[lo] > noise:
+            growing += 1
+    return growing
+
+
+def _repeat_cells(state: _TaskState) -> list[tuple[float, int, int]]:
+    """Every child's repeat bins as (entries before the calls, calls, repeats)."""
+    cells: list[tuple[float, int, int]] = []
+    for series in state.series.values():
+        w = series.bin_width
+        for index in range(len(series.bins) // 2):
+            calls, repeats = series.bins[2 * index], series.bins[2 * index + 1]
+            if calls:
+                cells.append((index * w + (w - 1) / 2, calls, repeats))
+    return cells
+
+
+def _best_cache_fit(cells: list[tuple[float, int, int]], largest: int, bound: float) -> float:
+    """The best log-likelihood of the bins under a randomly filled cache, over every key count from half
+    the entries seen up to ``bound``."""
+    best = -math.inf
+    keys = max(1.0, largest / 2)
+    while True:
+        ll = 0.0
+        for e, c, r in cells:
+            p = min(0.995, max(1e-6, (e + 0.5) / keys))
+            ll += r * math.log(p) + (c - r) * math.log(1 - p)
+        best = max(best, ll)
+        if keys >= bound:
+            return best
+        keys = min(bound, keys * 1.05)
+
+
+def _repeats_trend_z(cells: list[tuple[float, int, int]], n: int, repeats: int) -> float:
+    """Mann–Whitney z of repeats coming later (at more entries) than misses; -inf when it cannot tell."""
+    misses_total = n - repeats
+    if repeats < 3 or misses_total == 0:
+        return -math.inf
+    u = 0.0
+    below = 0
+    for _, c, r in sorted(cells):
+        u += r * (below + (c - r) / 2)
+        below += c - r
+    return (u - repeats * misses_total / 2) / math.sqrt(repeats * misses_total * (n + 1) / 12)
 
 
 class LeakDetector(Detector):
@@ -467,7 +602,8 @@ class LeakDetector(Detector):
         return step
 
     def _child_stats(self, series: _Series, settled: bool = False) -> _ChildStats | None:
-        # Reuse the cached statistics until a sixteenth of the window is new.
+        """One child's statistics for the task (whole window or settled calls), recomputed only when a
+        sixteenth of the window is new (else the cached ones)."""
         if settled:
             fresh = series.settled_count - series.settled_seen
             if series.settled_seen >= 0 and fresh < max(1, series.settled_size // 16):
@@ -476,165 +612,129 @@ class LeakDetector(Detector):
             fresh = series.seen - series.stats_seen
             if series.stats_seen >= 0 and fresh < max(1, series.size // 16):
                 return series.stats
-        deltas = series.latest(settled)
-        n = len(deltas)
-        stats: _ChildStats | None = None
-        if n >= 2:
-            cumulative = [0]
-            total = 0
-            for delta in deltas:
-                total += delta
-                cumulative.append(total)
-            points = downsample(list(enumerate(cumulative)), _POINTS)
-            xs = [float(x) for x, _ in points]
-            ys = [float(y) for _, y in points]
-            first = second = None
-            if n >= 6:
-                mid = len(cumulative) // 2
-                head = downsample(list(enumerate(cumulative[: mid + 1])), _POINTS // 2)
-                tail = downsample([(i + mid, y) for i, y in enumerate(cumulative[mid:])], _POINTS // 2)
-                first = theil_sen([x for x, _ in head], [y for _, y in head])
-                second = theil_sen([x for x, _ in tail], [y for _, y in tail])
-            noise = self.noise
-            growing = sum(1 for d in deltas if d > noise)
-            shrinking = sum(1 for d in deltas if d < -noise)
-            positives = sorted((d for d in deltas if d > 0), reverse=True)
-            blocks = min(4, n)
-            size = n / blocks
-            growing_blocks = 0
-            for b in range(blocks):
-                lo, hi = round(b * size), round((b + 1) * size)
-                if cumulative[hi] - cumulative[lo] > noise:
-                    growing_blocks += 1
-            stats = _ChildStats(
-                n=n,
-                slope=theil_sen(xs, ys),
-                kendall=mann_kendall(ys),
-                first=first,
-                second=second,
-                growth=total,
-                gross=sum(abs(d) for d in deltas),
-                positive_growth=sum(positives),
-                top=(positives[0] if positives else 0, positives[1] if len(positives) > 1 else 0),
-                growing=growing,
-                shrinking=shrinking,
-                blocks=blocks,
-                growing_blocks=growing_blocks,
-                growing_first=sum(1 for d in deltas[: n // 2] if d > noise),
-                growing_second=sum(1 for d in deltas[n - n // 2:] if d > noise),
-            )
+        stats = self._series_stats(series.latest(settled))
         if settled:
             series.settled_stats, series.settled_seen = stats, series.settled_count
         else:
             series.stats, series.stats_seen = stats, series.seen
         return stats
 
+    def _series_stats(self, deltas: Sequence[int]) -> _ChildStats | None:
+        """Trend, slope and growth counts of one child's per-call deltas (None with fewer than two)."""
+        n = len(deltas)
+        if n < 2:
+            return None
+        cumulative = [0]
+        total = 0
+        for delta in deltas:
+            total += delta
+            cumulative.append(total)
+        points = downsample(list(enumerate(cumulative)), _POINTS)
+        ys = [float(y) for _, y in points]
+        first, second = _half_slopes(cumulative) if n >= 6 else (None, None)
+        noise = self.noise
+        positives = sorted((d for d in deltas if d > 0), reverse=True)
+        blocks = min(4, n)
+        return _ChildStats(
+            n=n,
+            slope=theil_sen([float(x) for x, _ in points], ys),
+            kendall=mann_kendall(ys),
+            first=first,
+            second=second,
+            growth=total,
+            gross=sum(abs(d) for d in deltas),
+            positive_growth=sum(positives),
+            top=(positives[0] if positives else 0, positives[1] if len(positives) > 1 else 0),
+            growing=sum(1 for d in deltas if d > noise),
+            shrinking=sum(1 for d in deltas if d < -noise),
+            blocks=blocks,
+            growing_blocks=_growing_blocks(cumulative, blocks, noise),
+            growing_first=sum(1 for d in deltas[: n // 2] if d > noise),
+            growing_second=sum(1 for d in deltas[n - n // 2:] if d > noise),
+        )
+
     def _combine(self, task: str, state: _TaskState, stats: list[_ChildStats], settled: bool = False) -> LeakEstimate:
+        """The task's estimate from its children's statistics: pool them, weigh the evidence, name the
+        first check that fails (``"leak"`` if none does)."""
         n_total = sum(s.n for s in stats)
         if not stats or n_total < (self.settled_calls if settled else self.min_calls):
             return LeakEstimate(task, False, "warming up", 0.0, 0.0, 0.0, state.calls, n_total, len(stats),
                                 0.0, 1.0, 1.0, 0.0, 0.0, None, 0.0, settled)
-        weights = [float(s.n) for s in stats]
-        slope = weighted_median([s.slope for s in stats], weights)
-        kendall = Kendall(0, 0.0)
-        for s in stats:
-            kendall = kendall + s.kendall
-        trend_z = kendall.z
-        trend_p = normal_sf(trend_z)
-        growing = sum(s.growing for s in stats)
-        shrinking = sum(s.shrinking for s in stats)
-        sign_p = sign_test_p(growing, shrinking)
-        gross = sum(s.gross for s in stats)
-        efficiency = sum(s.growth for s in stats) / gross if gross else 0.0
-        positive_growth = sum(s.positive_growth for s in stats)
-        tops = sorted((t for s in stats for t in s.top), reverse=True)
-        pooled_share = (tops[0] + tops[1]) / positive_growth if positive_growth > 0 else 1.0
-        # Within a child: do its two largest calls carry most of its growth? (Only children with
-        # enough calls to tell; pooled over them, weighted by their growth.)
-        long_enough = [s for s in stats if s.n >= 6 and s.positive_growth > 0]
-        child_positive = sum(s.positive_growth for s in long_enough)
-        child_share = sum(s.top[0] + s.top[1] for s in long_enough) / child_positive if child_positive else 0.0
-        step_share = max(pooled_share, child_share)
-        halves = [s for s in stats if s.first is not None and s.second is not None]
-        saturation: float | None = None
-        recent_slope = slope
-        if halves:
-            half_weights = [float(s.n) for s in halves]
-            first = weighted_median([s.first for s in halves if s.first is not None], half_weights)
-            second = weighted_median([s.second for s in halves if s.second is not None], half_weights)
-            recent_slope = second
-            if first > 0:
-                saturation = second / first
-        blocks = sum(s.blocks for s in stats)
-        block_fraction = sum(s.growing_blocks for s in stats) / blocks if blocks else 0.0
-        growth_per_child = sum(s.growth for s in stats) / len(stats)
-        typical_n = weighted_median([float(s.n) for s in stats], weights)
-        first_growing = sum(s.growing_first for s in stats)
-        fill_ratio = sum(s.growing_second for s in stats) / first_growing if first_growing >= _FILL_MIN else None
-        # Did the children keep what this task's series say it kept? Deferred frees (cyclic garbage the
-        # collector frees while another task runs) charge this task with growth the child does not keep.
-        offset = False
-        if self.heap_deltas and not settled:
-            kept = sum(x.total for x in state.series.values() if x.child_first is not None)
-            child_net = sum(x.child_last - x.child_first for x in state.series.values() if x.child_first is not None)
-            offset = kept > self.min_growth / 4 and child_net < 0.5 * kept
-
-        evidence = min(1.0, n_total / (4.0 * self.min_calls))
-        confidence = (
-            0.35 * min(1.0, max(0.0, trend_z) / 5.0)
-            + 0.25 * min(1.0, -math.log10(max(sign_p, 1e-300)) / 5.0)
-            + 0.15 * block_fraction
-            + 0.10 * (min(1.0, saturation) if saturation is not None else 0.5)
-            + 0.15 * evidence
-        )
-        confidence = round(max(0.0, min(1.0, confidence)), 2)
-
-        if slope < self.min_slope:
-            reason = "no growth"
-        elif growing < 3 or step_share > self.max_step_share:
-            reason = "one-off step"
-        elif trend_p > self.alpha:
-            reason = "no trend"
-        elif sign_p > self.alpha or efficiency < self.min_efficiency:
-            reason = "growth and shrink balanced"
-        elif (saturation is not None and saturation < self.saturation_ratio) or (
-            fill_ratio is not None and fill_ratio < self.fill_ratio
-        ):
-            reason = "saturating"
-        elif block_fraction < self.min_block_fraction:
-            reason = "not growing lately"
-        elif growth_per_child < self.min_growth and (
-            typical_n < self.long_calls or growth_per_child < self.min_growth / 8
-        ):
-            reason = "too little growth yet"
-        elif confidence < self.min_confidence:
-            reason = "weak evidence"
-        elif offset:
-            reason = "freed in other tasks"
-        elif self._could_be_cache(state, settled):
-            reason = "filling like a cache"
-        else:
-            reason = "leak"
+        pooled = _pool(stats)
+        confidence = self._confidence(pooled)
+        reason = self._reason(state, pooled, confidence, settled)
         return LeakEstimate(
             task=task,
             suspect=reason == "leak",
             reason=reason,
-            slope=slope,
-            recent_slope=recent_slope,
+            slope=pooled.slope,
+            recent_slope=pooled.recent_slope,
             confidence=confidence,
             calls_observed=state.calls,
             calls_analysed=n_total,
             children=len(stats),
-            growth_per_child=growth_per_child,
-            trend_p=trend_p,
-            sign_p=sign_p,
-            efficiency=efficiency,
-            step_share=step_share,
-            saturation=saturation,
-            block_fraction=block_fraction,
+            growth_per_child=pooled.growth_per_child,
+            trend_p=pooled.trend_p,
+            sign_p=pooled.sign_p,
+            efficiency=pooled.efficiency,
+            step_share=pooled.step_share,
+            saturation=pooled.saturation,
+            block_fraction=pooled.block_fraction,
             settled=settled,
-            fill_ratio=fill_ratio,
+            fill_ratio=pooled.fill_ratio,
         )
+
+    def _confidence(self, pooled: _Pooled) -> float:
+        """How strongly the pooled statistics say "growing on every call", 0..1 (two decimals)."""
+        evidence = min(1.0, pooled.n / (4.0 * self.min_calls))
+        confidence = (
+            0.35 * min(1.0, max(0.0, pooled.trend_z) / 5.0)
+            + 0.25 * min(1.0, -math.log10(max(pooled.sign_p, 1e-300)) / 5.0)
+            + 0.15 * pooled.block_fraction
+            + 0.10 * (min(1.0, pooled.saturation) if pooled.saturation is not None else 0.5)
+            + 0.15 * evidence
+        )
+        return round(max(0.0, min(1.0, confidence)), 2)
+
+    def _reason(self, state: _TaskState, p: _Pooled, confidence: float, settled: bool) -> str:
+        """The first check the task fails, in order, or ``"leak"``."""
+        if p.slope < self.min_slope:
+            return "no growth"
+        if p.growing < 3 or p.step_share > self.max_step_share:
+            return "one-off step"
+        if p.trend_p > self.alpha:
+            return "no trend"
+        if p.sign_p > self.alpha or p.efficiency < self.min_efficiency:
+            return "growth and shrink balanced"
+        if (p.saturation is not None and p.saturation < self.saturation_ratio) or (
+            p.fill_ratio is not None and p.fill_ratio < self.fill_ratio
+        ):
+            return "saturating"
+        if p.block_fraction < self.min_block_fraction:
+            return "not growing lately"
+        if p.growth_per_child < self.min_growth and (
+            p.typical_n < self.long_calls or p.growth_per_child < self.min_growth / 8
+        ):
+            return "too little growth yet"
+        if confidence < self.min_confidence:
+            return "weak evidence"
+        if self._freed_elsewhere(state, settled):
+            return "freed in other tasks"
+        if self._could_be_cache(state, settled):
+            return "filling like a cache"
+        return "leak"
+
+    def _freed_elsewhere(self, state: _TaskState, settled: bool) -> bool:
+        """Whether the children did not keep what this task's series say it kept.
+
+        Deferred frees (cyclic garbage the collector frees while another task runs) charge this task
+        with growth the child does not keep. Only with heap deltas, and not for settled readings.
+        """
+        if not self.heap_deltas or settled:
+            return False
+        kept = sum(x.total for x in state.series.values() if x.child_first is not None)
+        child_net = sum(x.child_last - x.child_first for x in state.series.values() if x.child_first is not None)
+        return kept > self.min_growth / 4 and child_net < 0.5 * kept
 
     def _could_be_cache(self, state: _TaskState, settled: bool = False) -> bool:
         """Whether the task's calls fit a bounded cache filled by random keys as well as a leak.
@@ -653,13 +753,7 @@ class LeakDetector(Detector):
         if len(growing) < 3:
             return False
         entry = sorted(growing)[len(growing) // 2]
-        cells: list[tuple[float, int, int]] = []  # (entries before the calls, calls, repeats)
-        for series in state.series.values():
-            w = series.bin_width
-            for index in range(len(series.bins) // 2):
-                calls, repeats = series.bins[2 * index], series.bins[2 * index + 1]
-                if calls:
-                    cells.append((index * w + (w - 1) / 2, calls, repeats))
+        cells = _repeat_cells(state)
         n = sum(c for _, c, _ in cells)
         repeats = sum(r for _, _, r in cells)
         largest = max(series.entries for series in state.series.values()) + 1
@@ -672,32 +766,11 @@ class LeakDetector(Detector):
             return True  # not enough unbiased calls yet (the name is watched: they are coming)
         rate = min(1 - 1e-6, max(1e-6, repeats / n))
         constant = repeats * math.log(rate) + (n - repeats) * math.log(1 - rate)
-        # Every key count from half the entries seen up to the bound.
-        best = -math.inf
-        keys = max(1.0, largest / 2)
-        while True:
-            ll = 0.0
-            for e, c, r in cells:
-                p = min(0.995, max(1e-6, (e + 0.5) / keys))
-                ll += r * math.log(p) + (c - r) * math.log(1 - p)
-            best = max(best, ll)
-            if keys >= bound:
-                break
-            keys = min(bound, keys * 1.05)
-        if constant - best < _CACHE_EVIDENCE:
+        if constant - _best_cache_fit(cells, largest, bound) < _CACHE_EVIDENCE:
             return True
         # The constant rate fits better; but do repeats still come more often as the entries grow (a
-        # cache's trend, which the likelihoods can miss by chance)? Mann–Whitney on the bins.
-        misses_total = n - repeats
-        if repeats < 3 or misses_total == 0:
-            return False
-        u = 0.0
-        below = 0
-        for _, c, r in sorted(cells):
-            u += r * (below + (c - r) / 2)
-            below += c - r
-        z = (u - repeats * misses_total / 2) / math.sqrt(repeats * misses_total * (n + 1) / 12)
-        return z > _CACHE_TREND_Z
+        # cache's trend, which the likelihoods can miss by chance)?
+        return _repeats_trend_z(cells, n, repeats) > _CACHE_TREND_Z
 
     # -- reporting -------------------------------------------------------------
     def _findings(self, state: _TaskState, estimate: LeakEstimate) -> list[Finding]:
