@@ -63,6 +63,8 @@ class Guard:
         self.pool_name = pool_name
         self.board = board
         self.monitor: Monitor | None = None
+        #: Logs ``memguard.sample`` (with the tasks finished since the last one); None when sampling is off.
+        self.sampler: SampleLog | None = None
         #: The current leak suspects' latest ``memguard.leak_suspected`` fields, by task.
         self.suspects: dict[str, dict[str, Any]] = {}
         #: How many ``memguard.heavy_task`` findings each task has had.
@@ -119,6 +121,9 @@ class Guard:
             plan = PressurePlan.from_config(cfg)
             pace = AdaptivePace(plan.available_levels, cfg.poll_interval) if plan.adaptive and wants_system else None
             watch = self._pressure_watch(plan, pace)
+            engine = self.engine
+            sampler = SampleLog(cfg.sample_interval, cfg.metric,
+                                spawn_time=lambda: engine.storm.spawn_time) if cfg.sample_interval else None
             monitor = Monitor(
                 pool=pool, engine=self.engine, board=self.board, metric=cfg.metric, detectors=self.detectors,
                 actuator=Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run),
@@ -126,9 +131,11 @@ class Guard:
                 host=HostReaders(system=read_system if wants_system else None),
                 explainer=LossExplainer(hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
                                         oom_kills=oom_kill_count, available=_available_now),
-                on_poll=SampleLog(cfg.sample_interval, cfg.metric).offer if cfg.sample_interval else None,
+                on_poll=sampler.offer if sampler is not None else None,
+                on_tasks=sampler.observe_tasks if sampler is not None else None,
                 pace=pace, watch=watch,
             )
+            self.sampler = sampler
             monitor.start()
             self.monitor = monitor
         except Exception as exc:
@@ -188,6 +195,8 @@ class Guard:
             return
         try:
             monitor.stop()
+            if self.sampler is not None:
+                self.sampler.flush()  # the tasks that finished since the last sample
             drained = monitor.draining_since
             events.emit(events.STOPPED, polls=monitor.polls, decisions=monitor.decisions, shutdown=how,
                         drained_s=None if drained is None else round(monitor.clock() - drained, 1),

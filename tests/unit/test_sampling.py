@@ -108,3 +108,41 @@ def test_a_failing_sampler_never_stops_the_poll(logged: Path) -> None:
     errors = [r for r in event_records(logged) if r["event"] == events.ERROR]
     assert [("monitor.on_poll", "RuntimeError: boom")] == [(e["where"], e["error"]) for e in errors]
     assert 3 == h.monitor.polls and h.monitor.last_poll is not None
+
+
+def test_tasks_finished_since_the_last_sample_are_tallied_per_name(logged: Path) -> None:
+    """memguard.sample's ``tasks``: calls, failures, own peak (kernel peak minus RSS at start, or the retained
+    delta without a peak), largest peak, retained sum, run times; the tally starts afresh after each sample,
+    and flush() logs what finished after the last one (at stop)."""
+    from celery_memguard.samples import TaskSample
+
+    def rec(task: str, before: int, after: int, peak: int | None, ok: bool = True, s: float = 0.5) -> TaskSample:
+        return TaskSample(pid=7, task=task, task_id="t", started=0.0, duration=s, mem_before=before * MiB,
+                          mem_after=after * MiB, per_task_peak=None if peak is None else peak * MiB, succeeded=ok)
+
+    view = PollView(at=1.0, children=(ChildSample(pid=7, mem=30 * MiB, exact=True, rss=40 * MiB, tasks_run=3),),
+                    system=None, master=None, slots={7: 0})
+    sampler = SampleLog(10.0, "uss", spawn_time=lambda: 0.4321)
+    sampler.observe_tasks([rec("a", 40, 45, 140), rec("a", 45, 45, 60, ok=False, s=2.0), rec("b", 40, 52, None)])
+    assert sampler.offer(view)
+    sampler.observe_tasks([rec("b", 40, 41, 50)])
+    assert not sampler.offer(PollView(at=2.0, children=view.children, system=None, master=None, slots={7: 0}))
+    assert sampler.flush() and not sampler.flush()  # nothing new after the flush
+    first, last = samples(logged)
+    assert {"calls": 2, "failed": 1, "own_peak_mib": 100.0, "peak_mib": 140.0, "retained_mib": 5.0,
+            "max_s": 2.0, "total_s": 2.5} == first["tasks"]["a"]
+    assert 12.0 == first["tasks"]["b"]["own_peak_mib"] == first["tasks"]["b"]["retained_mib"]
+    assert 0.432 == first["spawn_time_s"]
+    assert ["b"] == list(last["tasks"]) and 10.0 == last["tasks"]["b"]["own_peak_mib"]
+
+
+def test_task_names_beyond_the_cap_are_summed_under_other() -> None:
+    from celery_memguard.samples import TaskSample
+    from celery_memguard.sampling import MAX_SAMPLE_TASKS, TaskTally
+
+    tally = TaskTally()
+    tally.add(TaskSample(pid=1, task=f"t{i}", task_id="x", started=0.0, duration=0.1, mem_before=0, mem_after=0,
+                         per_task_peak=MiB, succeeded=True) for i in range(MAX_SAMPLE_TASKS + 5))
+    rows = tally.take()
+    assert MAX_SAMPLE_TASKS + 1 == len(rows) and 5 == rows["(other)"]["calls"]
+    assert {} == tally.take()
