@@ -1,4 +1,4 @@
-"""The command line: one click group, ``memguard``, with ``report`` and ``status``.
+"""The command line: one click group, ``memguard``, with ``report``, ``advise`` and ``status``.
 
 The same group is reachable three ways:
 
@@ -12,6 +12,11 @@ event logs (:func:`run_report`); ``-`` reads standard input. ``html`` is one
 self-contained page with memory timelines (see :mod:`celery_memguard.report.html`). Its exit status is 0 when at
 least one input could be read, whatever it contained (foreign and corrupt lines
 are counted in the report, not fatal), and 2 when none could (or on a usage error).
+
+``advise FILE... [--format text|json]`` turns the same logs into settings (concurrency,
+soft/hard limits, recycling, prefetch, routing), each with its evidence and config line
+(:func:`run_advise`; the advisor itself is :mod:`celery_memguard.advice`); exit status as
+``report``'s.
 
 ``status [-d WORKER,...] [--timeout S] [--format text|json]`` broadcasts the
 ``memguard`` inspect command (:mod:`celery_memguard.worker.control`) and prints each
@@ -33,7 +38,7 @@ from . import __version__
 from .report import Timelines, build_report, render_html, render_json, render_text
 from .report.render import duration, table
 
-__all__ = ["run_report", "main", "memguard", "render_status", "FORMATS", "PROG"]
+__all__ = ["run_report", "run_advise", "main", "memguard", "render_status", "FORMATS", "PROG"]
 
 FORMATS = ("text", "json", "html")
 #: ``status`` prints text or JSON (a live reply has no timelines to draw).
@@ -75,6 +80,25 @@ def run_report(files: Sequence[str], fmt: str = "text", out: TextIO | None = Non
     return EXIT_OK
 
 
+def run_advise(files: Sequence[str], fmt: str = "text", out: TextIO | None = None,
+               err: TextIO | None = None) -> int:
+    """Print the advice for ``files``; returns the exit status (2 when no input could be read)."""
+    from .report.advise import build_advice, render_advice_json, render_advice_text
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    advice = build_advice(files)
+    for source in advice.sources:
+        if not source.readable:
+            err.write(f"memguard advise: cannot read {source.path}: {source.error}\n")
+    if advice.readable_sources == 0:
+        err.write("memguard advise: no input could be read\n")
+        return EXIT_NO_INPUT
+    out.write(render_advice_json(advice) if fmt == "json" else render_advice_text(advice))
+    out.flush()
+    return EXIT_OK
+
+
 def _quiet_broken_pipe() -> None:
     # The reader of our output went away (``| head``): do not print a traceback on exit.
     try:
@@ -84,7 +108,8 @@ def _quiet_broken_pipe() -> None:
         pass
 
 
-@click.group(name="memguard", help="celery-memguard tools: the leak report of event logs, the live status of workers.")
+@click.group(name="memguard", help="celery-memguard tools: the leak report of event logs, settings advice from "
+                                    "them, the live status of workers.")
 @click.option("-A", "--app", "app_name", metavar="MODULE",
               help="the Celery app, for 'status' outside Celery's CLI (celery-memguard -A proj status); "
                    "under 'celery -A proj memguard' the app is Celery's")
@@ -107,6 +132,22 @@ def report_command(ctx: click.Context, files: tuple[str, ...], fmt: str, output:
     """Summarise MemGuard JSON event logs (plain, gzip'd or rotated, several workers; '-' for stdin)."""
     try:
         code = run_report(list(files), fmt, output=output)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        code = EXIT_OK
+    if code:
+        ctx.exit(code)
+
+
+@memguard.command(name="advise")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--format", "fmt", type=click.Choice(STATUS_FORMATS), default="text", show_default=True,
+              help="output format")
+@click.pass_context
+def advise_command(ctx: click.Context, files: tuple[str, ...], fmt: str) -> None:
+    """Recommend settings (concurrency, limits, recycling, prefetch, routing) from MemGuard JSON event logs."""
+    try:
+        code = run_advise(list(files), fmt)
     except BrokenPipeError:
         _quiet_broken_pipe()
         code = EXIT_OK

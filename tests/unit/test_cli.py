@@ -203,7 +203,7 @@ class TestClick:
         from celery_memguard import cli
 
         assert dunder_main.main is cli.main
-        assert isinstance(memguard, click.Group) and set(memguard.commands) == {"report", "status"}
+        assert isinstance(memguard, click.Group) and set(memguard.commands) == {"report", "advise", "status"}
         assert not hasattr(cli, "build_parser")
 
 

@@ -1,0 +1,400 @@
+"""The advisor: what one worker's measurements say its settings should be (``celery memguard advise``).
+
+Pure: an :class:`Evidence` in (what the event log of one worker holds, collected by
+:mod:`celery_memguard.report.evidence`), a list of :class:`Recommendation` out. No I/O,
+no Celery import. Every recommendation carries the numbers it rests on, the exact
+configuration line, and either a confidence or the reason there is not enough evidence
+(then no value is suggested: the advisor never guesses).
+
+The sizing, all in MiB of the configured metric (USS by default), the master by its RSS
+(the cgroup charges the pages children share with the master once, to the master):
+
+* ``headroom`` = max(10 % of the effective memory, 32 MiB): page cache, the kernel,
+  a child being replaced while its successor starts;
+* ``task room`` = 1.2 x the largest *own peak* (the most one call needed above its
+  child's size when it started) + 4 MiB;
+* a child's floor = 1.2 x a fresh child + 4 MiB: a soft limit below it would recycle
+  a child that has run nothing (``memguard.limit_unreachable``);
+* ``concurrency`` = the most children whose hard limit (floor + task room) fits in
+  effective memory - master - headroom, never above the observed concurrency;
+* ``hard limit`` = that memory shared by the children (so *concurrency x hard limit +
+  master + headroom <= effective memory*: children held at their hard limit cannot
+  exhaust the machine), ``soft limit`` = hard limit - task room (a child recycled
+  there still has room for its next call);
+* when children grow per call (retained memory, or a leak suspect), ``worker_max_tasks_per_child``
+  = the calls that take a fresh child to the soft limit; it is checked by the child
+  itself after every task, so no poll can be too late. What that costs is the
+  measured spawn time over the work a child does between recycles; above
+  ``memguard_max_throughput_loss`` (0.25) the advice says so and names the leak to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from .config import DEFAULTS
+
+__all__ = ["TaskEvidence", "Evidence", "Recommendation", "advise", "percentile", "MIN_SAMPLES", "MIN_CALLS",
+           "LONG_TASK_S", "HEADROOM_SHARE", "HEADROOM_MIN_MIB"]
+
+#: Below these a worker's log is not evidence enough for sizes.
+MIN_SAMPLES = 3
+MIN_CALLS = 20
+#: Spans and counts from which a recommendation is 'high' confidence rather than 'medium'.
+HIGH_SPAN_S = 600.0
+HIGH_CALLS = 500
+#: Memory kept free of the pool: the larger of this share of effective memory and HEADROOM_MIN_MIB.
+HEADROOM_SHARE = 0.10
+HEADROOM_MIN_MIB = 32.0
+#: Margin on a task's own peak, and on a fresh child's size.
+PEAK_MARGIN = 1.2
+PEAK_SLACK_MIB = 4.0
+#: A task whose mean run time reaches this (or whose longest call reaches LONG_TASK_MAX_S) is long.
+LONG_TASK_S = 10.0
+LONG_TASK_MAX_S = 60.0
+#: Retained MiB per call (child average) from which children are taken to grow.
+GROWTH_MIB_PER_CALL = 0.05
+#: A task is heavy when one call needs this share of a child's hard limit, or HEAVY_MULTIPLE x the typical call.
+HEAVY_SHARE = 0.5
+HEAVY_MULTIPLE = 10.0
+HEAVY_MIN_MIB = 32.0
+
+
+@dataclass
+class TaskEvidence:
+    """One task's measured calls (from ``memguard.sample``'s ``tasks``, ``heavy_task``, kills and losses)."""
+
+    task: str
+    calls: int = 0
+    failed: int = 0
+    own_peak_max_mib: float = 0.0
+    peak_max_mib: float = 0.0
+    retained_mib: float = 0.0
+    max_s: float = 0.0
+    total_s: float = 0.0
+    heavy_calls: int = 0
+    leak_kib_per_call: float | None = None
+    leak_confidence: float | None = None
+    killed: int = 0
+    lost: int = 0
+    #: Task ids lost (child killed by a signal MemGuard did not send) more than once, with the count.
+    lost_again: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mean_s(self) -> float | None:
+        return self.total_s / self.calls if self.calls else None
+
+
+@dataclass
+class Evidence:
+    """What one worker's event log holds (the advisor's whole input). Sizes are MiB, times seconds."""
+
+    hostname: str
+    span_s: float = 0.0
+    starts: int = 0
+    concurrency: int | None = None
+    effective_memory_mib: float | None = None
+    metric: str | None = None
+    soft_limit_mib: float | None = None
+    hard_limit_mib: float | None = None
+    samples: int = 0
+    #: Each child's size at each sample (bounded; ``child_max_mib`` is exact).
+    child_mib: list[float] = field(default_factory=list)
+    child_max_mib: float | None = None
+    #: Sizes of children that had run at most one task (what a recycle brings a child back to).
+    fresh_mib: list[float] = field(default_factory=list)
+    master_rss_max_mib: float | None = None
+    master_max_mib: float | None = None
+    pool_max_mib: float | None = None
+    available_min_mib: float | None = None
+    spawn_times_s: list[float] = field(default_factory=list)
+    tasks: dict[str, TaskEvidence] = field(default_factory=dict)
+    recycles: int = 0
+    recycle_reasons: dict[str, int] = field(default_factory=dict)
+    kills: int = 0
+    lost: int = 0
+    lost_oom: int = 0
+    lost_max_mem_mib: float | None = None
+    master_growth_mib_per_hour: float | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(t.calls for t in self.tasks.values())
+
+
+@dataclass
+class Recommendation:
+    """One setting: ``value`` None means not enough evidence (``missing`` says what is missing)."""
+
+    key: str
+    value: object | None
+    config: str | None
+    cli: str | None
+    evidence: list[str]
+    confidence: str | None
+    missing: str | None = None
+    note: str | None = None
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The ``share`` (0..1) percentile of ``values`` (nearest rank), None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def _mib(value: float) -> str:
+    return f"{value:,.1f} MiB" if value < 10 else f"{value:,.0f} MiB"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _size_setting(key: str, mib: int) -> tuple[str, str]:
+    return f'app.conf.{key} = "{mib}MiB"', f"--{key.replace('_', '-')} {mib}MiB"
+
+
+@dataclass
+class _Sizing:
+    """The numbers every size recommendation shares (see the module docstring)."""
+
+    effective: float
+    master: float
+    headroom: float
+    fresh: float
+    own_peak: float
+    peak_task: str
+    growth: float
+    concurrency: int
+    fits: int
+    hard: int
+    soft: int
+
+    @property
+    def task_room(self) -> float:
+        return self.own_peak * PEAK_MARGIN + PEAK_SLACK_MIB
+
+    @property
+    def usable(self) -> float:
+        return self.effective - self.master - self.headroom
+
+
+def _confidence(e: Evidence) -> str:
+    return "high" if e.span_s >= HIGH_SPAN_S and e.calls >= HIGH_CALLS and e.samples >= 10 else "medium"
+
+
+def _missing(e: Evidence) -> str | None:
+    """Why this log cannot size anything, or None when it can."""
+    lacks = []
+    if e.effective_memory_mib is None:
+        lacks.append("the effective memory (memguard.started with effective_memory_mib)")
+    if e.samples < MIN_SAMPLES or not e.child_mib:
+        lacks.append(f"at least {MIN_SAMPLES} memguard.sample events with children (found {e.samples})")
+    if e.calls < MIN_CALLS:
+        lacks.append(f"at least {MIN_CALLS} measured task calls in the samples (found {e.calls})")
+    if not lacks:
+        return None
+    return ("not enough evidence: needs " + "; ".join(lacks) + f" (log spans {_span(e.span_s)}). Run the worker "
+            "under its real load for at least 10 minutes with MemGuard installed, memguard_log_format = \"json\" "
+            "and memguard_sample_interval at most 60 s (e.g. 10), then advise on that log.")
+
+
+def _growth(e: Evidence) -> float:
+    """MiB a child keeps per call on average (0 when it does not grow)."""
+    calls = e.calls
+    retained = sum(max(t.retained_mib, 0.0) for t in e.tasks.values())
+    per_call = retained / calls if calls else 0.0
+    leaks = [t.leak_kib_per_call / 1024 for t in e.tasks.values() if t.leak_kib_per_call]
+    best = max([per_call] + leaks)
+    return best if best >= GROWTH_MIB_PER_CALL else 0.0
+
+
+def _sizing(e: Evidence) -> _Sizing:
+    effective = float(e.effective_memory_mib or 0.0)
+    master = float(e.master_rss_max_mib or e.master_max_mib or 0.0)
+    headroom = max(HEADROOM_SHARE * effective, HEADROOM_MIN_MIB)
+    fresh = percentile(e.fresh_mib, 0.5) or percentile(e.child_mib, 0.05) or 0.0
+    peak_task = max(e.tasks.values(), key=lambda t: (t.own_peak_max_mib, t.task))
+    own_peak = peak_task.own_peak_max_mib
+    sizing = _Sizing(effective, master, headroom, fresh, own_peak, peak_task.task, _growth(e), 0, 0, 0, 0)
+    floor = fresh * PEAK_MARGIN + PEAK_SLACK_MIB
+    need = floor + sizing.task_room
+    sizing.fits = int(sizing.usable // need) if sizing.usable > 0 else 0
+    current = e.concurrency or sizing.fits
+    sizing.concurrency = max(1, min(current, sizing.fits))
+    budget = sizing.usable / sizing.concurrency
+    sizing.hard = max(1, int(budget))
+    sizing.soft = max(1, int(sizing.hard - sizing.task_room))
+    return sizing
+
+
+def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
+    evidence = [
+        f"effective memory {_mib(s.effective)}, master up to {_mib(s.master)} RSS, headroom {_mib(s.headroom)}",
+        f"a fresh child {_mib(s.fresh)}; largest own peak of one call {_mib(s.own_peak)} ({s.peak_task}); "
+        f"a child needs >= {_mib(s.fresh * PEAK_MARGIN + PEAK_SLACK_MIB + s.task_room)} at its hard limit",
+        f"observed: concurrency {e.concurrency if e.concurrency is not None else '?'}, pool up to "
+        f"{_mib(e.pool_max_mib) if e.pool_max_mib is not None else '?'}, children up to "
+        f"{_mib(e.child_max_mib) if e.child_max_mib is not None else '?'}, {e.samples} samples over {_span(e.span_s)}",
+    ]
+    if e.lost:
+        evidence.append(f"{e.lost} children lost ({e.lost_oom} likely OOM-killed)"
+                        + (f", up to {_mib(e.lost_max_mem_mib)} when last read" if e.lost_max_mem_mib else ""))
+    note = (f"{s.concurrency} x hard limit {s.hard} MiB + master {s.master:.0f} MiB + headroom {s.headroom:.0f} MiB "
+            f"<= {s.effective:.0f} MiB")
+    if s.fits < 1:
+        note = (f"not even one child fits: a fresh child plus the largest call ({s.peak_task}) needs more than "
+                f"{_mib(s.usable)}; route {s.peak_task} to a machine with more memory or chunk it")
+    elif e.concurrency is not None and s.fits > e.concurrency:
+        note += f"; up to {s.fits} children would fit (raise it only with CPU to spare)"
+    return Recommendation("worker_concurrency", s.concurrency, f"app.conf.worker_concurrency = {s.concurrency}",
+                          f"--concurrency {s.concurrency}", evidence, _confidence(e) if s.fits >= 1 else "low",
+                          note=note)
+
+
+def _limits(e: Evidence, s: _Sizing) -> list[Recommendation]:
+    p95 = percentile(e.child_mib, 0.95) or 0.0
+    shared = (f"{s.concurrency} children x {s.hard} MiB + master {s.master:.0f} MiB + headroom "
+              f"{s.headroom:.0f} MiB <= effective memory {s.effective:.0f} MiB")
+    hard_cfg, hard_cli = _size_setting("memguard_hard_limit", s.hard)
+    soft_cfg, soft_cli = _size_setting("memguard_soft_limit", s.soft)
+    hard = Recommendation("memguard_hard_limit", f"{s.hard}MiB", hard_cfg, hard_cli, [
+        shared,
+        f"largest own peak {_mib(s.own_peak)} ({s.peak_task}); soft limit {s.soft} MiB + that x{PEAK_MARGIN} "
+        f"+ {PEAK_SLACK_MIB:.0f} MiB = {s.soft + s.task_room:.0f} MiB <= {s.hard} MiB",
+    ] + ([f"observed hard limit {e.hard_limit_mib:.0f} MiB"] if e.hard_limit_mib else []), _confidence(e))
+    soft_evidence = [
+        f"hard limit {s.hard} MiB - room for the largest call {s.task_room:.0f} MiB",
+        f"children: median {_mib(percentile(e.child_mib, 0.5) or 0.0)}, p95 {_mib(p95)}, max "
+        f"{_mib(e.child_max_mib or 0.0)} over {len(e.child_mib)} readings; fresh child {_mib(s.fresh)}",
+    ]
+    note = None
+    if not s.growth and p95 > s.soft:
+        note = (f"children's p95 ({p95:.0f} MiB) is above this soft limit: expect recycles; fewer children or "
+                f"routing {s.peak_task} away gives each child more room")
+    return [hard, Recommendation("memguard_soft_limit", f"{s.soft}MiB", soft_cfg, soft_cli, soft_evidence,
+                                 _confidence(e), note=note)]
+
+
+def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
+    """worker_max_tasks_per_child from the growth per call and its measured cost."""
+    key = "worker_max_tasks_per_child"
+    calls = e.calls
+    duration = sum(t.total_s for t in e.tasks.values()) / calls if calls else 0.0
+    spawn = percentile(e.spawn_times_s, 0.5)
+    evidence = [f"children keep {s.growth:.2f} MiB per call on average over {calls:,} calls"
+                + (f"; leak suspects: " + ", ".join(f"{t.task} ({t.leak_kib_per_call:,.0f} KiB/call)"
+                                                   for t in e.tasks.values() if t.leak_kib_per_call) if any(
+                    t.leak_kib_per_call for t in e.tasks.values()) else ""),
+                f"mean call {duration:.3f} s; spawn time {'?' if spawn is None else f'{spawn:.2f} s'} "
+                f"(median of {len(e.spawn_times_s)})"]
+    if e.recycles:
+        evidence.append(f"observed {e.recycles} recycles (" + ", ".join(
+            f"{k} {v}" for k, v in sorted(e.recycle_reasons.items(), key=lambda kv: -kv[1])) + ")")
+    if not s.growth:
+        return Recommendation(key, None, f"app.conf.{key} = None", None, evidence, _confidence(e),
+                              note="children do not grow per call: no task-count recycling needed; the soft "
+                                   "limit recycles the rare child that does")
+    per_child = max(1, int((s.soft - s.fresh) / s.growth))
+    cost = None if spawn is None or duration <= 0 else spawn / (per_child * duration + spawn)
+    if cost is None:
+        evidence.append("throughput cost unknown: no spawn time measured (memguard.sample spawn_time_s)")
+        note = None
+    else:
+        evidence.append(f"a recycle every {per_child} calls costs {cost:.0%} of a child's time "
+                        f"(spawn / (calls x mean call + spawn)); allowed: {loss_cap:.0%} (memguard_max_throughput_loss)")
+        note = None if cost <= loss_cap else (
+            f"recycling as often as this memory needs costs {cost:.0%} of throughput, over {loss_cap:.0%}: fix the "
+            f"growth (see `celery memguard report`); meanwhile memory comes first")
+    evidence.insert(0, f"({s.soft} MiB soft limit - {s.fresh:.0f} MiB fresh child) / {s.growth:.2f} MiB per call")
+    return Recommendation(key, per_child, f"app.conf.{key} = {per_child}", f"--max-tasks-per-child {per_child}",
+                          evidence, _confidence(e), note=note)
+
+
+def _long_tasks(e: Evidence) -> list[Recommendation]:
+    long = sorted((t for t in e.tasks.values() if t.calls and ((t.mean_s or 0) >= LONG_TASK_S
+                                                               or t.max_s >= LONG_TASK_MAX_S)),
+                  key=lambda t: -t.max_s)
+    if not long:
+        return []
+    evidence = [f"{t.task}: {t.calls} calls, mean {t.mean_s or 0:.1f} s, longest {t.max_s:.1f} s" for t in long[:5]]
+    why = ("long tasks: a prefetched message waits behind them in a busy child, and is lost with it if the child "
+           "dies unless acknowledged late")
+    return [Recommendation("worker_prefetch_multiplier", 1, "app.conf.worker_prefetch_multiplier = 1",
+                           "--prefetch-multiplier 1", evidence, _confidence(e), note=why),
+            Recommendation("task_acks_late", True, "app.conf.task_acks_late = True", None, evidence,
+                           _confidence(e), note="acknowledged after the call: a task whose child dies is redelivered "
+                                                "(see the redelivery-loop advice for tasks that kill their child)")]
+
+
+def _heavy(e: Evidence, s: _Sizing) -> list[Recommendation]:
+    peaks = sorted(t.own_peak_max_mib for t in e.tasks.values() if t.calls)
+    typical = percentile(peaks, 0.5) or 0.0
+    out = []
+    for t in sorted(e.tasks.values(), key=lambda t: -t.own_peak_max_mib):
+        big = t.own_peak_max_mib >= HEAVY_SHARE * s.hard or (t.own_peak_max_mib >= HEAVY_MULTIPLE * typical
+                                                             and len(peaks) > 1)
+        if t.own_peak_max_mib < HEAVY_MIN_MIB or not (big or t.heavy_calls):
+            continue
+        evidence = [f"one call needed {_mib(t.own_peak_max_mib)} of its own (typical task {_mib(typical)}); "
+                    f"{t.calls} calls measured, {t.heavy_calls} memguard.heavy_task findings"]
+        if t.task == s.peak_task:
+            evidence.append(f"it alone sets the room every child keeps for one call ({s.task_room:.0f} MiB of the "
+                            f"{s.hard} MiB hard limit)")
+            rest = {name: other for name, other in e.tasks.items() if name != t.task and other.calls}
+            if rest:
+                without = _sizing(replace(e, tasks=rest))
+                evidence.append(f"without it this worker fits {without.fits} children (concurrency "
+                                f"{without.concurrency}, hard limit {without.hard} MiB, soft {without.soft} MiB)")
+        out.append(Recommendation(
+            f"task_routes[{t.task!r}]", {"queue": "heavy"},
+            f"app.conf.task_routes = {{{t.task!r}: {{'queue': 'heavy'}}}}", "-Q heavy --concurrency 1 (its own worker)",
+            evidence, _confidence(e),
+            note=f"route {t.task} to its own queue served by a worker with few children and a hard limit above "
+                 f"{s.fresh + t.own_peak_max_mib * PEAK_MARGIN:.0f} MiB, or chunk its input; the other workers then "
+                 f"fit more children"))
+    return out
+
+
+def _redelivery(e: Evidence) -> list[Recommendation]:
+    out = []
+    for t in sorted(e.tasks.values(), key=lambda t: t.task):
+        if not t.lost_again:
+            continue
+        worst = max(t.lost_again.items(), key=lambda kv: (kv[1], kv[0]))
+        evidence = [f"{len(t.lost_again)} task id(s) of {t.task} lost their child more than once; {worst[0]} "
+                    f"{worst[1]} times", f"{t.lost} children lost while running {t.task}"]
+        out.append(Recommendation(
+            f"{t.task}.reject_on_worker_lost", False,
+            f"@app.task(acks_late=True, reject_on_worker_lost=False)  # {t.task}", None, evidence, "high",
+            note="acks_late + task_reject_on_worker_lost redelivers a task whose child is OOM-killed, which kills the "
+                 "next child too (celery#5641): turn redelivery off for this task, and let memguard_hard_limit stop "
+                 "it cleanly (MemoryLimitExceeded fails it once)"))
+    return out
+
+
+def advise(e: Evidence, max_throughput_loss: float | None = None) -> list[Recommendation]:
+    """The recommendations for one worker, in a fixed order (sizes first); never raises on odd evidence."""
+    loss_cap = max_throughput_loss if max_throughput_loss is not None else float(DEFAULTS["max_throughput_loss"])
+    missing = _missing(e)
+    out: list[Recommendation] = []
+    if missing is not None:
+        for key in ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child"):
+            out.append(Recommendation(key, None, None, None, [f"{e.samples} samples, {e.calls} task calls over "
+                                                              f"{_span(e.span_s)}"], None, missing=missing))
+    else:
+        sizing = _sizing(e)
+        out.append(_concurrency(e, sizing))
+        out.extend(_limits(e, sizing))
+        out.append(_recycling(e, sizing, loss_cap))
+        out.extend(_heavy(e, sizing))
+    out.extend(_long_tasks(e))
+    out.extend(_redelivery(e))
+    return out

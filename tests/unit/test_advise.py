@@ -1,0 +1,213 @@
+"""``celery memguard advise``: the pure advisor on evidence, the collector and command on recorded logs.
+
+Fixtures (tests/unit/fixtures/):
+
+* ``advise_overload.log``: a real worker's log, recorded by benchmarks/bench_advise.py's naive run
+  (4 children in a 1 GiB cgroup v1 memory cgroup, 200 tasks keeping 20 MiB each, MemGuard logging
+  only): 8 children OOM-killed.
+* ``advise_steady.log``: a 4-child worker over 20 minutes in 2 GiB (made by hand from real event
+  shapes): steady children, a heavy task, a long task, a task id lost twice (a redelivery loop),
+  foreign and garbled lines.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_memguard.advice import Evidence, TaskEvidence, advise, percentile
+from celery_memguard.cli import main, run_advise
+from celery_memguard.report.advise import build_advice, render_advice_json, render_advice_text
+from celery_memguard.report.evidence import MAX_READINGS, EvidenceCollector
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OVERLOAD = FIXTURES / "advise_overload.log"
+STEADY = FIXTURES / "advise_steady.log"
+
+
+def recs(paths: list[Path]) -> dict[str, Any]:
+    (host,) = build_advice([str(p) for p in paths]).hosts
+    return {r.key: r for r in host.recommendations}
+
+
+def mib(value: object) -> float:
+    assert isinstance(value, str) and value.endswith("MiB")
+    return float(value[:-3])
+
+
+def test_overload_log_advice_fits_the_effective_memory() -> None:
+    """The recorded OOM run: concurrency x hard limit + master + headroom within the cgroup; the hard limit
+    leaves a fresh child room for the largest call; the leak is bounded by worker_max_tasks_per_child."""
+    (host,) = build_advice([str(OVERLOAD)]).hosts
+    e = host.evidence
+    r = {x.key: x for x in host.recommendations}
+    assert e.lost >= 2 and e.effective_memory_mib == 1024.0
+    n, hard, soft = r["worker_concurrency"].value, mib(r["memguard_hard_limit"].value), mib(r["memguard_soft_limit"].value)
+    assert n * hard + (e.master_rss_max_mib or 0) <= e.effective_memory_mib * 0.9
+    own = max(t.own_peak_max_mib for t in e.tasks.values())
+    fresh = percentile(e.fresh_mib, 0.5) or 0
+    assert soft + own <= hard and fresh < soft
+    per_child = r["worker_max_tasks_per_child"].value
+    assert isinstance(per_child, int) and fresh + per_child * 20 <= soft + 1  # 20 MiB kept per call
+    for key in ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child"):
+        assert r[key].config and r[key].cli and r[key].evidence and r[key].confidence
+
+
+def test_steady_log_heavy_task_long_task_and_redelivery_loop() -> None:
+    r = recs([STEADY])
+    assert r["worker_concurrency"].value == 3  # import_csv's 410 MiB call needs room in every child
+    assert mib(r["memguard_hard_limit"].value) >= 32 + 410 * 1.2
+    assert "task_routes['app.tasks.import_csv']" in r
+    route = r["task_routes['app.tasks.import_csv']"]
+    assert "'queue': 'heavy'" in route.config and "fit" in route.note
+    assert r["worker_prefetch_multiplier"].value == 1 and r["task_acks_late"].value is True
+    assert "app.tasks.report" in r["worker_prefetch_multiplier"].evidence[0]
+    loop = r["app.tasks.explode.reject_on_worker_lost"]
+    assert loop.value is False and "loop-1 2 times" in loop.evidence[0] and "5641" in loop.note
+    assert r["worker_max_tasks_per_child"].value is None  # children do not grow
+    assert "resize" not in " ".join(k for k in r if k.startswith("task_routes"))
+
+
+def test_not_enough_evidence_says_what_is_missing() -> None:
+    e = Evidence(hostname="w", span_s=30.0, concurrency=4, effective_memory_mib=None, samples=1, child_mib=[40.0])
+    out = {r.key: r for r in advise(e)}
+    for key in ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child"):
+        assert out[key].value is None and out[key].config is None
+        assert "effective memory" in (out[key].missing or "") and "10 minutes" in (out[key].missing or "")
+        assert "found 1" in (out[key].missing or "") and "found 0" in (out[key].missing or "")
+
+
+def test_short_log_of_a_real_worker_gives_no_sizes(tmp_path: Path) -> None:
+    """The first two lines of the overload (started + one sample): not enough evidence, no guess."""
+    log = tmp_path / "short.log"
+    log.write_text("\n".join(OVERLOAD.read_text().splitlines()[:2]) + "\n")
+    r = recs([log])
+    assert r["worker_concurrency"].value is None and "at least 3 memguard.sample" in r["worker_concurrency"].missing
+    text = render_advice_text(build_advice([str(log)]))
+    assert "NOT ENOUGH EVIDENCE" in text and text.count("not enough evidence: needs") == 1  # said once
+
+
+def _evidence(**over: Any) -> Evidence:
+    e = Evidence(hostname="w", span_s=1200.0, concurrency=8, effective_memory_mib=4096.0, samples=20,
+                 child_mib=[100.0 + i % 10 for i in range(160)], child_max_mib=110.0, fresh_mib=[90.0],
+                 master_rss_max_mib=120.0, spawn_times_s=[1.0],
+                 tasks={"t": TaskEvidence("t", calls=1000, own_peak_max_mib=50.0, total_s=100.0, max_s=0.5)})
+    for key, value in over.items():
+        setattr(e, key, value)
+    return e
+
+
+def test_growth_recycling_cost_against_the_throughput_cap() -> None:
+    """A leak of 5 MiB/call with 0.1 s calls and 1 s spawns: recycling every ~N calls costs more than 25%."""
+    e = _evidence(tasks={"t": TaskEvidence("t", calls=1000, own_peak_max_mib=50.0, retained_mib=5000.0,
+                                           total_s=100.0, max_s=0.5, leak_kib_per_call=5120.0)})
+    r = {x.key: x for x in advise(e)}
+    per_child = r["worker_max_tasks_per_child"].value
+    soft = mib(r["memguard_soft_limit"].value)
+    assert per_child == int((soft - 90.0) / 5.0)
+    cost = 1.0 / (per_child * 0.1 + 1.0)
+    assert f"{cost:.0%}" in " ".join(r["worker_max_tasks_per_child"].evidence)
+    assert (cost > 0.25) == ("fix the growth" in (r["worker_max_tasks_per_child"].note or ""))
+    assert r["worker_max_tasks_per_child"].cli == f"--max-tasks-per-child {per_child}"
+
+
+def test_concurrency_never_raised_and_not_even_one_child() -> None:
+    r = {x.key: x for x in advise(_evidence(concurrency=2))}
+    assert r["worker_concurrency"].value == 2 and "would fit" in r["worker_concurrency"].note
+    huge = _evidence(tasks={"t": TaskEvidence("t", calls=100, own_peak_max_mib=5000.0, total_s=10.0)})
+    r = {x.key: x for x in advise(huge)}
+    assert r["worker_concurrency"].value == 1 and r["worker_concurrency"].confidence == "low"
+    assert "not even one child fits" in r["worker_concurrency"].note
+
+
+def test_cli_three_ways_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["advise", "--format", "json", str(STEADY)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == 1 and data["hosts"][0]["hostname"] == "celery@steady-1"
+    keys = [r["key"] for r in data["hosts"][0]["recommendations"]]
+    assert keys[:4] == ["worker_concurrency", "memguard_hard_limit", "memguard_soft_limit",
+                        "worker_max_tasks_per_child"]
+    assert data["hosts"][0]["evidence"]["calls"] > 0 and "child_readings" in data["hosts"][0]["evidence"]
+    assert main(["advise", "/nonexistent/log"]) == 2
+    assert "cannot read /nonexistent/log" in capsys.readouterr().err
+    from click.testing import CliRunner
+    from celery.bin.celery import celery
+
+    result = CliRunner().invoke(celery, ["memguard", "advise", str(STEADY)])
+    assert result.exit_code == 0 and "worker_concurrency = 3" in result.output
+
+
+# -- hostile input -------------------------------------------------------------------------------
+
+
+def test_hostile_lines_never_crash(tmp_path: Path) -> None:
+    good = OVERLOAD.read_text().splitlines()
+    rnd = random.Random(5)
+    lines = list(good)
+    bad_values: list[Any] = [None, "x", float("nan"), -1, 10**400, [], {}, {"a": 1}, True, "1e999", [1, [2]]]
+    for _ in range(1500):
+        event = json.loads(rnd.choice(good))
+        key = rnd.choice(list(event))
+        event[key] = rnd.choice(bad_values)
+        if rnd.random() < 0.3 and isinstance(event.get("children"), list) and event["children"] \
+                and isinstance(event["children"][0], dict):
+            event["children"][0][rnd.choice(list(event["children"][0]))] = rnd.choice(bad_values)
+        if rnd.random() < 0.3 and isinstance(event.get("tasks"), dict):
+            event["tasks"] = rnd.choice([{"t": None}, {"t": {"calls": "many"}}, ["t"], {"t": {"own_peak_mib": -5}}])
+        try:
+            text = json.dumps(event)
+        except ValueError:
+            text = "{" + str(event)
+        lines.append(text[: rnd.randint(1, len(text))] if rnd.random() < 0.2 else text)
+    lines += ["", "\x00\xff garbage", "[1,2,3]", '{"event": 5}', "{" * 5000, "plain celery log line"]
+    log = tmp_path / "hostile.log"
+    log.write_text("\n".join(lines), errors="surrogateescape")
+    out, err = io.StringIO(), io.StringIO()
+    assert run_advise([str(log)], "text", out, err) == 0
+    assert run_advise([str(log)], "json", out, err) == 0
+    json.loads(out.getvalue()[out.getvalue().index("\n{") + 1:])
+
+
+def test_empty_foreign_and_huge_logs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    foreign = tmp_path / "foreign.log"
+    foreign.write_text('{"event": "http.request", "status": 200}\n[2026-11-26 10:00:00] worker ready\n')
+    out = io.StringIO()
+    assert run_advise([str(empty), str(foreign)], "text", out, io.StringIO()) == 0
+    assert "nothing to advise on" in out.getvalue()
+    huge = tmp_path / "huge.log"
+    sample = json.dumps({"event": "memguard.sample", "ts": "2026-11-26T10:00:00+00:00", "hostname": "h",
+                         "children": [{"mem_mib": 50.0, "tasks": 3}] * 4,
+                         "tasks": {"t": {"calls": 1, "own_peak_mib": 1.0}}})
+    with huge.open("w") as f:
+        f.write("x" * (2 * 1024 * 1024) + "\n")  # one overlong line
+        for _ in range(MAX_READINGS // 4 + 10):
+            f.write(sample + "\n")
+    collector = EvidenceCollector()
+    from celery_memguard.report.reader import read_events
+
+    for _src, event in read_events([str(huge)], []):
+        collector.feed(event)
+    (e,) = collector.build()
+    assert len(e.child_mib) <= MAX_READINGS and e.samples == MAX_READINGS // 4 + 10
+
+
+def test_hosts_and_tasks_are_bounded() -> None:
+    from celery_memguard.report.aggregate import MAX_HOSTS, MAX_KEYS
+
+    collector = EvidenceCollector()
+    for i in range(MAX_HOSTS + 20):
+        collector.feed({"event": "memguard.sample", "hostname": f"h{i}", "children": [],
+                        "tasks": {f"t{j}": {"calls": 1} for j in range(3)}})
+    for j in range(MAX_KEYS + 20):
+        collector.feed({"event": "memguard.heavy_task", "hostname": "h0", "task": f"t{j}", "peak_mib": 1.0})
+    hosts = collector.build()
+    assert len(hosts) == MAX_HOSTS + 1 and collector.not_itemised["hosts"] == 20
+    assert len(next(h for h in hosts if h.hostname == "h0").tasks) == MAX_KEYS
+    assert collector.not_itemised["tasks"] >= 20
