@@ -238,7 +238,8 @@ def _sizing(e: Evidence) -> _Sizing:
 def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
     evidence = [
         f"effective memory {_mib(s.effective)}, master up to {_mib(s.master)} RSS, headroom {_mib(s.headroom)}",
-        f"a fresh child {_mib(s.fresh)}; largest own peak of one call {_mib(s.own_peak)} ({s.peak_task}); "
+        f"a fresh child (<= 1 task run) {_mib(s.fresh)}; largest own peak of one call {_mib(s.own_peak)} "
+        f"({s.peak_task}); "
         f"a child needs >= {_mib(s.fresh * PEAK_MARGIN + PEAK_SLACK_MIB + s.task_room)} at its hard limit",
         f"observed: concurrency {e.concurrency if e.concurrency is not None else '?'}, pool up to "
         f"{_mib(e.pool_max_mib) if e.pool_max_mib is not None else '?'}, children up to "
@@ -309,7 +310,8 @@ def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
         note = None
     else:
         evidence.append(f"a recycle every {per_child} calls costs {cost:.0%} of a child's time "
-                        f"(spawn / (calls x mean call + spawn)); allowed: {loss_cap:.0%} (memguard_max_throughput_loss)")
+                        f"(spawn / (calls x mean call + spawn)); allowed: {loss_cap:.0%} "
+                        f"(memguard_max_throughput_loss)")
         note = None if cost <= loss_cap else (
             f"recycling as often as this memory needs costs {cost:.0%} of throughput, over {loss_cap:.0%}: fix the "
             f"growth (see `celery memguard report`); meanwhile memory comes first")

@@ -111,7 +111,8 @@ def render_advice_text(report: AdviceReport) -> str:
               if report.foreign or report.corrupt else "")]
     if not report.hosts:
         out.append("")
-        out.append("No MemGuard events found: nothing to advise on. Install MemGuard (app.steps['worker'].add(MemGuard)) "
+        out.append("No MemGuard events found: nothing to advise on. Install MemGuard "
+                   "(app.steps['worker'].add(MemGuard)) "
                    "with memguard_log_format = \"json\", run the worker under load, and advise on its log.")
     for host in report.hosts:
         e = host.evidence

@@ -141,7 +141,8 @@ class EvidenceCollector:
         for name, row in tasks.items():
             if not isinstance(row, dict) or not isinstance(name, str):
                 raise _Invalid("tasks")
-            rows.append((name[:200], _int(row, "calls") or 0, _int(row, "failed") or 0, _num(row, "own_peak_mib") or 0.0,
+            rows.append((_str({"task": name}, "task") or "?", _int(row, "calls") or 0, _int(row, "failed") or 0,
+                         _num(row, "own_peak_mib") or 0.0,
                          _num(row, "peak_mib") or 0.0, _num(row, "retained_mib") or 0.0, _num(row, "max_s") or 0.0,
                          _num(row, "total_s") or 0.0))
         readings = [_num(event, key) for key in ("master_rss_mib", "master_mib", "pool_mib", "available_mib",

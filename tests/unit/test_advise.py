@@ -47,7 +47,8 @@ def test_overload_log_advice_fits_the_effective_memory() -> None:
     e = host.evidence
     r = {x.key: x for x in host.recommendations}
     assert e.lost >= 2 and e.effective_memory_mib == 1024.0
-    n, hard, soft = r["worker_concurrency"].value, mib(r["memguard_hard_limit"].value), mib(r["memguard_soft_limit"].value)
+    n = r["worker_concurrency"].value
+    hard, soft = mib(r["memguard_hard_limit"].value), mib(r["memguard_soft_limit"].value)
     assert n * hard + (e.master_rss_max_mib or 0) <= e.effective_memory_mib * 0.9
     own = max(t.own_peak_max_mib for t in e.tasks.values())
     fresh = percentile(e.fresh_mib, 0.5) or 0
@@ -211,3 +212,11 @@ def test_hosts_and_tasks_are_bounded() -> None:
     assert len(hosts) == MAX_HOSTS + 1 and collector.not_itemised["hosts"] == 20
     assert len(next(h for h in hosts if h.hostname == "h0").tasks) == MAX_KEYS
     assert collector.not_itemised["tasks"] >= 20
+
+
+def test_task_names_with_terminal_escapes_are_cleaned() -> None:
+    collector = EvidenceCollector()
+    assert collector.feed({"event": "memguard.sample", "hostname": "h", "children": [],
+                           "tasks": {"evil\x1b[2J": {"calls": 3, "own_peak_mib": 1.0}}})
+    (e,) = collector.build()
+    assert list(e.tasks) == ["evil?[2J"]
