@@ -55,6 +55,10 @@ LONG_TASK_S = 10.0
 LONG_TASK_MAX_S = 60.0
 #: Retained MiB per call (child average) from which children are taken to grow.
 GROWTH_MIB_PER_CALL = 0.05
+#: The steady children's p95 size times this is the soft limit they ask for.
+STEADY_MARGIN = 1.25
+#: Growing children: recycles by count may take this share of ``memguard_max_throughput_loss``.
+RECYCLE_LOSS_SHARE = 0.2
 #: A task is heavy when one call needs this share of a child's hard limit, or HEAVY_MULTIPLE x the typical call.
 HEAVY_SHARE = 0.5
 HEAVY_MULTIPLE = 10.0
@@ -176,6 +180,7 @@ class _Sizing:
     fits: int
     hard: int
     soft: int
+    soft_rule: str
 
     @property
     def task_room(self) -> float:
@@ -216,23 +221,50 @@ def _growth(e: Evidence) -> float:
     return best if best >= GROWTH_MIB_PER_CALL else 0.0
 
 
-def _sizing(e: Evidence) -> _Sizing:
+def _sizing(e: Evidence, loss_cap: float) -> _Sizing:
     effective = float(e.effective_memory_mib or 0.0)
     master = float(e.master_rss_max_mib or e.master_max_mib or 0.0)
     headroom = max(HEADROOM_SHARE * effective, HEADROOM_MIN_MIB)
     fresh = percentile(e.fresh_mib, 0.5) or percentile(e.child_mib, 0.05) or 0.0
     peak_task = max(e.tasks.values(), key=lambda t: (t.own_peak_max_mib, t.task))
     own_peak = peak_task.own_peak_max_mib
-    sizing = _Sizing(effective, master, headroom, fresh, own_peak, peak_task.task, _growth(e), 0, 0, 0, 0)
+    sizing = _Sizing(effective, master, headroom, fresh, own_peak, peak_task.task, _growth(e), 0, 0, 0, 0, "")
     floor = fresh * PEAK_MARGIN + PEAK_SLACK_MIB
     need = floor + sizing.task_room
     sizing.fits = int(sizing.usable // need) if sizing.usable > 0 else 0
     current = e.concurrency or sizing.fits
     sizing.concurrency = max(1, min(current, sizing.fits))
     budget = sizing.usable / sizing.concurrency
-    sizing.hard = max(1, int(budget))
-    sizing.soft = max(1, int(sizing.hard - sizing.task_room))
+    want, sizing.soft_rule = _soft_wanted(e, sizing, loss_cap)
+    cap = budget - sizing.task_room
+    if want >= cap:
+        want, sizing.soft_rule = cap, (f"as much as fits: the children's share {int(budget)} MiB - room for the "
+                                       f"largest call")
+    sizing.soft = max(1, min(math.ceil(max(want, min(floor, cap))), int(cap)))
+    # hard = soft + room for the largest call, within the children's share; a valid pair even when nothing fits
+    sizing.hard = max(sizing.soft + 1, int(min(budget, math.ceil(sizing.soft + sizing.task_room))))
     return sizing
+
+
+def _soft_wanted(e: Evidence, s: _Sizing, loss_cap: float) -> tuple[float, str]:
+    """The soft limit the children's behaviour asks for (before the memory cap), and the rule that gave it.
+
+    Steady children: 1.25 x their p95 size (only outliers are recycled). Growing children: a fresh child
+    plus the calls whose recycle costs RECYCLE_LOSS_SHARE of the allowed throughput loss (the rest is left
+    for memory-driven recycles); without a measured spawn time, as much as the memory allows.
+    """
+    if not s.growth:
+        p95 = percentile(e.child_mib, 0.95) or 0.0
+        return p95 * STEADY_MARGIN, f"{STEADY_MARGIN} x the children's p95 size {p95:.0f} MiB"
+    spawn = percentile(e.spawn_times_s, 0.5)
+    duration = sum(t.total_s for t in e.tasks.values()) / max(e.calls, 1)
+    if spawn is None or duration <= 0:
+        return math.inf, ""
+    share = loss_cap * RECYCLE_LOSS_SHARE
+    calls = math.ceil(spawn * (1 - share) / (share * duration))
+    return (s.fresh + s.growth * calls,
+            f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB (a recycle every {calls} calls "
+            f"costs {share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
 
 
 def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
@@ -248,6 +280,9 @@ def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
     if e.lost:
         evidence.append(f"{e.lost} children lost ({e.lost_oom} likely OOM-killed)"
                         + (f", up to {_mib(e.lost_max_mem_mib)} when last read" if e.lost_max_mem_mib else ""))
+    if e.master_growth_mib_per_hour:
+        evidence.append(f"the master grows {e.master_growth_mib_per_hour:,.1f} MiB/h (memguard.master_growth): "
+                        f"the headroom shrinks by that much; restart the worker before it is gone")
     note = (f"{s.concurrency} x hard limit {s.hard} MiB + master {s.master:.0f} MiB + headroom {s.headroom:.0f} MiB "
             f"<= {s.effective:.0f} MiB")
     if s.fits < 1:
@@ -266,13 +301,16 @@ def _limits(e: Evidence, s: _Sizing) -> list[Recommendation]:
               f"{s.headroom:.0f} MiB <= effective memory {s.effective:.0f} MiB")
     hard_cfg, hard_cli = _size_setting("memguard_hard_limit", s.hard)
     soft_cfg, soft_cli = _size_setting("memguard_soft_limit", s.soft)
+    confidence = _confidence(e) if s.fits >= 1 else "low"
     hard = Recommendation("memguard_hard_limit", f"{s.hard}MiB", hard_cfg, hard_cli, [
         shared,
         f"largest own peak {_mib(s.own_peak)} ({s.peak_task}); soft limit {s.soft} MiB + that x{PEAK_MARGIN} "
         f"+ {PEAK_SLACK_MIB:.0f} MiB = {s.soft + s.task_room:.0f} MiB <= {s.hard} MiB",
-    ] + ([f"observed hard limit {e.hard_limit_mib:.0f} MiB"] if e.hard_limit_mib else []), _confidence(e))
+    ] + ([f"observed hard limit {e.hard_limit_mib:.0f} MiB"] if e.hard_limit_mib else []), confidence,
+        note=None if s.fits >= 1 else "no child fits with the largest call: see worker_concurrency")
     soft_evidence = [
-        f"hard limit {s.hard} MiB - room for the largest call {s.task_room:.0f} MiB",
+        f"{s.soft_rule or 'as much as the memory allows'}; room for the largest call {s.task_room:.0f} MiB "
+        f"above it, within the {s.hard} MiB hard limit",
         f"children: median {_mib(percentile(e.child_mib, 0.5) or 0.0)}, p95 {_mib(p95)}, max "
         f"{_mib(e.child_max_mib or 0.0)} over {len(e.child_mib)} readings; fresh child {_mib(s.fresh)}",
     ]
@@ -281,7 +319,7 @@ def _limits(e: Evidence, s: _Sizing) -> list[Recommendation]:
         note = (f"children's p95 ({p95:.0f} MiB) is above this soft limit: expect recycles; fewer children or "
                 f"routing {s.peak_task} away gives each child more room")
     return [hard, Recommendation("memguard_soft_limit", f"{s.soft}MiB", soft_cfg, soft_cli, soft_evidence,
-                                 _confidence(e), note=note)]
+                                 confidence, note=note)]
 
 
 def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
@@ -336,7 +374,7 @@ def _long_tasks(e: Evidence) -> list[Recommendation]:
                                                 "(see the redelivery-loop advice for tasks that kill their child)")]
 
 
-def _heavy(e: Evidence, s: _Sizing) -> list[Recommendation]:
+def _heavy(e: Evidence, s: _Sizing, loss_cap: float) -> list[Recommendation]:
     peaks = sorted(t.own_peak_max_mib for t in e.tasks.values() if t.calls)
     typical = percentile(peaks, 0.5) or 0.0
     out = []
@@ -352,7 +390,7 @@ def _heavy(e: Evidence, s: _Sizing) -> list[Recommendation]:
                             f"{s.hard} MiB hard limit)")
             rest = {name: other for name, other in e.tasks.items() if name != t.task and other.calls}
             if rest:
-                without = _sizing(replace(e, tasks=rest))
+                without = _sizing(replace(e, tasks=rest), loss_cap)
                 evidence.append(f"without it this worker fits {without.fits} children (concurrency "
                                 f"{without.concurrency}, hard limit {without.hard} MiB, soft {without.soft} MiB)")
         out.append(Recommendation(
@@ -392,11 +430,11 @@ def advise(e: Evidence, max_throughput_loss: float | None = None) -> list[Recomm
             out.append(Recommendation(key, None, None, None, [f"{e.samples} samples, {e.calls} task calls over "
                                                               f"{_span(e.span_s)}"], None, missing=missing))
     else:
-        sizing = _sizing(e)
+        sizing = _sizing(e, loss_cap)
         out.append(_concurrency(e, sizing))
         out.extend(_limits(e, sizing))
         out.append(_recycling(e, sizing, loss_cap))
-        out.extend(_heavy(e, sizing))
+        out.extend(_heavy(e, sizing, loss_cap))
     out.extend(_long_tasks(e))
     out.extend(_redelivery(e))
     return out

@@ -43,6 +43,8 @@ __all__ = ["run_report", "run_advise", "main", "memguard", "render_status", "FOR
 FORMATS = ("text", "json", "html")
 #: ``status`` prints text or JSON (a live reply has no timelines to draw).
 STATUS_FORMATS = ("text", "json")
+#: ``advise`` prints text or JSON.
+ADVISE_FORMATS = ("text", "json")
 EXIT_OK = 0
 EXIT_NO_INPUT = 2
 #: The program name shown in usage lines when run as the console script or ``python -m celery_memguard``.
@@ -141,7 +143,7 @@ def report_command(ctx: click.Context, files: tuple[str, ...], fmt: str, output:
 
 @memguard.command(name="advise")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("--format", "fmt", type=click.Choice(STATUS_FORMATS), default="text", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(ADVISE_FORMATS), default="text", show_default=True,
               help="output format")
 @click.pass_context
 def advise_command(ctx: click.Context, files: tuple[str, ...], fmt: str) -> None:

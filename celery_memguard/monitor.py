@@ -155,6 +155,7 @@ class Monitor:
         on_poll: Callable[[PollView], None] | None = None,
         pace: AdaptivePace | None = None,
         watch: "PressureWatch | None" = None,
+        on_tasks: Callable[[list[TaskSample]], None] | None = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
         self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
@@ -174,6 +175,9 @@ class Monitor:
         self.leak_rates = _leak_rates(self.detectors)
         #: Called with each poll\'s :class:`PollView` (``memguard.sample``, see :mod:`celery_memguard.sampling`).
         self.on_poll = on_poll
+        #: Called with each batch of finished-task records (``memguard.sample``'s ``tasks``, see
+        #: :mod:`celery_memguard.sampling`).
+        self.on_tasks = on_tasks
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
@@ -517,7 +521,7 @@ class Monitor:
 
     def _drain_all(self, now: float) -> None:
         """Read every slot's new finished-task records (also those of children that just exited)."""
-        if self.board is None or not self.detectors:
+        if self.board is None or (self.on_tasks is None and not self.detectors):
             return
         for index in range(min(self.board.slots, self._top_index + 1)):
             since = self._drained.get(index, 0)
@@ -527,6 +531,11 @@ class Monitor:
                 self._dispatch(records, now)
 
     def _dispatch(self, records: list[TaskSample], now: float) -> None:
+        if self.on_tasks is not None:
+            try:
+                self.on_tasks(records)
+            except Exception as exc:  # fail open: the detectors still get the records
+                events.error("monitor.on_tasks", exc)
         for detector in self.detectors:
             for record in records:
                 if not self._feed(detector, detector.observe_task, record, now):

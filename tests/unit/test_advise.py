@@ -124,6 +124,11 @@ def test_concurrency_never_raised_and_not_even_one_child() -> None:
     r = {x.key: x for x in advise(huge)}
     assert r["worker_concurrency"].value == 1 and r["worker_concurrency"].confidence == "low"
     assert "not even one child fits" in r["worker_concurrency"].note
+    assert r["memguard_hard_limit"].confidence == r["memguard_soft_limit"].confidence == "low"
+    assert mib(r["memguard_soft_limit"].value) < mib(r["memguard_hard_limit"].value)
+    tiny = _evidence(effective_memory_mib=100.0)  # less than master + headroom: nothing is usable
+    r = {x.key: x for x in advise(tiny)}
+    assert 1 <= mib(r["memguard_soft_limit"].value) < mib(r["memguard_hard_limit"].value)
 
 
 def test_cli_three_ways_and_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -220,3 +225,23 @@ def test_task_names_with_terminal_escapes_are_cleaned() -> None:
                            "tasks": {"evil\x1b[2J": {"calls": 3, "own_peak_mib": 1.0}}})
     (e,) = collector.build()
     assert list(e.tasks) == ["evil?[2J"]
+
+
+def test_advised_limits_are_always_a_valid_configuration() -> None:
+    """Whatever the evidence, the advised soft and hard limits pass MemGuard's own validation, and
+    concurrency x hard limit never exceeds what the effective memory leaves after master and headroom."""
+    from celery_memguard.config import MemGuardConfig
+
+    rnd = random.Random(11)
+    for _ in range(300):
+        effective = rnd.choice([64.0, 512.0, 1024.0, 4096.0, 65536.0]) * rnd.uniform(0.5, 2)
+        e = _evidence(effective_memory_mib=effective, concurrency=rnd.randint(1, 64),
+                      master_rss_max_mib=rnd.uniform(0, effective / 2), fresh_mib=[rnd.uniform(5, 500)],
+                      tasks={"t": TaskEvidence("t", calls=100, own_peak_max_mib=rnd.uniform(0, effective),
+                                               retained_mib=rnd.uniform(0, 5000), total_s=rnd.uniform(0.1, 500))})
+        r = {x.key: x for x in advise(e)}
+        soft, hard = r["memguard_soft_limit"].value, r["memguard_hard_limit"].value
+        MemGuardConfig.from_mapping({"memguard_soft_limit": soft, "memguard_hard_limit": hard}, int(effective * 2**20))
+        if r["worker_concurrency"].confidence != "low":
+            usable = effective - e.master_rss_max_mib - max(0.1 * effective, 32.0)
+            assert r["worker_concurrency"].value * mib(hard) <= usable
