@@ -30,7 +30,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_pressure import MiB, Cgroup, Outcome, Variant, flush, log, machine, run_variant  # noqa: E402
+from _common import flush_db  # noqa: E402
+from bench_pressure import Outcome, Variant, log, machine, run_variant  # noqa: E402
+from tests.harness import CgroupUnavailable, MemoryCgroup  # noqa: E402
 
 #: The advised settings the replay applies (everything else stays as in the naive run).
 APPLIED = ("worker_concurrency", "memguard_soft_limit", "memguard_hard_limit", "worker_max_tasks_per_child")
@@ -46,10 +48,10 @@ def advise(events: Path) -> dict[str, object]:
     return {r["key"]: r["value"] for r in hosts[0]["recommendations"]}
 
 
-def one_round(args: argparse.Namespace, cgroup: Cgroup, run_dir: Path) -> tuple[Outcome, dict[str, object], Outcome]:
-    naive = Variant("naive (no limits, c=4)", True, {"memguard_sample_interval": 0.5})
+def one_round(args: argparse.Namespace, run_dir: Path) -> tuple[Outcome, dict[str, object], Outcome]:
+    naive = Variant(f"naive (no limits, c={args.concurrency})", True, {"memguard_sample_interval": 0.5})
     before = set(run_dir.glob("*.jsonl"))
-    first = run_variant(naive, args, cgroup, run_dir)
+    first = run_variant(naive, args, False, run_dir)
     (events,) = set(run_dir.glob("*.jsonl")) - before
     advised = advise(events)
     log(f"  advised: {advised}")
@@ -64,7 +66,7 @@ def one_round(args: argparse.Namespace, cgroup: Cgroup, run_dir: Path) -> tuple[
         else:
             conf[key] = value
     label = ", ".join(f"{k}={advised.get(k)}" for k in APPLIED)
-    second = run_variant(Variant(f"replay ({label})", True, conf), replay_args, cgroup, run_dir)
+    second = run_variant(Variant(f"replay ({label})", True, conf), replay_args, False, run_dir)
     return first, advised, second
 
 
@@ -87,7 +89,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    cgroup = Cgroup(args.limit_mib * MiB)  # needs root and a cgroup v1 memory controller
+    try:  # each run gets a fresh memory cgroup (bench_pressure.run_variant): check one can be made
+        MemoryCgroup.create(64 * 2**20, prefix="mg-bench").remove()
+    except CgroupUnavailable as exc:
+        log(f"needs a cgroup v1 memory controller and root: {exc}")
+        return 2
     run_dir = Path(f"/tmp/bench-advise-{os.getpid()}")
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -95,13 +101,12 @@ def main() -> int:
     try:
         for round_ in range(args.rounds):
             log(f"round {round_ + 1}/{args.rounds} ...")
-            naive, advised, replay = one_round(args, cgroup, run_dir)
+            naive, advised, replay = one_round(args, run_dir)
             log(f"  naive: {naive}\n  replay: {replay}")
             rows.append(row(naive, args.concurrency, 1 / args.sleep))
             rows.append(row(replay, int(advised.get("worker_concurrency") or args.concurrency), 1 / args.sleep))
     finally:
-        cgroup.remove()
-        flush(args.broker)
+        flush_db(args.broker)
     print(f"# Advisor benchmark, {started:%Y-%m-%d %H:%M} UTC\n")
     print(f"machine: {machine()}")
     print(f"scenario: a {args.limit_mib} MiB cgroup v1 memory cgroup; {args.tasks} tasks, each keeping "

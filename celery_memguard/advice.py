@@ -17,15 +17,19 @@ The sizing, all in MiB of the configured metric (USS by default), the master by 
   a child that has run nothing (``memguard.limit_unreachable``);
 * ``concurrency`` = the most children whose hard limit (floor + task room) fits in
   effective memory - master - headroom, never above the observed concurrency;
-* ``hard limit`` = that memory shared by the children (so *concurrency x hard limit +
-  master + headroom <= effective memory*: children held at their hard limit cannot
-  exhaust the machine), ``soft limit`` = hard limit - task room (a child recycled
-  there still has room for its next call);
+* ``soft limit``: what the children ask for: 1.25 x their p95 size when they are steady;
+  when they grow per call, a fresh child plus the calls between recycles that cost
+  :data:`RECYCLE_LOSS_SHARE` of ``memguard_max_throughput_loss`` (the measured spawn time
+  over the work done between recycles); never above the children's share of the memory
+  minus the task room, never below the child floor;
+* ``hard limit`` = soft limit + task room, within the children's share, so *concurrency x
+  hard limit + master + headroom <= effective memory*: children held at their hard limit
+  cannot exhaust the machine, and a child recycled at its soft limit has room for a call;
 * when children grow per call (retained memory, or a leak suspect), ``worker_max_tasks_per_child``
   = the calls that take a fresh child to the soft limit; it is checked by the child
-  itself after every task, so no poll can be too late. What that costs is the
-  measured spawn time over the work a child does between recycles; above
-  ``memguard_max_throughput_loss`` (0.25) the advice says so and names the leak to fix.
+  itself after every task, so no poll can be too late. Its cost is at least the spawn
+  time (fork to ready) over the work a child does between recycles; above
+  ``memguard_max_throughput_loss`` (0.25) the advice says so and names the growth to fix.
 """
 
 from __future__ import annotations
@@ -264,7 +268,7 @@ def _soft_wanted(e: Evidence, s: _Sizing, loss_cap: float) -> tuple[float, str]:
     calls = math.ceil(spawn * (1 - share) / (share * duration))
     return (s.fresh + s.growth * calls,
             f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB (a recycle every {calls} calls "
-            f"costs {share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
+            f"costs at least {share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
 
 
 def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
@@ -333,7 +337,7 @@ def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
                                                    for t in e.tasks.values() if t.leak_kib_per_call) if any(
                     t.leak_kib_per_call for t in e.tasks.values()) else ""),
                 f"mean call {duration:.3f} s; spawn time {'?' if spawn is None else f'{spawn:.2f} s'} "
-                f"(median of {len(e.spawn_times_s)})"]
+                f"(fork to ready, median of {len(e.spawn_times_s)})"]
     if e.recycles:
         evidence.append(f"observed {e.recycles} recycles (" + ", ".join(
             f"{k} {v}" for k, v in sorted(e.recycle_reasons.items(), key=lambda kv: -kv[1])) + ")")
@@ -347,7 +351,7 @@ def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
         evidence.append("throughput cost unknown: no spawn time measured (memguard.sample spawn_time_s)")
         note = None
     else:
-        evidence.append(f"a recycle every {per_child} calls costs {cost:.0%} of a child's time "
+        evidence.append(f"a recycle every {per_child} calls costs at least {cost:.0%} of a child's time "
                         f"(spawn / (calls x mean call + spawn)); allowed: {loss_cap:.0%} "
                         f"(memguard_max_throughput_loss)")
         note = None if cost <= loss_cap else (

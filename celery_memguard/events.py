@@ -206,7 +206,8 @@ EVENT_DOCS: dict[str, str] = {
                            "Orders still reach the child (they go to its order-watcher thread); an idle child "
                            "asked to leave then does so after its next task.",
     SAMPLE: "Every `memguard_sample_interval` seconds (default 60): what the latest poll read, nothing measured "
-            "for it; the HTML report's timelines.",
+            "for it, and the tasks finished since the previous sample (once more at stop); the HTML report's "
+            "timelines and `celery memguard advise`'s evidence.",
     LEAK_SUSPECTED: "A task retains memory per call (level warning); logged once, then again on material change.",
     LEAK_CLEARED: "A leak suspect stopped growing.",
     GROWTH_WATCH: "Informational (level info), not a leak finding: a task's retained memory grows but is not "
@@ -392,6 +393,13 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
     (SAMPLE, "children"): "one entry per child: `slot`, `pid`, `mem_mib`, `rss_mib`, `tasks`; `exact: false` when "
                           "`mem_mib` is the monitor's upper bound, `metric: \"rss\"` when RSS stands in",
     (SAMPLE, "metric"): "the configured metric",
+    (SAMPLE, "tasks"): "the tasks that finished since the previous sample, by name (at most 64, the rest under "
+                       "`(other)`): `calls`, `failed`, `own_peak_mib` (the most one call needed above its child's "
+                       "RSS at the start), `peak_mib` (the child's largest RSS high-watermark during a call), "
+                       "`retained_mib` (RSS kept, summed), `max_s`, `total_s`; what `celery memguard advise` "
+                       "sizes limits from",
+    (SAMPLE, "spawn_time_s"): "median measured time from fork to a ready pool child, seconds (null before one "
+                              "is measured): what a recycle costs",
     (LEAK_SUSPECTED, "children"): "children the task grew in",
     (GROWTH_WATCH, "children"): "children the task grew in",
     (PRESSURE_UNRELIEVED, "children"): "children alive",
