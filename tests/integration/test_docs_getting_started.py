@@ -254,6 +254,7 @@ def test_getting_started_page_runs_as_written(reader: Reader) -> None:
     last_output = ""
     for step in steps:
         where = f"docs/getting-started.md line {step.line}"
+        began = time.monotonic()
         if step.kind == "install":
             assert re.search(r"\bpip install celery-memguard\b", step.body), where
             name = re.search(r'^name = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
@@ -279,4 +280,5 @@ def test_getting_started_page_runs_as_written(reader: Reader) -> None:
                 missing = unmatched(step.body, last_output)
             assert missing is None, (f"{where}: the page shows {missing!r}, which the command did not print:\n"
                                      f"{last_output}\n{reader.worker_tail()}")
+        print(f"[docs-test] line {step.line} {step.kind} {step.arg}: {time.monotonic() - began:.1f} s")
     assert reader.workers >= 2
