@@ -242,6 +242,8 @@ class MemGuardConfig:
     pool_limit: int | None = None
     pool_hard_limit: int | None = None
     min_available: int | None = None
+    #: Available memory below which the fastest-growing running task is stopped (None: never).
+    critical_available: int | None = None
     psi_threshold: float | None = None
     pressure_min_relief: int | None = 32 * MiB
     pressure_retry: float = 30.0
@@ -303,6 +305,10 @@ class MemGuardConfig:
                     and values[key] != DEFAULTS[key]:
                 raise ConfigError(names[key], raws[key],
                                   f"a size below the effective memory ({effective_memory // MiB} MiB)")
+        critical, floor = values["critical_available"], values["min_available"]
+        if critical is not None and (floor is None or critical >= floor):
+            raise ConfigError(names["critical_available"], raws["critical_available"],
+                              f"a size below {names['min_available']} (which must be set)")
         if values["log_target"] == "logging" and values["log_file"] is not None:
             raise ConfigError(names["log_file"], raws["log_file"],
                               'None with memguard_log_target="logging" (events go to the celery_memguard logger; '
@@ -384,6 +390,7 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "pool_limit": _optional_size,
     "pool_hard_limit": _optional_size,
     "min_available": _optional_size,
+    "critical_available": _optional_size,
     "psi_threshold": _fraction(0.0, 100.0, optional=True),
     "pressure_min_relief": _optional_size,
     "pressure_retry": _seconds(0.0, 3600.0),
@@ -492,6 +499,12 @@ KEY_DOCS: dict[str, KeyDoc] = {
         'size or `None`',
         'less memory available (cgroup v2/v1 or host `MemAvailable`): recycle the largest idle child, then '
         'the largest busy one (reason `pressure`)'),
+    "critical_available": KeyDoc(
+        'size below `memguard_min_available`, or `None`',
+        'less memory available than this means the worker is about to be OOM-killed: the running task of the '
+        'fastest-growing child (its RSS grew since the last poll) is stopped at once with `MemoryLimitExceeded`, '
+        'one at a time (reason `pressure`, trigger `critical`). A task that is not growing is never stopped for '
+        'it. `None`: never'),
     "psi_threshold": KeyDoc(
         '0–100 or `None`',
         'memory PSI `some avg10` above it counts as pressure too'),

@@ -236,7 +236,7 @@ EVENT_DOCS: dict[str, str] = {
 _DECISION_EXTRAS = ("limit_s", "limit_tasks", "ranking", "tasks_run", "lifetime_s", "max_lifetime_s", "max_tasks",
                     "total", "pool_limit", "pool_hard_limit", "over_hard_limit_s", "leak_bytes_per_second", "eta_s",
                     "horizon_s", "trigger", "available", "min_available", "psi_some_avg10", "psi_threshold", "idle",
-                    "lasting_relief")
+                    "lasting_relief", "critical_available", "growth_mib_per_s")
 EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     name: tuple(key for key in _DECISION_EXTRAS if key not in EVENT_KEYS[name])
     for name in (CHILD_RECYCLED, WOULD_RECYCLE, TASK_KILLED, WOULD_KILL)
@@ -335,7 +335,7 @@ KEY_DOCS: dict[str, str] = {
     "reasons": "recycles in the window, by reason",
     "cause": "a sentence naming the cause",
     "fresh_child_mib": "a freshly forked child's memory, MiB in `metric`",
-    "trigger": "what signalled pressure: `available` or `psi`",
+    "trigger": "what signalled pressure: `available`, `psi`, or `critical` (below `memguard_critical_available`)",
     "available": "available memory, bytes",
     "min_available": "`memguard_min_available`, bytes",
     "psi_some_avg10": "memory PSI `some avg10`, percent (null where not readable)",
@@ -368,14 +368,19 @@ KEY_DOCS: dict[str, str] = {
     "eta_s": "seconds until it would cross its limit (`leak_projection`)",
     "horizon_s": "`memguard_leak_horizon`, seconds (`leak_projection`)",
     "idle": "whether the child was idle (`pressure`)",
+    "critical_available": "`memguard_critical_available`, bytes (`pressure`, trigger `critical`)",
+    "growth_mib_per_s": "how fast the stopped task's child grew since the previous poll, MiB/s (`pressure`, "
+                        "trigger `critical`)",
     "lasting_relief": "whether the child holds `memguard_pressure_min_relief` more than a fresh one (`pressure`; "
                       "false for a fallback recycle)",
 }
 
 #: Meanings that differ for one event: ``(event, key) -> meaning``.
 EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
-    (TASK_KILLED, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), or a custom policy's",
-    (WOULD_KILL, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), or a custom policy's",
+    (TASK_KILLED, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), `pressure` (below "
+                             "`memguard_critical_available`), or a custom policy's",
+    (WOULD_KILL, "reason"): "why: `hard_limit`, `pool_limit` (the pool hard limit), `pressure` (below "
+                            "`memguard_critical_available`), or a custom policy's",
     (LEAK_CLEARED, "reason"): "why the suspicion was dropped",
     (GROWTH_WATCH, "reason"): "why the task is watched, or why it settled",
     (CHILD_LOST, "reason"): "why `likely_oom` says what it says",

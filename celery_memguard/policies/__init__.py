@@ -83,7 +83,8 @@ def build_policies(
     if config.min_available is not None or config.psi_threshold is not None:
         policies.append(SystemPressure(min_available=config.min_available, psi_threshold=config.psi_threshold,
                                        min_relief=config.pressure_min_relief,
-                                       retry_unrelieved=config.pressure_retry))
+                                       retry_unrelieved=config.pressure_retry,
+                                       critical_available=config.critical_available))
     policies.extend(load_policy(entry, config) for entry in (*config.policies, *extra))
     return policies
 

@@ -46,6 +46,20 @@ from them: between exact readings a child's memory is only an upper bound (its R
 when no per-child limit asks for more), which cannot tell copy-on-write copies from
 shared pages. The choice waits for that one extra poll, no longer.
 
+The victim goes at once when idle; so may other idle candidates: when the pressure is low available
+memory, the idle candidates after the victim (largest first) are ordered out together with it until
+what they are expected to free (each one's RSS beyond a fresh child's) covers the shortfall
+(``min_available`` minus available memory and the relief already expected). An idle child loses no
+work, and memory that fills in under a second is not relieved one poll at a time. Busy candidates still
+go one at a time, after their task. The victims' memory is credited as relief as each of them leaves.
+
+With ``critical_available`` (``memguard_critical_available``, below ``min_available``), available memory
+below it, relief credited, means the worker is about to be OOM-killed: the running task of the
+fastest-growing busy child (its RSS grew since the previous poll, and it holds ``min_relief`` more than
+a fresh child; the largest among equals) is stopped at once (``KILL``, hard: never debounced nor
+deferred; trigger ``critical``), one at a time. A child whose task is not growing is never stopped for
+it: memory held outside the tasks cannot be freed by stopping them.
+
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
 has been freed: when PSI alone signals pressure, the next victim is chosen only
 ``psi_settle`` seconds after the previous one has gone. Low available memory does
@@ -113,9 +127,13 @@ class SystemPressure(PoolPolicy):
         relief_settle: float = 1.0,
         min_relief: int | None = DEFAULTS["pressure_min_relief"],
         retry_unrelieved: float = DEFAULTS["pressure_retry"],
+        critical_available: int | None = None,
     ) -> None:
         if min_available is None and psi_threshold is None:
             raise ValueError("set min_available, psi_threshold or both")
+        if critical_available is not None and (critical_available <= 0 or (
+                min_available is not None and critical_available >= min_available)):
+            raise ValueError("critical_available must be > 0 and below min_available")
         if min_available is not None and min_available <= 0:
             raise ValueError("min_available must be > 0")
         if psi_threshold is not None and not 0 < psi_threshold < 100:
@@ -132,6 +150,10 @@ class SystemPressure(PoolPolicy):
         self.relief_settle = relief_settle
         self.min_relief = min_relief
         self.retry_unrelieved = retry_unrelieved
+        self.critical_available = critical_available
+        self._extra: dict[int, int] = {}  # idle children ordered out with the victim: pid -> last memory
+        self._stopping: int | None = None  # the child whose task a critical shortage stopped, until it leaves
+        self._rss_seen: dict[int, tuple[int, float]] = {}  # pid -> (RSS, poll time) at the previous poll
         self._victim: int | None = None
         self._victim_mem = 0
         self._ranking: tuple[tuple[int, int], ...] = ()
@@ -186,31 +208,47 @@ class SystemPressure(PoolPolicy):
             return 0
         return unseen
 
+    def _expect_relief(self, children: dict[int, ChildSample], now: float) -> None:
+        """Credit the memory of every victim that left since the last poll as relief (one sum)."""
+        if self._victim is not None and self._victim not in children:
+            self.child_exited(self._victim)
+        if self._victim is not None:
+            self._victim_mem = children[self._victim].mem
+        gone = 0
+        for pid in [p for p in self._extra if p not in children]:
+            gone += self._extra.pop(pid)
+        for pid in self._extra:
+            self._extra[pid] = children[pid].mem
+        if self._victim_gone:
+            gone += self._victim_mem
+        if not gone:
+            return
+        used_before = self._last_system.used if self._last_system is not None else None
+        if self._relief is not None:  # a relief still expected: the new one adds to what is still unseen
+            gone += self._relief.mem - self._relief.freed
+        self._victim_gone, self._gone_at = False, now
+        self._relief = _Relief(gone, now, used_before)
+
     def check_pool(self, children: Sequence[ChildSample], now: float, system: SystemSample | None) -> list[Verdict]:
         by_pid = {c.pid: c for c in children}
         for child in children:
             if child.pid not in self._seen:
                 self._seen.add(child.pid)
                 self._first_rss.append(child.rss)
-        if self._victim is not None and self._victim not in by_pid:
-            self.child_exited(self._victim)
-        if self._victim is not None:
-            self._victim_mem = by_pid[self._victim].mem
-        if self._victim_gone:
-            used_before = self._last_system.used if self._last_system is not None else None
-            self._victim_gone, self._gone_at = False, now
-            self._relief = _Relief(self._victim_mem, now, used_before)
+        self._expect_relief(by_pid, now)
         if system is not None:
             self._last_system = system
         relief = self.pending_relief(system) if system is not None else 0
         trigger = self.trigger(system, relief)
+        stop = self._critical(children, now, system, relief)
         if trigger is None or system is None:
             self._unrelieved_reported, self._unrelieved_since = False, None
             self.threshold, self._asked_exact = None, False
             if self._victim is not None and not by_pid[self._victim].leaving:
                 self._victim = None  # named but not ordered out: choose afresh at the next pressure
-            return []  # a victim already leaving stays tracked, so its relief is expected when it goes
-        if self._victim is None:
+            self._extra = {pid: mem for pid, mem in self._extra.items() if by_pid[pid].leaving}
+            return stop  # a victim already leaving stays tracked, so its relief is expected when it goes
+        if self._victim is None and not self._extra:
             if trigger == "psi" and self._gone_at is not None and now - self._gone_at < self.psi_settle:
                 return []  # PSI still reflects the pressure the last recycle relieved
             staying = [c for c in children if not c.leaving]
@@ -232,18 +270,67 @@ class SystemPressure(PoolPolicy):
                 ranked = rank_idle_first(staying)
             self._victim, self._victim_mem = ranked[0].pid, ranked[0].mem
             self._ranking = tuple((c.pid, c.mem) for c in ranked)
+            if trigger == "available" and self._lasting:
+                self._extra = self._idle_sweep(ranked, system, relief)
+        named = ([self._victim] if self._victim is not None else []) + list(self._extra)
+        return stop + [(pid, self._violation(trigger, system, by_pid[pid])) for pid in named
+                       if pid in by_pid and pid != self._stopping]
+
+    def _violation(self, trigger: str, system: SystemSample, child: ChildSample) -> Violation:
         detail = (
             ("trigger", trigger),
             ("available", system.available),
             ("min_available", self.min_available),
             ("psi_some_avg10", system.psi_some_avg10),
             ("psi_threshold", self.psi_threshold),
-            ("idle", not by_pid[self._victim].busy),
+            ("idle", not child.busy),
             ("lasting_relief", self._lasting),
         )
-        violation = Violation(Action.RECYCLE, self.reason, self.min_available or 0, ranking=self._ranking,
-                              detail=detail)
-        return [(self._victim, violation)]
+        return Violation(Action.RECYCLE, self.reason, self.min_available or 0, ranking=self._ranking, detail=detail)
+
+    def _expected(self, child: ChildSample) -> int:
+        """What recycling ``child`` frees for good: its RSS beyond a fresh child's (all of it before any is known)."""
+        return max(0, child.rss - (self.fresh_rss or 0))
+
+    def _idle_sweep(self, ranked: Sequence[ChildSample], system: SystemSample, relief: int) -> dict[int, int]:
+        """Idle candidates after the (idle) victim, largest first, until their expected relief covers the shortfall."""
+        assert self.min_available is not None
+        if ranked[0].busy:
+            return {}
+        shortfall = self.min_available - system.available - relief - self._expected(ranked[0])
+        sweep: dict[int, int] = {}
+        for child in ranked[1:]:
+            if shortfall <= 0 or child.busy:
+                break
+            sweep[child.pid] = child.mem
+            shortfall -= self._expected(child)
+        return sweep
+
+    def _critical(self, children: Sequence[ChildSample], now: float, system: SystemSample | None,
+                  relief: int) -> list[Verdict]:
+        """Below ``critical_available``: stop the task of the fastest-growing busy child (see module doc)."""
+        seen, self._rss_seen = self._rss_seen, {c.pid: (c.rss, now) for c in children}
+        if self._stopping is not None and all(c.pid != self._stopping for c in children):
+            self._stopping = None
+        if (self.critical_available is None or system is None or self._stopping is not None
+                or system.available + relief >= self.critical_available):
+            return []
+        growing = []
+        for child in children:
+            before = seen.get(child.pid)
+            if not child.busy or child.pending is Action.KILL or before is None or now <= before[1]:
+                continue
+            rate = (child.rss - before[0]) / (now - before[1])
+            if rate > 0 and self.worth_recycling(child):
+                growing.append((rate, child.rss, child))
+        if not growing:
+            return []
+        rate, _, victim = max(growing, key=lambda g: (g[0], g[1]))
+        self._stopping = victim.pid
+        detail = (("trigger", "critical"), ("available", system.available),
+                  ("critical_available", self.critical_available), ("growth_mib_per_s", round(rate / 2**20, 1)),
+                  ("idle", False), ("lasting_relief", True))
+        return [(victim.pid, Violation(Action.KILL, self.reason, self.critical_available, detail=detail, hard=True))]
 
     def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample, trigger: str) -> None:
         """One finding per episode: under pressure, and no child holds ``min_relief`` more than a fresh one."""
@@ -272,6 +359,7 @@ class SystemPressure(PoolPolicy):
 
     def child_exited(self, pid: int) -> None:
         self._seen.discard(pid)
+        self._rss_seen.pop(pid, None)
         if pid == self._victim:
             self._victim, self._victim_gone = None, True
 

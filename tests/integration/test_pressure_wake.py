@@ -82,3 +82,28 @@ def test_without_kernel_notifications_adaptive_polling_says_so_and_still_acts(
     assert outcome.state == "SUCCESS", outcome
     recycled = worker.wait_for_event("memguard.child_recycled", 10, where=lambda e: e["pid"] == outcome.value["pid"])
     print(f"adaptive polling: crossing -> recycle {(_ts(recycled) - outcome.value['crossed']) * 1000:.0f} ms")
+
+
+def test_below_the_critical_floor_the_growing_task_is_stopped_before_the_oom_killer(
+        in_cgroup: MemoryCgroup, start_worker: StartWorker, redis_url: str) -> None:
+    """A task growing ~400 MiB/s towards 700 MiB in a 600 MiB cgroup: below memguard_critical_available its task is
+    stopped (MemoryLimitExceeded, ``memguard.task_killed`` reason pressure, trigger critical, with task, memory and
+    limit), the kernel's OOM killer never acts, and the other child's task is untouched."""
+    oom_before = in_cgroup.oom_kills()
+    worker = start_worker(redis_url, concurrency=2, wrapper=in_cgroup.join_command(), conf={
+        "imports": [MODULE], "memguard_min_available": f"{LEVEL_MIB}MiB", "memguard_critical_available": "120MiB",
+    })
+    (watch,) = worker.events("memguard.pressure_watch")
+    assert 600 - 120 in watch["thresholds_mib"], watch
+    bystander = worker.send("pw.fill_below", 0, 4, 0.0, 20)  # keeps 20 MiB and returns
+    grower = worker.send("pw.fill_below", 0, 4, 0.0, 700, 0.01)  # never "crosses" level 0: grows to 700 MiB
+    by, grown = worker.collect([bystander, grower], timeout=60)
+    assert by.state == "SUCCESS", by
+    assert grown.state == "FAILURE" and "MemoryLimitExceeded" in (grown.traceback or ""), (grown.state, grown.value)
+    (killed,) = worker.events("memguard.task_killed")
+    assert (killed["reason"], killed["trigger"], killed["task"]) == ("pressure", "critical", "pw.fill_below"), killed
+    assert killed["limit_mib"] == 120 and killed["mem_mib"] > 200 and killed["growth_mib_per_s"] > 0, killed
+    assert killed["task_id"] == grower.id
+    assert in_cgroup.oom_kills() == oom_before
+    assert [e for e in worker.events("memguard.child_lost")] == []
+    assert worker.events("memguard.error") == []

@@ -390,3 +390,37 @@ class TestPressureRetry:
         with pytest.raises(ConfigError) as info:
             MemGuardConfig.from_mapping({"memguard_pressure_retry": value}, MEM)
         assert "memguard_pressure_retry" == info.value.key and "seconds in [0.0, 3600.0]" in str(info.value)
+
+
+class TestPressureWakeAndCriticalAvailable:
+    """memguard_pressure_wake (how pressure reaches the monitor) and memguard_critical_available."""
+
+    def test_defaults(self) -> None:
+        config = MemGuardConfig.from_mapping({}, MEM)
+        assert ("auto", None) == (config.pressure_wake, config.critical_available)
+
+    @pytest.mark.parametrize("value", ["AUTO", "adaptive", "interval"])
+    def test_wake_modes(self, value: str) -> None:
+        assert value.lower() == MemGuardConfig.from_mapping({"memguard_pressure_wake": value}, MEM).pressure_wake
+
+    @pytest.mark.parametrize("value", ["psi", "", None, 1])
+    def test_wake_rejected(self, value: Any) -> None:
+        with pytest.raises(ConfigError) as info:
+            MemGuardConfig.from_mapping({"memguard_pressure_wake": value}, MEM)
+        assert "memguard_pressure_wake" == info.value.key and "'auto', 'adaptive', 'interval'" in str(info.value)
+
+    def test_critical_available_handed_to_the_policy(self) -> None:
+        from celery_memguard.policies import SystemPressure, build_policies
+
+        config = MemGuardConfig.from_mapping({"memguard_min_available": "25%", "memguard_critical_available": "5%"},
+                                             MEM)
+        [pressure] = [p for p in build_policies(config) if isinstance(p, SystemPressure)]
+        assert MEM // 20 == pressure.critical_available == config.critical_available
+
+    @pytest.mark.parametrize("conf", [{"memguard_critical_available": "5%"},
+                                      {"memguard_critical_available": "25%", "memguard_min_available": "25%"},
+                                      {"memguard_critical_available": "30%", "memguard_min_available": "25%"}])
+    def test_critical_available_must_be_below_min_available(self, conf: dict[str, Any]) -> None:
+        with pytest.raises(ConfigError) as info:
+            MemGuardConfig.from_mapping(conf, MEM)
+        assert "memguard_critical_available" == info.value.key and "below memguard_min_available" in str(info.value)

@@ -33,7 +33,7 @@ class TestSystemPressure:
     def test_largest_idle_child_first(self) -> None:
         """Under pressure the largest idle child is chosen over a larger busy one; idle ones rank first."""
         policy = SystemPressure(min_available=MIN, min_relief=None)  # every child a candidate: the ranking alone
-        [(pid, violation)] = policy.check_pool(mixed(), 0.0, system(100))
+        (pid, violation), _swept = policy.check_pool(mixed(), 0.0, system(100))
         assert 2 == pid
         assert (Action.RECYCLE, "pressure", MIN) == (violation.action, violation.reason, violation.limit)
         assert ((2, 400 * MiB), (3, 300 * MiB), (1, 900 * MiB), (4, 200 * MiB)) == violation.ranking
@@ -46,11 +46,11 @@ class TestSystemPressure:
         assert [2] == [pid for pid, _ in SystemPressure(min_available=MIN).check_pool(children, 0.0, system(10))]
 
     def test_one_victim_at_a_time(self) -> None:
-        """While the victim lives the policy names only it, even if another child becomes a better pick."""
+        """While the victims live the policy names only them, even if another child becomes a better pick."""
         policy = SystemPressure(min_available=MIN)
-        policy.check_pool(mixed(), 0.0, system(100))
+        assert [2, 3] == [pid for pid, _ in policy.check_pool(mixed(), 0.0, system(100))]
         bigger_idle = [child(1, 900), child(2, 400), child(3, 300), child(4, 200, "d")]
-        assert [2] == [pid for pid, _ in policy.check_pool(bigger_idle, 1.0, system(100))]
+        assert [2, 3] == [pid for pid, _ in policy.check_pool(bigger_idle, 1.0, system(100))]
 
     def test_next_victim_after_the_first_left(self) -> None:
         """Still under pressure once a reading shows the victim's memory freed, the next idle child is chosen."""
@@ -112,14 +112,19 @@ class TestSystemPressure:
 class TestExpectedRelief:
     """After a victim leaves, readings that do not show its memory freed yet are credited with it.
 
-    Victim 2 (400 MiB) is chosen at 100 MiB available (MIN is 500 MiB) and seen gone at t=1.0.
+    Victim 2 (400 MiB, the only idle child) is chosen at 100 MiB available (MIN is 500 MiB) and seen gone at
+    t=1.0; the next victim is then the largest busy child, 1.
     """
 
     @staticmethod
-    def after_first_victim(**options: float) -> tuple[SystemPressure, list]:
+    def one_idle() -> list:
+        return [child(1, 900, "a"), child(2, 400), child(3, 300, "c"), child(4, 200, "d")]
+
+    @classmethod
+    def after_first_victim(cls, **options: float) -> tuple[SystemPressure, list]:
         policy = SystemPressure(min_available=MIN, **options)
-        assert [2] == [pid for pid, _ in policy.check_pool(mixed(), 0.0, system(100, at=0.0))]
-        return policy, [c for c in mixed() if c.pid != 2]
+        assert [2] == [pid for pid, _ in policy.check_pool(cls.one_idle(), 0.0, system(100, at=0.0))]
+        return policy, [c for c in cls.one_idle() if c.pid != 2]
 
     def test_reading_taken_as_the_victim_exits_takes_no_second_child(self) -> None:
         """The flaky case: a reading taken at the poll that sees the exit, before the kernel freed the pages."""
@@ -132,7 +137,7 @@ class TestExpectedRelief:
         """A reading under pressure even with the victim's memory credited needs no waiting."""
         policy, rest = self.after_first_victim()
         [(pid, violation)] = policy.check_pool(rest, 1.0, system(50, at=1.0))  # 50 + 400 < 500
-        assert 3 == pid
+        assert 1 == pid
         assert 50 * MiB == dict(violation.detail)["available"]  # the event shows the reading, not the credit
 
     def test_partly_freed_reading_is_credited_with_the_rest(self) -> None:
@@ -140,50 +145,50 @@ class TestExpectedRelief:
         policy, rest = self.after_first_victim()
         assert [] == policy.check_pool(rest, 1.0, system(350, at=1.0))  # 250 of 400 MiB shown: 150 credited
         assert [] == policy.check_pool(rest, 1.1, system(420, at=1.1))  # 320 shown: 80 credited
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.2, system(300, at=1.2))]  # others grew: 380 < 500
+        assert [1] == [pid for pid, _ in policy.check_pool(rest, 1.2, system(300, at=1.2))]  # others grew: 380 < 500
 
     def test_pressure_hidden_only_by_the_credit_acts_after_relief_settle(self) -> None:
         """The victim's sampled memory may overstate what it frees (shared pages): the credit ends at relief_settle."""
         policy, rest = self.after_first_victim(relief_settle=1.0)
         assert [] == policy.check_pool(rest, 1.0, system(480, at=1.0))  # 380 of 400 MiB freed: 20 credited
         assert [] == policy.check_pool(rest, 1.5, system(480, at=1.5))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(480, at=2.0))]
+        assert [1] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(480, at=2.0))]
 
     def test_drop_hidden_by_growth_counts_after_relief_settle(self) -> None:
         """If others used the freed memory (no drop shows), the reading counts as is relief_settle after the exit."""
         policy, rest = self.after_first_victim(relief_settle=1.0)
         assert [] == policy.check_pool(rest, 1.0, system(150, at=1.0))
         assert [] == policy.check_pool(rest, 1.9, system(150, at=1.9))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(150, at=2.0))]
+        assert [1] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(150, at=2.0))]
 
     def test_relief_settle_zero_takes_readings_after_the_exit_as_they_are(self) -> None:
         """relief_settle=0 credits only readings taken before the exit was seen (the old stale-reading rule)."""
         policy, rest = self.after_first_victim(relief_settle=0.0)
         assert [] == policy.check_pool(rest, 1.0, system(100, at=0.5))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 1.1, system(100, at=1.1))]
+        assert [1] == [pid for pid, _ in policy.check_pool(rest, 1.1, system(100, at=1.1))]
 
     def test_leaving_victim_stays_expected_through_a_pressure_free_reading(self) -> None:
         """A victim already ordered out is still expected to free its memory after pressure briefly lifted."""
         policy = SystemPressure(min_available=MIN)
-        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
-        ordered = [replace(c, pending=Action.RECYCLE) if c.pid == 2 else c for c in mixed()]
+        policy.check_pool(self.one_idle(), 0.0, system(100, at=0.0))
+        ordered = [replace(c, pending=Action.RECYCLE) if c.pid == 2 else c for c in self.one_idle()]
         assert [] == policy.check_pool(ordered, 0.5, system(600, at=0.5))  # e.g. page cache reclaimed
-        rest = [c for c in mixed() if c.pid != 2]
+        rest = [c for c in self.one_idle() if c.pid != 2]
         assert [] == policy.check_pool(rest, 1.0, system(300, at=1.0))  # 300 + 400 credited
 
     def test_victim_not_ordered_out_is_chosen_afresh(self) -> None:
         """A victim named but never ordered out is dropped when pressure ends; the next pressure re-ranks."""
         policy = SystemPressure(min_available=MIN)
-        policy.check_pool(mixed(), 0.0, system(100, at=0.0))
-        assert [] == policy.check_pool(mixed(), 0.5, system(600, at=0.5))
-        bigger_idle = [child(1, 900), child(2, 400), child(3, 300), child(4, 200, "d")]
+        policy.check_pool(self.one_idle(), 0.0, system(100, at=0.0))
+        assert [] == policy.check_pool(self.one_idle(), 0.5, system(600, at=0.5))
+        bigger_idle = [child(1, 900), child(2, 400), child(3, 300, "c"), child(4, 200, "d")]
         assert [1] == [pid for pid, _ in policy.check_pool(bigger_idle, 1.0, system(100, at=1.0))]
 
     def test_relief_is_credited_once(self) -> None:
         """After the relief has shown, a later drop in available memory is pressure again at once."""
         policy, rest = self.after_first_victim()
         assert [] == policy.check_pool(rest, 1.0, system(500, at=1.0))
-        assert [3] == [pid for pid, _ in policy.check_pool(rest, 5.0, system(400, at=5.0))]
+        assert [1] == [pid for pid, _ in policy.check_pool(rest, 5.0, system(400, at=5.0))]
 
 
 class TestExactReadings:
@@ -194,7 +199,7 @@ class TestExactReadings:
         bounds = [child(1, 300, exact=False), child(2, 300, exact=False)]
         assert [] == policy.check_pool(bounds, 0.0, system(100)) and policy.threshold == 0
         exact = [child(1, 120), child(2, 250)]  # the next poll, at once: child 2 holds more of its own
-        assert [2] == [pid for pid, _ in policy.check_pool(exact, 0.01, system(100, at=0.01))]
+        assert 2 == policy.check_pool(exact, 0.01, system(100, at=0.01))[0][0]  # the victim (1 swept with it)
         assert policy.threshold == 0
         assert [] == policy.check_pool(exact, 1.0, system(900, at=1.0)) and policy.threshold is None
 
@@ -202,7 +207,7 @@ class TestExactReadings:
         policy = SystemPressure(min_available=MIN, min_relief=None)
         stuck = [child(1, 300, exact=False), child(2, 200)]
         assert [] == policy.check_pool(stuck, 0.0, system(100))
-        assert [1] == [pid for pid, _ in policy.check_pool(stuck, 0.01, system(100, at=0.01))]
+        assert 1 == policy.check_pool(stuck, 0.01, system(100, at=0.01))[0][0]
 
     def test_engine_polls_again_at_once(self) -> None:
         e = engine([SystemPressure(min_available=MIN, min_relief=None)])
@@ -346,3 +351,89 @@ class TestSystemPressureInEngine:
         assert [] == e.decide(fresh, 0.5, system=system(190, at=0.5))  # gone, pages not yet uncharged
         assert [] == e.decide(fresh, 1.0, system=system(345, at=1.0))  # the relief shows: no pressure
         assert [(Action.RECYCLE, 2, "pressure")] == acts(e.decide(fresh, 5.0, system=system(150, at=5.0)))
+
+
+class TestIdleSweep:
+    """Low available memory: idle candidates leave together until what they free covers the shortfall."""
+
+    def test_idle_children_go_together_until_the_shortfall_is_covered(self) -> None:
+        """Fresh child 60 MiB; 400 MiB short: 500 (440 expected) alone covers it; 200 short: one, 600 short: two."""
+        children = [child(9, 60), child(1, 500), child(2, 400), child(3, 300), child(4, 800, "busy")]
+        policy = SystemPressure(min_available=MIN)
+        assert [1, 2] == [pid for pid, _ in policy.check_pool(children, 0.0, system(10))]  # 490 short: 440 + 340
+        assert [1] == [pid for pid, _ in SystemPressure(min_available=MIN).check_pool(children, 0.0, system(100))]
+        # Everything idle and every candidate needed: the busy child is never swept
+        every = SystemPressure(min_available=2000 * MiB).check_pool(children, 0.0, system(10))
+        assert [1, 2, 3] == [pid for pid, _ in every]
+        assert all(dict(v.detail)["idle"] for _, v in every)
+
+    def test_psi_pressure_takes_one_victim(self) -> None:
+        """PSI has no shortfall to cover: one victim at a time, as before."""
+        children = [child(9, 60), child(1, 500), child(2, 400), child(3, 300)]
+        assert [1] == [pid for pid, _ in SystemPressure(psi_threshold=10.0).check_pool(children, 0.0,
+                                                                                      system(3000, psi=50.0))]
+
+    def test_swept_children_are_credited_as_relief_when_they_leave(self) -> None:
+        """Both victims gone at the next poll: a reading not showing their 740 MiB yet is not pressure."""
+        children = [child(9, 60), child(1, 500), child(2, 400), child(3, 300)]
+        policy = SystemPressure(min_available=MIN)
+        assert [1, 2] == [pid for pid, _ in policy.check_pool(children, 0.0, system(10, at=0.0))]
+        rest = [child(9, 60), child(3, 300)]
+        assert [] == policy.check_pool(rest, 1.0, system(10, at=1.0))  # 10 + 900 credited
+        assert [] == policy.check_pool(rest, 1.5, system(20, at=1.5))  # still credited (relief_settle 1 s)
+        assert [3] == [pid for pid, _ in policy.check_pool(rest, 2.0, system(20, at=2.0))]  # others took it
+
+    def test_engine_orders_them_all_in_one_poll(self) -> None:
+        """Through the engine, every swept child gets its recycle in the same decide()."""
+        e = engine([SystemPressure(min_available=MIN)])
+        children = [child(9, 60), child(1, 500), child(2, 400), child(3, 300)]
+        assert [(Action.RECYCLE, 1, "pressure"), (Action.RECYCLE, 2, "pressure")] == acts(
+            e.decide(children, 0.0, system=system(10)))
+
+
+class TestCriticalFloor:
+    """critical_available: below it, the task of the fastest-growing busy child is stopped at once."""
+
+    def test_fastest_growing_task_is_stopped(self) -> None:
+        policy = SystemPressure(min_available=MIN, critical_available=100 * MiB)
+        first = [child(9, 60), child(1, 500, "a"), child(2, 400, "b")]
+        assert [] == [v for _, v in policy.check_pool(first, 0.0, system(200)) if v.action is Action.KILL]
+        grown = [child(9, 60), child(1, 520, "a"), child(2, 480, "b")]  # 2 grew 80 MiB in 0.1 s, 1 only 20
+        verdicts = policy.check_pool(grown, 0.1, system(50, at=0.1))
+        kills = [(pid, v) for pid, v in verdicts if v.action is Action.KILL]
+        assert [2] == [pid for pid, _ in kills]
+        violation = kills[0][1]
+        assert violation.hard and 100 * MiB == violation.limit and "pressure" == violation.reason
+        assert {"trigger": "critical", "growth_mib_per_s": 800.0} == {
+            k: v for k, v in violation.detail if k in ("trigger", "growth_mib_per_s")}
+
+    def test_one_stop_at_a_time_and_none_without_growth(self) -> None:
+        policy = SystemPressure(min_available=MIN, critical_available=100 * MiB)
+        policy.check_pool([child(9, 60), child(1, 500, "a"), child(2, 400, "b")], 0.0, system(200))
+        grown = [child(9, 60), child(1, 600, "a"), child(2, 480, "b")]
+        assert [1] == [pid for pid, v in policy.check_pool(grown, 0.1, system(50, at=0.1)) if v.action is Action.KILL]
+        more = [child(9, 60), child(1, 700, "a"), child(2, 600, "b")]
+        assert [] == [pid for pid, v in policy.check_pool(more, 0.2, system(20, at=0.2)) if v.action is Action.KILL]
+        # once 1 has left, 2 may be stopped, but only while it grows
+        flat = [child(9, 60), child(2, 600, "b")]
+        assert [] == [pid for pid, v in policy.check_pool(flat, 0.3, system(20, at=0.3)) if v.action is Action.KILL]
+        assert [] == [pid for pid, v in policy.check_pool(flat, 0.4, system(20, at=0.4)) if v.action is Action.KILL]
+
+    def test_not_below_the_floor_no_stop(self) -> None:
+        policy = SystemPressure(min_available=MIN, critical_available=100 * MiB)
+        policy.check_pool([child(9, 60), child(1, 500, "a")], 0.0, system(200))
+        verdicts = policy.check_pool([child(9, 60), child(1, 900, "a")], 0.1, system(150, at=0.1))
+        assert [] == [v for _, v in verdicts if v.action is Action.KILL]
+
+    def test_engine_stops_the_task_at_once(self) -> None:
+        """Through the engine: a KILL decision naming the task, with the floor as its limit."""
+        e = engine([SystemPressure(min_available=MIN, critical_available=100 * MiB)])
+        e.decide([child(9, 60), child(1, 500, "a")], 0.0, system=system(200))
+        decisions = e.decide([child(9, 60), child(1, 700, "a")], 0.1, system=system(50, at=0.1))
+        [kill] = [d for d in decisions if d.action is Action.KILL]
+        assert (1, "a", 100 * MiB, "pressure") == (kill.pid, kill.task_id, kill.limit, kill.reason)
+
+    @pytest.mark.parametrize("critical", [0, MIN, MIN + 1])
+    def test_invalid(self, critical: int) -> None:
+        with pytest.raises(ValueError):
+            SystemPressure(min_available=MIN, critical_available=critical)
