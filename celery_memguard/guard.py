@@ -144,11 +144,11 @@ class Guard:
     def _pressure_watch(self, plan: PressurePlan, pace: AdaptivePace | None) -> PressureWatch | None:
         """Arm the kernel's pressure notifications the plan wants (None where none can be) and log
         ``memguard.pressure_watch`` saying what wakes the monitor, and why not more."""
-        if not (plan.available_levels or plan.used_levels or plan.psi_threshold is not None):
-            return None  # no policy reads memory pressure
+        if not plan.active:
+            return None  # no policy acts on memory pressure
         watch: PressureWatch | None = None
         fallback: str | None = None
-        if plan.mode != "auto":
+        if not plan.wants_events:
             fallback = f"memguard_pressure_wake={plan.mode!r}"
         else:
             failures: list[BaseException] = []

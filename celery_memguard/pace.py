@@ -46,9 +46,7 @@ LADDER = (1.5, 1.0, 0.5, 0.25)
 #: ``memguard_pressure_wake``: kernel notifications where possible plus adaptive polling; adaptive polling
 #: only; or polling at ``memguard_poll_interval`` only (MemGuard's behaviour before 0.x, for comparison).
 WAKE_MODES = ("auto", "adaptive", "interval")
-#: PSI trigger window (µs) and the share of it stalled that fires the trigger when ``memguard_psi_threshold``
-#: is not set. Unprivileged processes (no CAP_SYS_RESOURCE) may only use multiples of 2 s.
-PSI_WINDOWS_US = (1_000_000, 2_000_000)
+#: The share of a PSI trigger's window stalled that fires it when ``memguard_psi_threshold`` is not set.
 PSI_DEFAULT_SHARE = 0.10
 
 
@@ -71,9 +69,14 @@ class PressurePlan:
         return cls(tuple(sorted(levels, reverse=True)), tuple(sorted(used)), cfg.psi_threshold, cfg.pressure_wake)
 
     @property
+    def active(self) -> bool:
+        """Whether any policy acts on memory pressure (else nothing is armed, nothing said)."""
+        return bool(self.available_levels or self.used_levels or self.psi_threshold is not None)
+
+    @property
     def wants_events(self) -> bool:
-        """Whether any policy would act sooner if the kernel woke the monitor."""
-        return self.mode == "auto" and bool(self.available_levels or self.used_levels or self.psi_threshold)
+        """Whether the kernel's notifications are to be armed."""
+        return self.mode == "auto" and self.active
 
     @property
     def adaptive(self) -> bool:

@@ -73,3 +73,70 @@ class TestBootstepInfo:
         assert {"memguard": step.guard.summary()} == step.info(None)
         step.guard = None
         assert {"memguard": {"active": False}} == step.info(None)
+
+
+class TestPressureWatch:
+    """Guard._pressure_watch: what is armed is said once in memguard.pressure_watch; arming errors fail open."""
+
+    @staticmethod
+    def said(logged: Any) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in logged.read_text().splitlines()]
+
+    def test_no_pressure_setting_arms_and_says_nothing(self, logged: Any) -> None:
+        from celery_memguard.pace import PressurePlan
+
+        g = guard()
+        assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
+        assert [] == self.said(logged)
+
+    def test_adaptive_mode_says_why_nothing_is_armed(self, logged: Any) -> None:
+        from celery_memguard.pace import AdaptivePace, PressurePlan
+
+        g = guard(memguard_min_available="1GiB", memguard_pressure_wake="adaptive")
+        plan = PressurePlan.from_config(g.config)
+        assert g._pressure_watch(plan, AdaptivePace(plan.available_levels, 1.0)) is None
+        [said] = self.said(logged)
+        assert ("memguard.pressure_watch", [], True, "memguard_pressure_wake='adaptive'") == (
+            said["event"], said["wake"], said["adaptive_poll"], said["fallback"])
+
+    def test_arming_error_is_one_memguard_error_and_a_fallback(self, logged: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        from celery_memguard import guard as guard_module
+        from celery_memguard.pace import PressurePlan
+        from celery_memguard.probes.pressure_events import PressureWatchError
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise PressureWatchError("/proc/pressure/memory: PermissionError: no", [PermissionError("no")])
+
+        monkeypatch.setattr(guard_module, "open_pressure_watch", refuse)
+        g = guard(memguard_min_available="1GiB")
+        assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
+        error, said = self.said(logged)
+        assert ("memguard.error", "guard.pressure_watch") == (error["event"], error["where"])
+        assert ([], "/proc/pressure/memory: PermissionError: no") == (said["wake"], said["fallback"])
+
+    def test_nothing_to_arm_is_no_error(self, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from celery_memguard import guard as guard_module
+        from celery_memguard.pace import PressurePlan
+        from celery_memguard.probes.pressure_events import PressureWatchError
+
+        def nothing(*args: Any, **kwargs: Any) -> Any:
+            raise PressureWatchError("no memory cgroup limit; /proc/pressure/memory not present")
+
+        monkeypatch.setattr(guard_module, "open_pressure_watch", nothing)
+        g = guard(memguard_min_available="1GiB")
+        g._pressure_watch(PressurePlan.from_config(g.config), None)
+        [said] = self.said(logged)
+        assert "memguard.pressure_watch" == said["event"] and "not present" in said["fallback"]
+
+    def test_a_bug_while_arming_fails_open(self, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        from celery_memguard import guard as guard_module
+        from celery_memguard.pace import PressurePlan
+
+        monkeypatch.setattr(guard_module, "open_pressure_watch", lambda *a, **k: 1 / 0)
+        g = guard(memguard_min_available="1GiB")
+        assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
+        error, said = self.said(logged)
+        assert "ZeroDivisionError" in error["error"] and "ZeroDivisionError" in said["fallback"]
