@@ -516,6 +516,30 @@ class TestMonitorDecisions:
         assert (12, None, False) == (received[-1].pid, received[-1].per_task_peak, received[-1].succeeded)
 
 
+    def test_on_tasks_gets_the_records_without_any_detector(self, logged: Path) -> None:
+        """The sampler's hook (memguard.sample's task tally) is fed the drained records even with leak detection
+        off; a hook that raises is one memguard.error and the detectors still get the records."""
+        batches: list[list[TaskSample]] = []
+        board = Board(1)
+        h = Harness(board=board)
+        h.monitor.on_tasks = batches.append
+        board.claim(0, 11, 1.0)
+        board.task_finished(0, 11, "app.tasks.t", "id-0", 2.0, 0.1, MiB, 2 * MiB, 3 * MiB, True, 1, 1.0)
+        h.world.add(FakeProbe(11, rss=10 * MiB), 0)
+        h.poll()
+        assert [["id-0"]] == [[r.task_id for r in batch] for batch in batches]
+        received: list[TaskSample] = []
+        h2 = Harness(board=board, detectors=[TaskRecorder(received)])
+
+        def broken(records: list[TaskSample]) -> None:
+            raise RuntimeError("boom")
+
+        h2.monitor.on_tasks = broken
+        h2.world.add(FakeProbe(11, rss=10 * MiB), 0)
+        h2.poll()
+        assert ["id-0"] == [r.task_id for r in received]
+        assert ["monitor.on_tasks"] == [e["where"] for e in event_records(logged) if e["event"] == "memguard.error"]
+
     def test_records_of_exited_child_are_drained(self, logged: Path) -> None:
         """Tasks a child finished after the last poll still reach the detectors after the child has exited."""
         received: list[TaskSample] = []
