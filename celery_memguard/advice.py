@@ -117,6 +117,8 @@ class Evidence:
     pool_max_mib: float | None = None
     available_min_mib: float | None = None
     spawn_times_s: list[float] = field(default_factory=list)
+    #: Seconds a pool slot had no child when its child was replaced (``memguard.sample`` ``replace_gaps_s``).
+    replace_gaps_s: list[float] = field(default_factory=list)
     tasks: dict[str, TaskEvidence] = field(default_factory=dict)
     recycles: int = 0
     recycle_reasons: dict[str, int] = field(default_factory=dict)
@@ -129,6 +131,26 @@ class Evidence:
     @property
     def calls(self) -> int:
         return sum(t.calls for t in self.tasks.values())
+
+    @property
+    def recycle_cost_s(self) -> float | None:
+        """What one recycle costs a pool slot: the median replacement gap plus the median spawn time (fork to
+        ready); the spawn time alone (a lower bound) when no replacement was measured; None without either."""
+        spawn = percentile(self.spawn_times_s, 0.5)
+        if spawn is None:
+            return None
+        return spawn + (percentile(self.replace_gaps_s, 0.5) or 0.0)
+
+    def recycle_cost_text(self) -> str:
+        spawn, gap = percentile(self.spawn_times_s, 0.5), percentile(self.replace_gaps_s, 0.5)
+        if spawn is None:
+            return "recycle cost unknown (no spawn time measured)"
+        if gap is None:
+            return (f"a recycle costs at least {spawn:.2f} s (fork to ready, median of {len(self.spawn_times_s)}; "
+                    f"no replacement measured for the rest)")
+        return (f"a recycle costs {spawn + gap:.2f} s of a slot: {gap:.2f} s from the old child's last task to "
+                f"the new child's start (median of {len(self.replace_gaps_s)} replacements) + {spawn:.2f} s fork "
+                f"to ready")
 
 
 @dataclass
@@ -260,15 +282,16 @@ def _soft_wanted(e: Evidence, s: _Sizing, loss_cap: float) -> tuple[float, str]:
     if not s.growth:
         p95 = percentile(e.child_mib, 0.95) or 0.0
         return p95 * STEADY_MARGIN, f"{STEADY_MARGIN} x the children's p95 size {p95:.0f} MiB"
-    spawn = percentile(e.spawn_times_s, 0.5)
+    spawn = e.recycle_cost_s
     duration = sum(t.total_s for t in e.tasks.values()) / max(e.calls, 1)
     if spawn is None or duration <= 0:
         return math.inf, ""
     share = loss_cap * RECYCLE_LOSS_SHARE
     calls = math.ceil(spawn * (1 - share) / (share * duration))
+    bound = "" if e.replace_gaps_s else "at least "
     return (s.fresh + s.growth * calls,
             f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB (a recycle every {calls} calls "
-            f"costs at least {share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
+            f"costs {bound}{share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
 
 
 def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
@@ -331,13 +354,13 @@ def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
     key = "worker_max_tasks_per_child"
     calls = e.calls
     duration = sum(t.total_s for t in e.tasks.values()) / calls if calls else 0.0
-    spawn = percentile(e.spawn_times_s, 0.5)
+    spawn = e.recycle_cost_s
+    bound = "at least " if not e.replace_gaps_s else ""
     evidence = [f"children keep {s.growth:.2f} MiB per call on average over {calls:,} calls"
                 + (f"; leak suspects: " + ", ".join(f"{t.task} ({t.leak_kib_per_call:,.0f} KiB/call)"
                                                    for t in e.tasks.values() if t.leak_kib_per_call) if any(
                     t.leak_kib_per_call for t in e.tasks.values()) else ""),
-                f"mean call {duration:.3f} s; spawn time {'?' if spawn is None else f'{spawn:.2f} s'} "
-                f"(fork to ready, median of {len(e.spawn_times_s)})"]
+                f"mean call {duration:.3f} s; {e.recycle_cost_text()}"]
     if e.recycles:
         evidence.append(f"observed {e.recycles} recycles (" + ", ".join(
             f"{k} {v}" for k, v in sorted(e.recycle_reasons.items(), key=lambda kv: -kv[1])) + ")")
@@ -351,8 +374,8 @@ def _recycling(e: Evidence, s: _Sizing, loss_cap: float) -> Recommendation:
         evidence.append("throughput cost unknown: no spawn time measured (memguard.sample spawn_time_s)")
         note = None
     else:
-        evidence.append(f"a recycle every {per_child} calls costs at least {cost:.0%} of a child's time "
-                        f"(spawn / (calls x mean call + spawn)); allowed: {loss_cap:.0%} "
+        evidence.append(f"a recycle every {per_child} calls costs {bound}{cost:.0%} of a child's time "
+                        f"(recycle / (calls x mean call + recycle)); allowed: {loss_cap:.0%} "
                         f"(memguard_max_throughput_loss)")
         note = None if cost <= loss_cap else (
             f"recycling as often as this memory needs costs {cost:.0%} of throughput, over {loss_cap:.0%}: fix the "

@@ -155,7 +155,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     METRIC_UNAVAILABLE: ("pid", "metric", "used", "error", "effect", "fix"),
     ORDER_SIGNAL_REPLACED: ("pid", "task", "task_id", "signal", "handler", "effect"),
     SAMPLE: ("metric", "children", "pool_mib", "pool_rss_mib", "master_mib", "master_rss_mib", "available_mib",
-             "tasks", "spawn_time_s"),
+             "tasks", "spawn_time_s", "replace_gaps_s"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
@@ -403,6 +403,9 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
                        "RSS at the start), `peak_mib` (the child's largest RSS high-watermark during a call), "
                        "`retained_mib` (RSS kept, summed), `max_s`, `total_s`; what `celery memguard advise` "
                        "sizes limits from",
+    (SAMPLE, "replace_gaps_s"): "for each child replaced since the previous sample (at most 32), seconds its pool "
+                                "slot had no child: from the old child's last finished task to the new child's "
+                                "start; with `spawn_time_s`, what a recycle costs a slot",
     (SAMPLE, "spawn_time_s"): "median measured time from fork to a ready pool child, seconds (null before one "
                               "is measured): what a recycle costs",
     (LEAK_SUSPECTED, "children"): "children the task grew in",

@@ -31,8 +31,13 @@ What a sample holds, and where it comes from:
   summed), ``max_s`` and ``total_s`` (run time). The records are the ones the
   children already write to the board for the detectors; the advisor
   (``celery memguard advise``) sizes limits from them.
-* ``spawn_time_s``: the median measured time from fork to a ready pool child
-  (what a recycle costs), null before the first is measured.
+* ``spawn_time_s``: the median measured time from fork to a ready pool child, null
+  before the first is measured.
+* ``replace_gaps_s``: for each child replaced since the previous sample (at most
+  :data:`MAX_GAPS`), the time its pool slot had no child: from the old child's last
+  finished task to the new child's start, on the monotonic clock the children stamp both
+  with (:class:`ReplacementGaps`). With ``spawn_time_s`` it is what a recycle costs a slot:
+  the old child's exit, the master noticing it, its ``gc.collect()`` and fork.
 
 No Celery imports: :class:`~celery_memguard.guard.Guard` wires :meth:`SampleLog.offer` to
 :class:`~celery_memguard.monitor.Monitor`'s ``on_poll``.
@@ -49,11 +54,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .monitor import PollView
     from .samples import TaskSample
 
-__all__ = ["SampleLog", "sample_fields", "TaskTally", "MAX_SAMPLE_TASKS"]
+__all__ = ["SampleLog", "sample_fields", "TaskTally", "ReplacementGaps", "MAX_SAMPLE_TASKS", "MAX_GAPS"]
 
 #: Task names itemised per sample; later names are summed under ``"(other)"``.
 MAX_SAMPLE_TASKS = 64
 OTHER_TASKS = "(other)"
+#: Replacement gaps logged per sample.
+MAX_GAPS = 32
+#: A longer gap is not a replacement's cost (an idle child recycled long after its last task).
+MAX_GAP_S = 60.0
 
 
 def _mib(value: int | float) -> float:
@@ -123,6 +132,54 @@ class TaskTally:
                 for name, r in rows.items()}
 
 
+class ReplacementGaps:
+    """How long a pool slot is without a child when its child is replaced (see ``replace_gaps_s``).
+
+    Fed the finished-task records (each child's last finish) and each poll (which pid holds which slot, and
+    since when: the child's ``spawned_at``); a replacement is resolved when the sample is logged, by which
+    time the old child's last records have been drained.
+    """
+
+    MAX_PIDS = 4096
+
+    def __init__(self) -> None:
+        self._finished: dict[int, float] = {}
+        self._slot_pid: dict[int, int] = {}
+        self._pending: list[tuple[int, float, int]] = []  # old pid, new child's start, samples waited
+
+    def tasks(self, records: "Iterable[TaskSample]") -> None:
+        for record in records:
+            end = record.started + record.duration
+            if end > self._finished.get(record.pid, float("-inf")):
+                self._finished.pop(record.pid, None)  # re-inserted last: the oldest pids go first
+                self._finished[record.pid] = end
+        while len(self._finished) > self.MAX_PIDS:
+            del self._finished[next(iter(self._finished))]
+
+    def poll(self, view: "PollView") -> None:
+        for child in view.children:
+            slot = view.slots.get(child.pid)
+            if slot is None:
+                continue
+            old = self._slot_pid.get(slot)
+            if old != child.pid:
+                if old is not None and child.spawned_at > 0 and len(self._pending) < MAX_GAPS:
+                    self._pending.append((old, child.spawned_at, 0))
+                self._slot_pid[slot] = child.pid
+
+    def take(self) -> list[float]:
+        """The gaps of the replacements seen since the last call (seconds, to the millisecond)."""
+        pending, self._pending = self._pending, []
+        gaps = []
+        for old, spawned_at, waited in pending:
+            end = self._finished.get(old)
+            if end is None and waited < 1:  # the old child's last records may come with the next poll
+                self._pending.append((old, spawned_at, waited + 1))
+            elif end is not None and 0.0 <= spawned_at - end <= MAX_GAP_S:
+                gaps.append(round(spawned_at - end, 3))
+        return gaps
+
+
 class SampleLog:
     """Logs ``memguard.sample`` from the monitor's polls, at most once per ``interval`` seconds.
 
@@ -140,11 +197,13 @@ class SampleLog:
         self._last: float | None = None
         self._view: "PollView | None" = None
         self.tasks = TaskTally()
+        self.gaps = ReplacementGaps()
         self.logged = 0
 
     def observe_tasks(self, records: "list[TaskSample]") -> None:
         """The monitor's ``on_tasks`` hook: finished-task records, tallied into the next sample."""
         self.tasks.add(records)
+        self.gaps.tasks(records)
 
     def flush(self) -> bool:
         """Log the latest poll once more if tasks finished since the last sample (at stop); whether it was."""
@@ -156,6 +215,7 @@ class SampleLog:
     def offer(self, view: "PollView") -> bool:
         """Log ``view`` if a sample is due; returns whether it was logged."""
         self._view = view
+        self.gaps.poll(view)
         if self._last is not None and view.at - self._last < self.interval:
             return False
         self._last = view.at
@@ -167,6 +227,7 @@ class SampleLog:
         spawn = self._spawn_time() if self._spawn_time is not None else None
         fields["tasks"] = self.tasks.take()
         fields["spawn_time_s"] = None if spawn is None else round(spawn, 3)
+        fields["replace_gaps_s"] = self.gaps.take()
         if self._emit is not None:
             self._emit(events.SAMPLE, "info", **fields)
         else:
@@ -174,5 +235,5 @@ class SampleLog:
                         pool_mib=fields["pool_mib"], pool_rss_mib=fields["pool_rss_mib"],
                         master_mib=fields["master_mib"], master_rss_mib=fields["master_rss_mib"],
                         available_mib=fields["available_mib"], tasks=fields["tasks"],
-                        spawn_time_s=fields["spawn_time_s"])
+                        spawn_time_s=fields["spawn_time_s"], replace_gaps_s=fields["replace_gaps_s"])
         self.logged += 1

@@ -147,9 +147,16 @@ class EvidenceCollector:
                          _num(row, "total_s") or 0.0))
         readings = [_num(event, key) for key in ("master_rss_mib", "master_mib", "pool_mib", "available_mib",
                                                  "spawn_time_s")]
+        raw_gaps = event.get("replace_gaps_s") or []
+        if not isinstance(raw_gaps, list):
+            raise _Invalid("replace_gaps_s")
+        gaps = [_num({"gap": g}, "gap") for g in raw_gaps[:64]]
         if host is None:
             return
         self._take_sample(host, sizes, rows, readings)
+        for gap in gaps:
+            if gap is not None and gap >= 0:
+                _keep(host.evidence.replace_gaps_s, gap)
 
     def _take_sample(self, host: _Host, sizes: list[tuple[float | None, int | None]], rows: list[tuple[Any, ...]],
                      readings: list[float | None]) -> None:

@@ -245,3 +245,27 @@ def test_advised_limits_are_always_a_valid_configuration() -> None:
         if r["worker_concurrency"].confidence != "low":
             usable = effective - e.master_rss_max_mib - max(0.1 * effective, 32.0)
             assert r["worker_concurrency"].value * mib(hard) <= usable
+
+
+def test_measured_replacement_gaps_make_the_recycle_cost_whole() -> None:
+    """With replacement gaps logged, a recycle costs gap + spawn (no 'at least'), so children are recycled
+    less often than the spawn time alone would allow; without them the cost is stated as a lower bound."""
+    tasks = {"t": TaskEvidence("t", calls=1000, own_peak_max_mib=10.0, retained_mib=2000.0, total_s=100.0)}
+    bare = {x.key: x for x in advise(_evidence(tasks=tasks, spawn_times_s=[0.05]))}
+    whole = {x.key: x for x in advise(_evidence(tasks=tasks, spawn_times_s=[0.05], replace_gaps_s=[0.4, 0.5, 0.6]))}
+    assert "at least" in " ".join(bare["worker_max_tasks_per_child"].evidence)
+    text = " ".join(whole["worker_max_tasks_per_child"].evidence)
+    assert "at least" not in text and "0.55 s of a slot" in text and "median of 3 replacements" in text
+    assert whole["worker_max_tasks_per_child"].value > bare["worker_max_tasks_per_child"].value
+    assert mib(whole["memguard_soft_limit"].value) > mib(bare["memguard_soft_limit"].value)
+
+
+def test_replace_gaps_are_collected_and_checked() -> None:
+    collector = EvidenceCollector()
+    assert collector.feed({"event": "memguard.sample", "hostname": "h", "children": [], "replace_gaps_s": [0.2, 0.3]})
+    assert not collector.feed({"event": "memguard.sample", "hostname": "h", "children": [], "replace_gaps_s": "x"})
+    assert not collector.feed({"event": "memguard.sample", "hostname": "h", "children": [],
+                               "replace_gaps_s": [float("nan")]})
+    (e,) = collector.build()
+    assert e.replace_gaps_s == [0.2, 0.3] and e.samples == 1
+    assert collector.invalid == {"replace_gaps_s": 1, "gap": 1}

@@ -146,3 +146,30 @@ def test_task_names_beyond_the_cap_are_summed_under_other() -> None:
     rows = tally.take()
     assert MAX_SAMPLE_TASKS + 1 == len(rows) and 5 == rows["(other)"]["calls"]
     assert {} == tally.take()
+
+
+def test_replacement_gaps_from_the_old_childs_last_task_to_the_new_childs_start() -> None:
+    """A slot whose child is replaced: the gap is the new child's spawned_at minus the old child's last finish
+    (both monotonic); a first sight, a child without a slot and an idle recycle a minute later give none."""
+    from celery_memguard.samples import TaskSample
+    from celery_memguard.sampling import ReplacementGaps
+
+    def rec(pid: int, started: float, duration: float) -> TaskSample:
+        return TaskSample(pid=pid, task="t", task_id="x", started=started, duration=duration, mem_before=0,
+                          mem_after=0, per_task_peak=None, succeeded=True)
+
+    def view(*children: tuple[int, int | None, float]) -> PollView:
+        return PollView(at=0.0, children=tuple(ChildSample(pid=p, mem=MiB, exact=True, rss=MiB, spawned_at=s)
+                                               for p, _, s in children), system=None, master=None,
+                        slots={p: slot for p, slot, _ in children})
+
+    gaps = ReplacementGaps()
+    gaps.poll(view((10, 0, 1.0), (20, 1, 1.0), (30, None, 1.0)))
+    gaps.tasks([rec(10, 5.0, 0.5), rec(10, 6.0, 0.25), rec(20, 5.0, 1.0)])
+    assert [] == gaps.take()
+    gaps.poll(view((11, 0, 6.65), (21, 1, 90.0), (31, None, 7.0)))
+    assert [0.4] == gaps.take()  # 6.65 - (6.0 + 0.25); slot 1's 84 s is no replacement cost
+    gaps.poll(view((12, 0, 9.0)))  # 11's records have not arrived yet: resolved at the next sample
+    assert [] == gaps.take()
+    gaps.tasks([rec(11, 7.0, 1.5)])
+    assert [0.5] == gaps.take()
