@@ -162,8 +162,8 @@ class ReplacementGaps:
             if slot is None:
                 continue
             old = self._slot_pid.get(slot)
-            if old != child.pid:
-                if old is not None and child.spawned_at > 0 and len(self._pending) < MAX_GAPS:
+            if old != child.pid and child.spawned_at > 0:  # a new child's start is known once it took its slot
+                if old is not None and len(self._pending) < MAX_GAPS:
                     self._pending.append((old, child.spawned_at, 0))
                 self._slot_pid[slot] = child.pid
 

@@ -169,6 +169,8 @@ def test_replacement_gaps_from_the_old_childs_last_task_to_the_new_childs_start(
     assert [] == gaps.take()
     gaps.poll(view((11, 0, 6.65), (21, 1, 90.0), (31, None, 7.0)))
     assert [0.4] == gaps.take()  # 6.65 - (6.0 + 0.25); slot 1's 84 s is no replacement cost
+    gaps.poll(view((12, 0, 0.0)))  # 12 has not taken its board slot yet: its start is unknown, wait
+    assert [] == gaps.take()
     gaps.poll(view((12, 0, 9.0)))  # 11's records have not arrived yet: resolved at the next sample
     assert [] == gaps.take()
     gaps.tasks([rec(11, 7.0, 1.5)])
