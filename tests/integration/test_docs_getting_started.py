@@ -21,7 +21,8 @@ the built site) on the line before a fenced block:
 
 The page's commands run with ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND`` pointing at a Redis
 database of their own (Celery lets those variables override the app's URLs), flushed before and after,
-so ``celery memguard status`` (a broadcast) sees only this worker.
+so ``celery memguard status`` (a broadcast) sees only this worker; two runs at once take turns through a
+Redis lock.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -45,6 +48,9 @@ REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "getting-started.md"
 #: A Redis database no other test or benchmark uses (they use 11-14): the status broadcast reaches only this worker.
 DOCS_DB = 10
+#: Two runs of this test at once (two checkouts on one machine) would share DOCS_DB, the default queue and the node
+#: name: they take turns through this key (in the results database, which is never flushed).
+LOCK_DB, LOCK_KEY, LOCK_TTL = 14, "celery-memguard:docs-test-getting-started", 300
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(\w[\w-]*)\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(```+|~~~+)")
 READY_TIMEOUT = 60.0
@@ -217,6 +223,25 @@ def _flush(db: int) -> None:
         client.close()
 
 
+@contextmanager
+def _turn() -> Iterator[None]:
+    """Hold the docs test's Redis lock (waiting up to its TTL for another run to finish)."""
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=LOCK_DB)
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + LOCK_TTL
+    try:
+        while not client.set(LOCK_KEY, token, nx=True, ex=LOCK_TTL):
+            assert time.monotonic() < deadline, "another run of the docs test held its Redis lock too long"
+            time.sleep(0.5)
+        yield
+    finally:
+        if client.get(LOCK_KEY) == token.encode():
+            client.delete(LOCK_KEY)
+        client.close()
+
+
 @pytest.fixture
 def reader(tmp_path: Path) -> Iterator[Reader]:
     require_port("Redis", REDIS_HOST, REDIS_PORT)
@@ -226,13 +251,14 @@ def reader(tmp_path: Path) -> Iterator[Reader]:
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     home = tmp_path / "myproject"
     home.mkdir()
-    _flush(DOCS_DB)
-    person = Reader(home, env)
-    try:
-        yield person
-    finally:
-        person.stop_worker()
+    with _turn():
         _flush(DOCS_DB)
+        person = Reader(home, env)
+        try:
+            yield person
+        finally:
+            person.stop_worker()
+            _flush(DOCS_DB)
 
 
 def test_page_parses() -> None:
