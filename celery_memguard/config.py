@@ -11,6 +11,7 @@ cgroup limit, see :mod:`celery_memguard.probes.system`).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, fields
@@ -214,6 +215,47 @@ def _optional_path(key: str, value: Any, _mem: int) -> str | None:
     raise ConfigError(key, value, "None (the worker's --logfile, else standard error) or a file path string")
 
 
+#: The most ports a ``memguard_metrics_port`` range may span (one per worker on a host is the use).
+MAX_PORT_RANGE = 1024
+_PORTS_ACCEPTED = ('None, a TCP port 1-65535 (an int or a string like "9300"), or a range "LOW-HIGH" '
+                   f'(e.g. "9300-9315", at most {MAX_PORT_RANGE} ports: each worker takes the first free one)')
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _port_range(key: str, value: Any, _mem: int) -> tuple[int, int] | None:
+    """``None``, a port, or ``"LOW-HIGH"``: the ports a worker may serve metrics on, as ``(low, high)``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(key, value, _PORTS_ACCEPTED)
+    if isinstance(value, int):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,5}\s*(-\s*[0-9]{1,5}\s*)?", value):
+        parts = [int(part) for part in value.split("-")]
+        low, high = parts[0], parts[-1]
+    else:
+        raise ConfigError(key, value, _PORTS_ACCEPTED)
+    if not (1 <= low <= high <= 65535) or high - low + 1 > MAX_PORT_RANGE:
+        raise ConfigError(key, value, _PORTS_ACCEPTED)
+    return (low, high)
+
+
+def _bind_address(key: str, value: Any, _mem: int) -> str:
+    """An IP address (``"127.0.0.1"``, ``"0.0.0.0"``, ``"::"``) or a host name to bind the metrics server to."""
+    accepted = 'an IP address to listen on ("127.0.0.1", "0.0.0.0" for every interface, "::") or a host name'
+    if not isinstance(value, str):
+        raise ConfigError(key, value, accepted)
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(text):
+        raise ConfigError(key, value, accepted)
+    return text
+
+
 @dataclass(frozen=True)
 class MemGuardConfig:
     """Validated settings; sizes in bytes, times in seconds.
@@ -258,6 +300,10 @@ class MemGuardConfig:
     max_throughput_loss: float | None = 0.25
     strikes: int = 0
     policies: tuple[Any, ...] = ()
+    #: Ports the Prometheus exporter may listen on, ``(low, high)`` (None: no exporter); see celery_memguard.metrics.
+    metrics_port: tuple[int, int] | None = None
+    #: Address the exporter binds to: loopback by default (``"0.0.0.0"`` to be scraped from outside a container).
+    metrics_addr: str = "127.0.0.1"
     effective_memory: int = 0
 
     @classmethod
@@ -404,6 +450,8 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "max_throughput_loss": _fraction(0.0, 1.0, optional=True),
     "strikes": _count(0, optional=False),
     "policies": _policy_paths,
+    "metrics_port": _port_range,
+    "metrics_addr": _bind_address,
 }
 
 
@@ -557,6 +605,16 @@ KEY_DOCS: dict[str, KeyDoc] = {
     "policies": KeyDoc(
         'policy classes or dotted paths',
         'extra policies with the built-in interface (see Policies)'),
+    "metrics_port": KeyDoc(
+        'port 1–65535, a range `"9300-9315"` (at most 1024 ports), or `None` (off)',
+        "serve Prometheus metrics from the worker's main process (needs `pip install "
+        "'celery-memguard[prometheus]'`). With a range, each worker of the host takes the first free port and "
+        'logs it (`memguard.metrics_serving`): give the workers of `celery multi` one range. A busy range or a '
+        'missing extra is one `memguard.error`; the worker runs on without metrics (docs/metrics.md)'),
+    "metrics_addr": KeyDoc(
+        'an IP address or a host name',
+        'where the metrics server listens: loopback only by default (a Prometheus or agent on the same host); '
+        '`"0.0.0.0"` (or `"::"`) in a container or pod, where the scraper connects from outside'),
 }
 
 #: Each setting's default, as parsed: the dataclass's field defaults (their one home).

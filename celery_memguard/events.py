@@ -93,6 +93,7 @@ __all__ = [
     "TARGETS",
     "ORDER_SIGNAL_REPLACED",
     "SAMPLE",
+    "METRICS_SERVING",
     "EventLog",
     "default_log_file",
     "open_log_file",
@@ -137,6 +138,8 @@ PRESSURE_WATCH = "memguard.pressure_watch"
 ORDER_SIGNAL_REPLACED = "memguard.order_signal_replaced"
 #: Every ``memguard_sample_interval`` seconds: the latest poll's memory readings (see celery_memguard.sampling).
 SAMPLE = "memguard.sample"
+#: The Prometheus exporter listens (``memguard_metrics_port``): where to scrape this worker.
+METRICS_SERVING = "memguard.metrics_serving"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -156,6 +159,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     ORDER_SIGNAL_REPLACED: ("pid", "task", "task_id", "signal", "handler", "effect"),
     SAMPLE: ("metric", "children", "pool_mib", "pool_rss_mib", "master_mib", "master_rss_mib", "available_mib",
              "tasks", "spawn_time_s", "replace_gaps_s"),
+    METRICS_SERVING: ("url", "addr", "port", "port_range", "busy_ports"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
@@ -229,6 +233,8 @@ EVENT_DOCS: dict[str, str] = {
                     "why (see docs/pressure.md).",
     PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
                          "one (once per episode).",
+    METRICS_SERVING: "Once at start, with `memguard_metrics_port`: the Prometheus exporter listens; where to "
+                     "scrape this worker (docs/metrics.md).",
 }
 
 #: Keys some occurrences of an event carry besides its :data:`EVENT_KEYS`: recycles and kills carry the
@@ -354,6 +360,11 @@ KEY_DOCS: dict[str, str] = {
     "adaptive_floor_s": "the shortest delay adaptive polling chooses, seconds (null: no adaptive polling)",
     "mode": "`memguard_pressure_wake`",
     "fallback": "why no (or not every) kernel notification was armed; null: nothing missing",
+    "url": "the address to scrape (`http://ADDR:PORT/metrics`)",
+    "addr": "`memguard_metrics_addr`: the address the server listens on",
+    "port": "the port the server listens on (the first free one of `port_range`)",
+    "port_range": "`memguard_metrics_port`: the port, or the range `LOW-HIGH`, the server could take",
+    "busy_ports": "ports of the range passed over because something already listened there",
     # Keys only some recycles and kills carry (EXTRA_KEYS).
     "limit_s": "the lifetime limit it crossed, seconds (`lifetime`)",
     "limit_tasks": "the task-count limit it reached (`max_tasks`)",

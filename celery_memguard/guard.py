@@ -12,7 +12,9 @@ hooks (:class:`~celery_memguard.monitor.PoolHooks`) and stops it, like Celery's
   logged there (the only place), remembered, and the children's trace list on the
   board (suspects to trace, watched names to measure) is republished when it changed;
 * read-only views for whoever asks: the ``memguard`` status command, the
-  ``inspect stats`` summary (:meth:`Guard.summary`), metrics.
+  ``inspect stats`` summary (:meth:`Guard.summary`), and the Prometheus exporter
+  (:mod:`celery_memguard.metrics`), which it starts and stops with the monitor
+  when ``memguard_metrics_port`` is set.
 
 Tables read by other threads are replaced whole, never changed in place, so a
 reader sees one consistent version without locks.
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import events
 from .actions import Actuator
@@ -35,14 +38,20 @@ from .engine import Engine
 from .forensics import LossExplainer
 from .monitor import HostReaders, Monitor, PollView, PoolHooks
 from .pace import ADAPTIVE_FLOOR, AdaptivePace, PressurePlan
-from .probes import HeapProbe, heap_probe
+from .probes import HeapProbe, ProcessProbe, heap_probe, open_process_probe
 from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch
 from .probes.system import oom_kill_count, read_system
-from .samples import Action
+from .samples import Action, MasterSample, SystemSample
 from .sampling import SampleLog
 from .units import mib
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .metrics import MetricsServer
+
 __all__ = ["Guard", "build_detectors", "heap_attribution"]
+
+#: Seconds a reading taken for a reader (a metrics scrape) serves later readers: scrapes never read more often.
+READING_REUSE = 5.0
 
 _UNSUPPORTED = {
     "can": "validate its settings and log memguard.started",
@@ -57,14 +66,24 @@ _UNSUPPORTED = {
 class Guard:
     """One worker's MemGuard: engine, detectors, monitor, and the live tables the findings fill."""
 
-    def __init__(self, config: MemGuardConfig, *, pool_name: str, board: Board | None) -> None:
-        """``board`` is None when the pool has no child processes to police (MemGuard then stays idle)."""
+    def __init__(self, config: MemGuardConfig, *, pool_name: str, board: Board | None,
+                 node: str | None = None) -> None:
+        """``board`` is None when the pool has no child processes to police (MemGuard then stays idle);
+        ``node`` is the worker's node name (``w1@host``), shown by the metrics."""
         self.config = config
         self.pool_name = pool_name
         self.board = board
+        self.node = node
         self.monitor: Monitor | None = None
         #: Logs ``memguard.sample`` (with the tasks finished since the last one); None when sampling is off.
         self.sampler: SampleLog | None = None
+        #: Whether task intake is paused under memory pressure; None while no pause feature runs.
+        self.paused: bool | None = None
+        self.exporter: MetricsServer | None = None
+        self._master_pid: int | None = None
+        self._reading_lock = threading.Lock()
+        self._master_probe: ProcessProbe | None = None
+        self._read: tuple[float, MasterSample | None, SystemSample | None] | None = None
         #: The current leak suspects' latest ``memguard.leak_suspected`` fields, by task.
         self.suspects: dict[str, dict[str, Any]] = {}
         #: How many ``memguard.heavy_task`` findings each task has had.
@@ -112,8 +131,11 @@ class Guard:
                         cannot=_UNSUPPORTED["cannot"].format(pool=self.pool_name))
 
     def start(self, pool: PoolHooks) -> None:
-        """Start the monitor thread on the pool the hooks describe (nothing without a board or an engine)."""
+        """Start the metrics exporter (when configured) and the monitor thread on the pool the hooks
+        describe (no monitor without a board or an engine)."""
         cfg = self.config
+        self._master_pid = pool.master_pid
+        self._start_exporter()
         if self.board is None or self.engine is None:
             return
         try:
@@ -189,7 +211,8 @@ class Guard:
                     enforcing="hard_limit")
 
     def stop(self, how: str) -> None:
-        """Stop the monitor (once; later calls do nothing) and log ``memguard.stopped``."""
+        """Stop the metrics exporter and the monitor (once; later calls do nothing); log ``memguard.stopped``."""
+        self._stop_exporter()
         monitor, self.monitor = self.monitor, None
         if monitor is None:
             return
@@ -203,6 +226,28 @@ class Guard:
                         events_dropped=events.get().dropped)
         except Exception as exc:
             events.error("guard.stop", exc)
+
+    def _start_exporter(self) -> None:
+        if self.config.metrics_port is None or self.exporter is not None:
+            return
+        try:
+            from .metrics import start_exporter  # imports prometheus_client only when a server starts
+
+            self.exporter = start_exporter(self)
+        except Exception as exc:
+            events.error("metrics.start", exc)
+
+    def _stop_exporter(self) -> None:
+        exporter, self.exporter = self.exporter, None
+        try:
+            if exporter is not None:
+                exporter.stop()
+            with self._reading_lock:
+                probe, self._master_probe = self._master_probe, None
+                if probe is not None:
+                    probe.close()
+        except Exception as exc:
+            events.error("metrics.stop", exc)
 
     # -- findings -------------------------------------------------------
     def record(self, finding: Finding) -> None:
@@ -272,6 +317,57 @@ class Guard:
         monitor = self.monitor
         return dict(monitor.decided) if monitor is not None else {}
 
+    @property
+    def lost(self) -> dict[str, int]:
+        """Children lost by a signal MemGuard did not send (``memguard.child_lost``), by signal name."""
+        monitor = self.monitor
+        return dict(monitor.lost) if monitor is not None else {}
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """``memguard.error`` occurrences in this process (logged once per cause, all counted), by ``where``."""
+        counts: dict[str, int] = {}
+        for (where, _kind), count in events.get().error_counts.items():
+            counts[where] = counts.get(where, 0) + count
+        return counts
+
+    def host_readings(self) -> tuple[MasterSample | None, SystemSample | None]:
+        """The master's memory and the memory available: the latest poll's readings, and for what the poll
+        does not read (no detector reads the master, no pressure policy the system) one reading taken now,
+        reused for READING_REUSE seconds. For readers other than the monitor (metrics scrapes)."""
+        view = self.last_poll
+        master = view.master if view is not None else None
+        system = view.system if view is not None else None
+        if (master is not None or self._master_pid is None) and system is not None:
+            return master, system
+        now = time.monotonic()
+        with self._reading_lock:
+            if self._read is None or now - self._read[0] >= READING_REUSE:
+                self._read = (now, self._read_master(now) if master is None else None,
+                              self._read_system(now) if system is None else None)
+            _, read_master, read_sys = self._read
+        return master or read_master, system or read_sys
+
+    def _read_master(self, now: float) -> MasterSample | None:
+        if self._master_pid is None:
+            return None
+        try:
+            if self._master_probe is None:
+                self._master_probe = open_process_probe(self._master_pid)
+            rss, _faults = self._master_probe.cheap()
+            return MasterSample(pid=self._master_pid, mem=self._master_probe.exact(self.config.metric), rss=rss, at=now)
+        except Exception as exc:
+            events.error("guard.read_master", exc)
+            return None
+
+    @staticmethod
+    def _read_system(now: float) -> SystemSample | None:
+        try:
+            return read_system(now)
+        except Exception as exc:
+            events.error("guard.read_system", exc)
+            return None
+
     def pending(self, pid: int) -> Action | None:
         """The order already given to child ``pid`` and not yet carried out, if any."""
         engine = self.engine
@@ -294,6 +390,7 @@ class Guard:
             "kills": by_action.get(Action.KILL.value, {}),
             "sigkills": by_action.get(Action.FORCE_KILL.value, {}),
             "suspects_kib_per_call": {task: s.get("kib_per_call") for task, s in self.suspects.items()},
+            "metrics_url": self.exporter.url if self.exporter is not None else None,
         }
 
 

@@ -185,6 +185,9 @@ class Monitor:
         #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done); replaced
         #: whole on each decision, never changed in place, so another thread can read it as it is.
         self.decided: dict[tuple[str, str], int] = {}
+        #: Children lost by a signal MemGuard did not send (``memguard.child_lost``), by signal name (``"none"``:
+        #: an unexpected exit code); replaced whole, like ``decided``.
+        self.lost: dict[str, int] = {}
         self.last_poll: PollView | None = None
         #: The latest reading of the master (None before the first, or when no detector needs it).
         self.master_reading: MasterSample | None = None
@@ -611,6 +614,8 @@ class Monitor:
                 recorded = self.board.task_of(index, pid)  # what the child wrote at task start: survives it
             report = self.explainer.explain(pid, exitcode, _history_of(tracked), recorded=recorded, now=now)
             if report is not None:
+                signal = str(report.fields.get("signal") or "none")
+                self.lost = {**self.lost, signal: self.lost.get(signal, 0) + 1}
                 events.emit(report.event, "error", **report.fields)
         except Exception as exc:
             events.error("monitor.child_lost", exc)

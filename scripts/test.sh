@@ -4,10 +4,12 @@
 #
 #   package   build the wheel and the sdist (python -m build), check what the sdist carries, install the
 #             wheel in a fresh venv (.venv-wheel) and run it from outside the checkout: import,
-#             celery-memguard --help, python -m celery_memguard --help, celery memguard --help
+#             celery-memguard --help, python -m celery_memguard --help, celery memguard --help; then the
+#             wheel's prometheus extra (prometheus_client, celery_memguard.metrics importable)
 #   docs      the documentation site: mkdocs build --strict (scripts/docs.sh, in its own venv .venv-docs);
 #             any warning (a broken link or anchor, a docstring that does not render) fails the leg
-#   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install)
+#   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install with
+#             the test and prometheus extras: the exporter's tests run)
 #   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
 #             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests (in the background under
 #             nice 19, while the main suite runs) and, after the main suite, the real-worker smoke set
@@ -92,7 +94,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv || { echo "cannot create .venv with $PYTHON"; exit 2; }
 fi
 pipq .venv/bin/python -m pip install "${PIP_QUIET[@]}" --upgrade pip >/dev/null 2>&1 || true
-if ! pipq .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e ".[test]"; then
+if ! pipq .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e ".[test,prometheus]"; then
   echo "cannot install the package into .venv"; exit 2
 fi
 MAIN_VER=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -112,6 +114,8 @@ package_check() {
   done
   [ -z "$missing" ] || { echo "sdist lacks:$missing"; return 1; }
   unzip -l "$wheel" | grep -q 'celery_memguard/py.typed' || { echo "wheel lacks py.typed"; return 1; }
+  unzip -p "$wheel" '*.dist-info/METADATA' | grep -q '^Provides-Extra: prometheus' \
+    || { echo "wheel lacks the prometheus extra"; return 1; }
   "$PYTHON" -m venv .venv-wheel || return 1
   pipq .venv-wheel/bin/python -m pip install "${PIP_QUIET[@]}" "$wheel" || return 1
   local here version
@@ -125,6 +129,10 @@ assert (pathlib.Path(celery_memguard.__file__).parent / "py.typed").exists(); pr
   (cd "$here" && [ "$("$ROOT/.venv-wheel/bin/celery-memguard" --version)" = "celery-memguard $version" ]) || return 1
   (cd "$here" && "$ROOT/.venv-wheel/bin/python" -m celery_memguard --help | grep -q 'report') || return 1
   (cd "$here" && "$ROOT/.venv-wheel/bin/celery" memguard --help | grep -q 'status') || return 1
+  # the prometheus extra installs prometheus_client, and the exporter serves from the installed wheel
+  pipq .venv-wheel/bin/python -m pip install "${PIP_QUIET[@]}" "$wheel[prometheus]" || return 1
+  (cd "$here" && "$ROOT/.venv-wheel/bin/python" -c 'import prometheus_client, celery_memguard.metrics as m
+assert "celery_memguard_recycles_total" in m.served_names()') || { echo "the prometheus extra does not work"; return 1; }
   rm -rf "$here"
   echo "package: $(basename "$sdist") and $(basename "$wheel") built; wheel $version installs and runs"
 }
@@ -174,7 +182,7 @@ background_legs() {
     (
       [ -x ".venv-$name/bin/python" ] || "$exe" -m venv ".venv-$name" || exit 1
       # shellcheck disable=SC2086 # the pins are separate words
-      pipq ".venv-$name/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade "$WHEEL[test]" $pins
+      pipq ".venv-$name/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade "$WHEEL[test,prometheus]" $pins
     ) >"$LOGS/setup-$name.log" 2>&1 &
   done
   wait

@@ -149,7 +149,8 @@ class MemGuard(bootsteps.StartStopStep):
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
-        self.guard = Guard(cfg, pool_name=_pool_name(parent), board=self.board if self.prefork else None)
+        self.guard = Guard(cfg, pool_name=_pool_name(parent), board=self.board if self.prefork else None,
+                           node=getattr(parent, "hostname", None))
         return self
 
     def start(self, parent: Any) -> None:
@@ -172,7 +173,10 @@ class MemGuard(bootsteps.StartStopStep):
         stops at once.
         """
         guard = self.guard
-        if guard is None or not guard.active:
+        if guard is None:
+            return
+        if not guard.active:
+            guard.stop("warm")  # no monitor to drain; the metrics exporter (if any) stops
             return
         try:
             if self._hold_until_drained(getattr(parent, "pool", None), guard):

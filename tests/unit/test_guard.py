@@ -53,7 +53,7 @@ class TestSummary:
             "limits_mib": {"soft": 512.0, "hard": 1024.0, "pool": None},
             "children_mib": {"11": 300.0, "12": 50.0},
             "recycles": {"soft_limit": 3}, "kills": {"hard_limit": 1}, "sigkills": {"hard_limit": 1},
-            "suspects_kib_per_call": {"a": 4.0},
+            "suspects_kib_per_call": {"a": 4.0}, "metrics_url": None,
         }
         assert expected == g.summary()
 
