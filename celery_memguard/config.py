@@ -219,6 +219,7 @@ def _optional_path(key: str, value: Any, _mem: int) -> str | None:
 MAX_PORT_RANGE = 1024
 _PORTS_ACCEPTED = ('None, a TCP port 1-65535 (an int or a string like "9300"), or a range "LOW-HIGH" '
                    f'(e.g. "9300-9315", at most {MAX_PORT_RANGE} ports: each worker takes the first free one)')
+_PORTS_RE = re.compile(r"\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
@@ -230,9 +231,9 @@ def _port_range(key: str, value: Any, _mem: int) -> tuple[int, int] | None:
         raise ConfigError(key, value, _PORTS_ACCEPTED)
     if isinstance(value, int):
         low = high = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,5}\s*(-\s*[0-9]{1,5}\s*)?", value):
-        parts = [int(part) for part in value.split("-")]
-        low, high = parts[0], parts[-1]
+    elif isinstance(value, str) and (match := _PORTS_RE.fullmatch(value)):
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
     else:
         raise ConfigError(key, value, _PORTS_ACCEPTED)
     if not (1 <= low <= high <= 65535) or high - low + 1 > MAX_PORT_RANGE:
