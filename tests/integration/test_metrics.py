@@ -220,3 +220,28 @@ def test_two_workers_on_one_range_take_distinct_ports(start_worker: StartWorker,
         assert info["node"] == node, (info, node)
     # The worker that found the first port taken says which ports it passed over.
     assert sorted(len(s["busy_ports"]) for s in serving) == [0, 1], serving
+
+
+def test_thirty_two_children_one_series_per_slot(start_worker: StartWorker, redis_url: str) -> None:
+    """At 32 children every slot has its series, once; totals add up; scrapes stay fast."""
+    port, _ = free_ports(1)
+    worker = start_worker(redis_url, concurrency=32, conf={"memguard_metrics_port": port,
+                                                           "memguard_poll_interval": 0.2})
+    url = worker.wait_for_event("memguard.metrics_serving")["url"]
+
+    def full() -> Samples | None:
+        samples = scrape(url)
+        return samples if samples.get(("celery_memguard_children", ())) == 32 else None
+
+    samples = wait_until(full, 60, interval=0.5, what="a poll of all 32 children")
+    memory = by_label(samples, "celery_memguard_child_memory_bytes", "slot")
+    assert sorted(memory, key=int) == [str(i) for i in range(32)], memory
+    assert sum(memory.values()) == samples[("celery_memguard_pool_memory_bytes", ())]
+    timings = []
+    for _ in range(10):
+        started = time.perf_counter()
+        scrape(url)
+        timings.append(time.perf_counter() - started)
+    print(f"scrape of a 32-child worker: median {sorted(timings)[5] * 1000:.1f} ms, max {max(timings) * 1000:.1f} ms")
+    assert sorted(timings)[5] < 1.0, timings
+    assert worker.events("memguard.error") == []
