@@ -229,8 +229,8 @@ def _port_range(key: str, value: Any, _mem: int) -> tuple[int, int] | None:
         return None
     if isinstance(value, bool):
         raise ConfigError(key, value, _PORTS_ACCEPTED)
-    if isinstance(value, int):
-        low = high = value
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        low = high = int(value)
     elif isinstance(value, str) and (match := _PORTS_RE.fullmatch(value)):
         low = int(match.group(1))
         high = int(match.group(2) or low)
