@@ -261,8 +261,12 @@ class TestServer:
         finally:
             server.stop()
         assert not server.thread.is_alive() and memguard_threads() == []
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", low))  # the port is free again
+        with pytest.raises(ConnectionRefusedError):  # nothing listens there any more
+            socket.create_connection(("127.0.0.1", low), timeout=5).close()
+        with socket.socket() as s:  # and a new server can listen there (the scrape's TIME_WAIT needs SO_REUSEADDR,
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # which every server sets)
+            s.bind(("127.0.0.1", low))
+            s.listen()
 
     def test_a_range_takes_the_first_free_port(self, occupied: list[socket.socket]) -> None:
         low, high = free_ports(3)
