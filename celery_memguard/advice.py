@@ -207,6 +207,7 @@ class _Sizing:
     hard: int
     soft: int
     soft_rule: str
+    asked: str = ""
 
     @property
     def task_room(self) -> float:
@@ -264,8 +265,10 @@ def _sizing(e: Evidence, loss_cap: float) -> _Sizing:
     want, sizing.soft_rule = _soft_wanted(e, sizing, loss_cap)
     cap = budget - sizing.task_room
     if want >= cap:
-        want, sizing.soft_rule = cap, (f"as much as fits: the children's share {int(budget)} MiB - room for the "
-                                       f"largest call")
+        if sizing.soft_rule and math.isfinite(want):
+            sizing.asked = f"the children would ask for {want:.0f} MiB: {sizing.soft_rule}"
+        want, sizing.soft_rule = cap, (f"as much as fits: each child's share of the memory {int(budget)} MiB - "
+                                       f"room for the largest call {sizing.task_room:.0f} MiB")
     sizing.soft = max(1, min(math.ceil(max(want, min(floor, cap))), int(cap)))
     # hard = soft + room for the largest call, within the children's share; a valid pair even when nothing fits
     sizing.hard = max(sizing.soft + 1, int(min(budget, math.ceil(sizing.soft + sizing.task_room))))
@@ -290,8 +293,9 @@ def _soft_wanted(e: Evidence, s: _Sizing, loss_cap: float) -> tuple[float, str]:
     calls = math.ceil(spawn * (1 - share) / (share * duration))
     bound = "" if e.replace_gaps_s else "at least "
     return (s.fresh + s.growth * calls,
-            f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB (a recycle every {calls} calls "
-            f"costs {bound}{share:.0%} of throughput: {RECYCLE_LOSS_SHARE:.0%} of memguard_max_throughput_loss)")
+            f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB: the fewest calls between "
+            f"recycles that keep their cost at {bound}{share:.0%} of throughput ({RECYCLE_LOSS_SHARE:.0%} of "
+            f"memguard_max_throughput_loss)")
 
 
 def _concurrency(e: Evidence, s: _Sizing) -> Recommendation:
@@ -336,8 +340,8 @@ def _limits(e: Evidence, s: _Sizing) -> list[Recommendation]:
     ] + ([f"observed hard limit {e.hard_limit_mib:.0f} MiB"] if e.hard_limit_mib else []), confidence,
         note=None if s.fits >= 1 else "no child fits with the largest call: see worker_concurrency")
     soft_evidence = [
-        f"{s.soft_rule or 'as much as the memory allows'}; room for the largest call {s.task_room:.0f} MiB "
-        f"above it, within the {s.hard} MiB hard limit",
+        s.soft_rule,
+    ] + ([s.asked] if s.asked else []) + [
         f"children: median {_mib(percentile(e.child_mib, 0.5) or 0.0)}, p95 {_mib(p95)}, max "
         f"{_mib(e.child_max_mib or 0.0)} over {len(e.child_mib)} readings; fresh child {_mib(s.fresh)}",
     ]
