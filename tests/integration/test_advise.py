@@ -13,6 +13,10 @@ no-op pings. After a warm shutdown (which logs the last sample), the real comman
 * ``worker_max_tasks_per_child`` keeps a fresh child plus 8 MiB per call under the soft limit;
 * it.grow is named a task to route to its own queue; the recycles it counts are the
   ``memguard.child_recycled`` events of the log.
+
+A second worker (Redis and RabbitMQ) runs ``at.explode`` (:mod:`tests.integration.advise_tasks`) with ``acks_late`` and
+``reject_on_worker_lost``: the task SIGKILLs its own child on its first 3 deliveries, so the same task
+id loses a child 3 times before it succeeds; ``advise`` names the redelivery loop (celery#5641).
 """
 
 from __future__ import annotations
@@ -79,3 +83,25 @@ def test_advice_on_a_real_run_is_consistent_with_it(start_worker: StartWorker, r
     assert "it.grow" in " ".join(advice) and any(k.startswith("task_routes[") for k in advice)
     recycled = worker.events("memguard.child_recycled")
     assert evidence["recycles"] == len(recycled) >= 1
+
+
+def test_advise_names_a_redelivery_loop(start_worker: StartWorker, broker_url: str, tmp_path: Path) -> None:
+    worker = start_worker(broker_url, concurrency=2, conf={"imports": ["tests.integration.advise_tasks"],
+                                                           "memguard_sample_interval": 0.5})
+    counter = tmp_path / "deliveries"
+    result = worker.send("at.explode", str(counter), 3)
+    (outcome,) = worker.collect([result], timeout=120)
+    assert outcome.state == "SUCCESS" and outcome.value == 4, outcome
+    worker.stop()
+    lost = worker.events("memguard.child_lost")
+    assert [e["task_id"] for e in lost] == [result.id] * 3, lost
+
+    proc = subprocess.run([sys.executable, "-m", "celery_memguard", "advise", "--format", "json",
+                           str(worker.event_file)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (host,) = json.loads(proc.stdout)["hosts"]
+    advice = {r["key"]: r for r in host["recommendations"]}
+    loop = advice["at.explode.reject_on_worker_lost"]
+    assert loop["value"] is False and loop["confidence"] == "high"
+    assert f"{result.id} 3 times" in loop["evidence"][0] and "5641" in loop["note"]
+    assert loop["config"].startswith("@app.task(acks_late=True, reject_on_worker_lost=False)")
