@@ -64,10 +64,11 @@ def build_advice(paths: Iterable[str], max_throughput_loss: float | None = None)
 
 def _evidence_dict(e: Evidence) -> dict[str, Any]:
     data = dataclasses.asdict(e)
-    for key in ("child_mib", "fresh_mib", "spawn_times_s"):  # raw readings: summarised, not dumped
+    for key in ("child_mib", "fresh_mib", "spawn_times_s", "replace_gaps_s"):  # raw readings: counted, not dumped
         values = data.pop(key)
         data[key.replace("_mib", "").replace("_s", "") + "_readings"] = len(values)
     data["calls"] = e.calls
+    data["recycle_cost_s"] = e.recycle_cost_s
     return data
 
 
