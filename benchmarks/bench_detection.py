@@ -368,8 +368,13 @@ else:
     if variant == "other-suspect":
         board.set_trace(["other.task"])
     if variant == "heap-armed":  # every task measured with the heap probe (as in a child whose RSS grows)
-        import celery_memguard.worker.child as child_module
-        child_module.HEAP_ARMED_TASKS = rt.heap_armed = 1 << 62
+        meter = getattr(rt, "heap_meter", None)
+        if meter is None:  # code before the child runtime's split into collaborators (paired runs)
+            import celery_memguard.worker.child as child_module
+            child_module.HEAP_ARMED_TASKS = rt.heap_armed = 1 << 62
+        else:
+            import celery_memguard.worker.child_heap as heap_module
+            heap_module.HEAP_ARMED_TASKS = meter.armed = 1 << 62
 tid, name = str(uuid.uuid4()), "bench.noop"
 def both():
     rt.before(name, tid)
@@ -385,8 +390,10 @@ for _ in range(reps):
     gc.enable()
 signal.signal(ORDER_SIGNAL, signal.SIG_DFL)
 import celery_memguard
-print(json.dumps({"median": statistics.median(out), "min": min(out), "tracer": getattr(rt, "tracer", None) is not None,
-                  "source": celery_memguard.__file__, "heap_armed": getattr(rt, "heap_armed", 0)}))
+parts = getattr(rt, "traces", rt), getattr(rt, "heap_meter", None)  # (on the runtime itself before its split)
+print(json.dumps({"median": statistics.median(out), "min": min(out), "tracer": getattr(parts[0], "tracer", None) is not None,
+                  "source": celery_memguard.__file__,
+                  "heap_armed": parts[1].armed if parts[1] is not None else getattr(rt, "heap_armed", 0)}))
 """
 
 OVERHEAD_VARIANTS = {
@@ -453,7 +460,7 @@ rt = ChildRuntime(Board(1), 0, None, heap=heap_probe())
 measured, total = Counter(), Counter()
 for i in range(calls):
     name, tid = rng.choice(names), str(uuid.uuid4())
-    armed = rt.heap_armed > 0
+    armed = rt.heap_meter.armed > 0
     rt.before(name, tid)
     bodies[name]()
     rt.after(tid, True)

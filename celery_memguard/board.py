@@ -61,9 +61,9 @@ _COUNT = struct.Struct("<Q")
 #: Trace list (after the slots): generation, number of names, names of suspected tasks to trace and of
 #: watched task names (prefixed with WATCH_MARK) whose every call children measure with the heap probe.
 TRACE_MAX = 16
-#: Prefix of a trace-list entry that asks children to measure (not trace) the task (see worker/child.py).
+#: Prefix of a trace-list entry that asks children to measure (not trace) the task (see worker/child_trace.py).
 WATCH_MARK = "\x1f"
-#: Bit of a record's ``ok`` byte: the heap reading was settled (cyclic garbage collected, see worker/child.py).
+#: Bit of a record's ``ok`` byte: the heap reading was settled (cyclic garbage collected, see worker/child_heap.py).
 _SETTLED = 2
 _TRACE_HEAD = struct.Struct("<QB7x")
 _TRACE_NAME = struct.Struct("<128s")

@@ -429,7 +429,7 @@ class Monitor:
                 events.error("actions.apply", exc)
 
     def _remind_leaving(self, samples: list[ChildSample], index_of: dict[int, int | None]) -> None:
-        """Remind every idle child told to leave, each poll until it has gone (see worker/child.py)."""
+        """Remind every idle child told to leave, each poll until it has gone (see worker/child_orders.py)."""
         for sample in samples:
             if sample.task_id is None and self.engine.pending(sample.pid) in _LEAVING:
                 try:

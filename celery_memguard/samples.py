@@ -100,7 +100,7 @@ class TaskSample:
     it for this task. ``heap_settled`` says that reading was *settled*: the child
     collected the task's own cyclic garbage before the after-reading and let no
     collection free older garbage during the task (see
-    :mod:`celery_memguard.worker.child`), so deferred frees do not move it.
+    :mod:`celery_memguard.worker.child_heap`), so deferred frees do not move it.
     """
 
     pid: int

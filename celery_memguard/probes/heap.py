@@ -15,7 +15,7 @@ pages is charged the growth. The allocators know what is really held:
 Reading both costs ~1.5 µs (``mallinfo2`` walks malloc's free lists: up to a few
 hundred µs on a badly fragmented heap) plus ~12 µs per 280,000 live blocks, too
 much for every task; the child measures the tasks that follow a growth of its RSS
-only (see :mod:`celery_memguard.worker.child`).
+only (see :mod:`celery_memguard.worker.child_heap`).
 
 Supported where the C library has ``mallinfo2`` (glibc 2.33 or later) and
 ``malloc`` is glibc's: :func:`heap_probe` checks that a 64 KiB allocation shows up

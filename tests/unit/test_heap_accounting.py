@@ -19,8 +19,9 @@ from celery_memguard.board import ORDER_SIGNAL, Board
 from celery_memguard.probes import heap as heap_module
 from celery_memguard.probes.heap import BLOCK_BYTES, heap_probe
 from celery_memguard.samples import TaskSample
-from celery_memguard.worker import child as child_module
-from celery_memguard.worker.child import HEAP_ARM_GROWTH, HEAP_ARMED_TASKS, ChildRuntime
+from celery_memguard.worker import child_heap
+from celery_memguard.worker.child import ChildRuntime
+from celery_memguard.worker.child_heap import HEAP_ARM_GROWTH, HEAP_ARMED_TASKS
 
 MiB = 1024 * 1024
 KEPT: list[object] = []
@@ -105,7 +106,7 @@ class TestChildArming:
         rt = ChildRuntime(board, 0, None, heap=heap_probe())
         first = _run(rt, board, _noop)
         assert first.heap_retained is None  # nothing armed before the first task
-        assert rt.heap_armed == HEAP_ARMED_TASKS  # the first task's RSS is growth from 0
+        assert rt.heap_meter.armed == HEAP_ARMED_TASKS  # the first task's RSS is growth from 0
         measured = [_run(rt, board, _noop).heap_retained for _ in range(HEAP_ARMED_TASKS)]
         assert all(m is not None and abs(m) < 64 * 1024 for m in measured), measured
         # Steady RSS: the next tasks are not measured.
@@ -121,24 +122,24 @@ class TestChildArming:
         rt = ChildRuntime(board, 0, None)
         records = [_run(rt, board, lambda: KEPT.append(b"z" * MiB)) for _ in range(3)]
         assert [r.heap_retained for r in records] == [None, None, None]
-        assert rt.heap is None
+        assert rt.heap_meter.probe is None
 
     def test_a_failing_probe_is_dropped_and_the_task_still_recorded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         errors: list[str] = []
-        monkeypatch.setattr(child_module.events, "error", lambda where, exc: errors.append(where))
+        monkeypatch.setattr(child_heap.events, "error", lambda where, exc: errors.append(where))
         board = Board(1)
         rt = ChildRuntime(board, 0, None, heap=heap_probe())
         _run(rt, board, _noop)
-        assert rt.heap_armed
+        assert rt.heap_meter.armed
 
         class Broken:
             def in_use(self) -> int:
                 raise RuntimeError("mallinfo2 went away")
 
-        rt.heap = Broken()  # type: ignore[assignment]
+        rt.heap_meter.probe = Broken()  # type: ignore[assignment]
         record = _run(rt, board, _noop)
         assert record.heap_retained is None and record.task == "t.task"
-        assert rt.heap is None and errors == ["child.heap_probe"]
+        assert rt.heap_meter.probe is None and errors == ["child.heap_probe"]
         assert _run(rt, board, _noop).heap_retained is None
 
 
@@ -185,7 +186,7 @@ class TestWatchedSettledReadings:
             assert record.heap_retained is not None and record.heap_settled
             assert abs(record.heap_retained) < 64 * 1024
         assert not _run(rt, board, _noop, "t.other").heap_settled  # not watched: at most armed, never settled
-        assert gc.get_freeze_count() == 0 and not rt.settling  # everything unfrozen again
+        assert gc.get_freeze_count() == 0 and not rt.heap_meter.settling  # everything unfrozen again
 
     def test_disabled_collector_is_left_alone(self) -> None:
         """gc.disable() by the application: no settling (its garbage is never collected: a real leak)."""

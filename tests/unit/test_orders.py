@@ -1,4 +1,4 @@
-"""Order delivery without a Python signal handler (celery_memguard/orders.py, worker/child.py), in-process.
+"""Order delivery without a Python signal handler (celery_memguard/orders.py, worker/child_orders.py, worker/job_hook.py), in-process.
 
 The child runtime is driven in this process as a pool child would drive it: a job
 wrapper around a task function, the order watcher thread waiting in ``sigwait``, the
@@ -103,7 +103,7 @@ class TestChildRuntime:
     def make(self, worker: StandIn | None = None) -> tuple[Board, ChildRuntime]:
         board = Board(2)
         rt = ChildRuntime(board, 1, worker)
-        rt.ready_reported = True
+        rt.job_hook.ready_reported = True
         return board, rt
 
     def test_stop_reaches_a_busy_task_without_any_python_signal_handler(self, logged: Path) -> None:
@@ -126,7 +126,7 @@ class TestChildRuntime:
         assert state == 1 and isinstance(exc, MemoryLimitExceeded), exc
         assert time.monotonic() - started < 2.0
         assert (exc.task, exc.mem, exc.limit, exc.metric) == ("app.tasks.grow", 310 * MiB, 300 * MiB, "uss")
-        assert rt.recycle_requested and rt.armed is None
+        assert rt.orders.recycle_requested and rt.orders.armed is None
 
     def test_no_stop_outside_the_ordered_task(self, logged: Path) -> None:
         """A kill order for another task, or arriving between tasks, raises nothing; the child still leaves."""
@@ -141,7 +141,7 @@ class TestChildRuntime:
         assert run_job(worker, job(trace, str(uuid.uuid4())))[0] == 0
         order_kill(board, rt, "a-task-that-finished")
         spin(0.3)  # between tasks: nothing raised here
-        assert rt.recycle_requested
+        assert rt.orders.recycle_requested
 
     def test_order_whose_signal_was_lost_is_obeyed_at_the_next_task_boundary(self, logged: Path) -> None:
         worker = StandIn()
@@ -149,7 +149,7 @@ class TestChildRuntime:
         board.write_order(rt.index, ORDER_RECYCLE, 200 * MiB, 150 * MiB, None, "soft_limit")  # no signal sent
         with pytest.raises(SystemExit):
             worker.wait_for_job()
-        assert rt.recycle_requested
+        assert rt.orders.recycle_requested
 
     def test_a_task_replacing_the_order_signal_handler_is_named_once(self, logged: Path) -> None:
         worker = StandIn()
@@ -167,11 +167,11 @@ class TestChildRuntime:
         assert len(warnings) == 1, warnings
         assert warnings[0]["task"] == "app.tasks.grow" and warnings[0]["task_id"] == first
         assert warnings[0]["signal"] == "SIGURG" and "lambda" in warnings[0]["handler"]
-        assert board.watcher(rt.index) == (rt.watcher.native_id, False)  # the master stops signalling main
+        assert board.watcher(rt.index) == (rt.orders.watcher.native_id, False)  # the master stops signalling main
         # Orders still arrive, through the watcher.
         board.write_order(rt.index, ORDER_RECYCLE, 200 * MiB, 150 * MiB, None, "soft_limit")
-        signal_thread(os.getpid(), rt.watcher.native_id)
+        signal_thread(os.getpid(), rt.orders.watcher.native_id)
         deadline = time.monotonic() + 5
-        while not rt.recycle_requested and time.monotonic() < deadline:
+        while not rt.orders.recycle_requested and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert rt.recycle_requested
+        assert rt.orders.recycle_requested

@@ -2,7 +2,7 @@
 
 :mod:`scenarios` models RSS deltas. Here each task call has a heap model instead
 (what it keeps, what cyclic garbage it leaves for the collector), and each
-simulated child follows the child runtime's rules (``celery_memguard/worker/child.py``):
+simulated child follows the child runtime's rules (``celery_memguard/worker/child_heap.py``):
 
 * it measures the heap around the next :data:`HEAP_ARMED_TASKS` calls after its RSS
   grew by :data:`HEAP_ARM_GROWTH` (RSS follows the heap's high-water mark: freed
@@ -27,7 +27,7 @@ from typing import Callable
 from celery_memguard.detectors.base import Finding
 from celery_memguard.detectors.leak import LeakDetector
 from celery_memguard.samples import TaskSample
-from celery_memguard.worker.child import HEAP_ARM_GROWTH, HEAP_ARMED_TASKS
+from celery_memguard.worker.child_heap import HEAP_ARM_GROWTH, HEAP_ARMED_TASKS
 
 KiB = 1024
 MiB = 1024 * 1024
