@@ -37,6 +37,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from .probes.base import close_fds
 from .samples import TaskSample
 
 __all__ = ["Board", "board_slots", "MIN_SLOTS", "CurrentTask", "Order", "ORDER_SIGNAL", "ORDER_RECYCLE", "ORDER_KILL", "RING_SIZE"]
@@ -382,10 +383,5 @@ class Board:
             self._map.close()
         except Exception:
             pass
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1

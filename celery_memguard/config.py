@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 from .exceptions import ConfigError
 from .units import MiB
 
-__all__ = ["MemGuardConfig", "parse_size", "key_name", "DEFAULTS", "KEYS", "KEY_DOCS", "KeyDoc"]
+__all__ = ["MemGuardConfig", "parse_size", "key_name", "conf_keys", "DEFAULTS", "KEYS", "KEY_DOCS", "KeyDoc"]
 
 
 _UNITS: dict[str, int] = {
@@ -321,7 +321,7 @@ class MemGuardConfig:
         a typo never silently disables a limit.
         """
         given = dict(overrides or {})
-        present = set(_keys(conf)) if namespace else set()
+        present = set(conf_keys(conf)) if namespace else set()
         names: dict[str, str] = {}  # each key as the user spelled it, for the error message
         raws: dict[str, Any] = {}
         values: dict[str, Any] = {}
@@ -392,7 +392,7 @@ def _check_keys(conf: Any, namespace: str | None) -> None:
     the canonical key (checked by asking ``conf`` for it: the value must be this very object).
     """
     prefix = f"{namespace.rstrip('_')}_".lower() if namespace else None
-    for key in sorted(_keys(conf)):
+    for key in sorted(conf_keys(conf)):
         name = key[len(prefix):] if prefix and key.lower().startswith(prefix) else key
         if not name.lower().startswith("memguard_"):
             continue
@@ -409,7 +409,8 @@ def _check_keys(conf: Any, namespace: str | None) -> None:
                                           ", and a setting may be given once)")
 
 
-def _keys(conf: Any) -> list[str]:
+def conf_keys(conf: Any) -> list[str]:
+    """The string keys of a Celery configuration (none if it cannot list them)."""
     try:
         return [k for k in conf.keys() if isinstance(k, str)]
     except Exception:

@@ -1,10 +1,21 @@
-"""The probe interface and the two errors probes translate OS failures into."""
+"""The probe interface, the two errors probes translate OS failures into, and closing the fds they keep."""
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
-__all__ = ["ProcessProbe", "ProbeError", "ProcessGone"]
+__all__ = ["ProcessProbe", "ProbeError", "ProcessGone", "close_fds"]
+
+
+def close_fds(*fds: int | None) -> None:
+    """Close each fd that is set (not None, not negative); one that fails to close is let go."""
+    for fd in fds:
+        if fd is not None and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class ProbeError(OSError):

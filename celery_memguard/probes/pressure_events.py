@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .base import close_fds
 from .system import _read_int, memory_cgroup_dirs
 
 __all__ = ["Armed", "PressureWatch", "PressureWatchError", "arm_cgroup1_thresholds", "arm_psi_trigger",
@@ -70,11 +71,7 @@ class Armed:
                 pass
 
     def close(self) -> None:
-        for fd in self.owned:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(*self.owned)
         self.owned = []
 
 
@@ -180,11 +177,7 @@ class PressureWatch:
             self._thread.join(2.0)
         for armed in self.armed:
             armed.close()
-        for fd in (self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self._stop_r, self._stop_w)
         self._stop_r = self._stop_w = -1
 
 

@@ -15,7 +15,7 @@ import errno
 import os
 
 from ..units import PAGE_SIZE
-from .base import ProbeError, ProcessGone
+from .base import ProbeError, ProcessGone, close_fds
 
 __all__ = ["ProcfsProbe", "parse_statm_rss", "parse_stat_minflt", "parse_smaps_rollup", "parse_smaps", "PAGE_SIZE"]
 
@@ -141,10 +141,5 @@ class ProcfsProbe:
         return b"".join(chunks)
 
     def close(self) -> None:
-        for fd in (self._statm, self._stat, self._rollup):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self._statm, self._stat, self._rollup)
         self._rollup = None

@@ -14,6 +14,7 @@ import resource
 import sys
 
 from ..units import PAGE_SIZE
+from .base import close_fds
 
 __all__ = ["SelfProbe"]
 
@@ -70,10 +71,5 @@ class SelfProbe:
             return None
 
     def close(self) -> None:
-        for fd in (self._statm, self._clear_refs):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_fds(self._statm, self._clear_refs)
         self._statm = self._clear_refs = None

@@ -28,7 +28,7 @@ from celery import bootsteps
 
 from .. import events
 from ..board import Board, board_slots
-from ..config import MemGuardConfig, key_name
+from ..config import MemGuardConfig, conf_keys, key_name
 from ..exceptions import ConfigError
 from ..guard import Guard, build_detectors, heap_attribution
 from ..monitor import PoolHooks
@@ -125,7 +125,7 @@ class MemGuard(bootsteps.StartStopStep):
                 given_as = option_name("memguard_log_file") if given else None
                 namespace = getattr(parent.app, "namespace", None)
                 key = "memguard_log_file" if given else key_name("memguard_log_file", namespace,
-                                                                 set(_conf_keys(parent.app.conf)))
+                                                                 set(conf_keys(parent.app.conf)))
                 raise WorkerConfigError(key, cfg.log_file,
                                         f"a file MemGuard can open for appending ({reason})", given_as) from None
         # The default file could not be opened: fall back to standard error, which is all there is.
@@ -279,13 +279,6 @@ def _worker_logfile(parent: Any, hostname: str | None) -> str | None:
         return node_format(logfile, hostname) if hostname else logfile
     except Exception:
         return logfile
-
-
-def _conf_keys(conf: Any) -> list[str]:
-    try:
-        return [k for k in conf.keys() if isinstance(k, str)]
-    except Exception:
-        return []
 
 
 def _node_name(hostname: str | None) -> str:
