@@ -245,3 +245,26 @@ def test_thirty_two_children_one_series_per_slot(start_worker: StartWorker, redi
     print(f"scrape of a 32-child worker: median {sorted(timings)[5] * 1000:.1f} ms, max {max(timings) * 1000:.1f} ms")
     assert sorted(timings)[5] < 1.0, timings
     assert worker.events("memguard.error") == []
+
+
+def test_served_through_a_warm_shutdown_then_gone(start_worker: StartWorker, redis_url: str) -> None:
+    """While the pool drains, scrapes still answer (the busy child is seen); once the worker exits, nothing listens."""
+    import signal
+
+    port, _ = free_ports(1)
+    worker = start_worker(redis_url, concurrency=2, conf={"memguard_metrics_port": port, "memguard_poll_interval": 0.1})
+    url = worker.wait_for_event("memguard.metrics_serving")["url"]
+    result = worker.send("it.ping", 4.0)
+    wait_until(lambda: 1.0 in by_label(scrape(url), "celery_memguard_child_busy", "slot").values(), 20,
+               what="the long task to be seen running")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_event("memguard.draining")
+    during = scrape(url)
+    assert during[("celery_memguard_active", ())] == 1 and 1.0 in by_label(during, "celery_memguard_child_busy",
+                                                                           "slot").values(), during
+    assert worker.collect([result], timeout=30)[0].state == "SUCCESS"  # nothing lost: the task finished
+    assert worker.proc.wait(30) == 0
+    assert [e["shutdown"] for e in worker.events("memguard.stopped")] == ["warm"]
+    with pytest.raises(OSError):
+        scrape(url)
+    assert worker.events("memguard.error") == []
