@@ -23,10 +23,14 @@ signal. The watcher
   signal to the main thread, whose handler (where CPython can run it) leaves at
   once if the child is blocked before the first byte of its next job (nothing has
   been read, so nothing is lost; the master repeats the signal each poll until the
-  child has left), or raises the pending stop at once. Where the handler cannot run
-  (CPython 3.13.0 as above, or a task replaced it, which is reported once as
-  ``memguard.order_signal_replaced`` naming the task) an idle child leaves after its
-  next job instead, and a stop lands when the blocking call returns.
+  child has left), or raises the pending stop at once. Blocked before its next job
+  means in the pipe read of a job header with nothing read, or, in the pool of
+  transports without an event loop (one job pipe shared behind a read lock), still
+  waiting for that lock (see :mod:`celery_memguard.worker.job_hook`). The interrupted
+  system call runs the handler itself, also on CPython 3.13.0 in a child forked from
+  a non-main thread. Where the handler cannot run (a task replaced it, which is
+  reported once as ``memguard.order_signal_replaced`` naming the task) an idle child
+  leaves after its next job instead, and a stop lands when the blocking call returns.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ in the task never sees EINTR because of MemGuard).
 
 from __future__ import annotations
 
+import dis
 import sys
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import events
@@ -81,15 +82,31 @@ class JobHook:
             leave()
 
     def waiting_for_job(self, frame: FrameType | None) -> bool:
-        """True if ``frame`` is billiard's pipe read of a job header with no byte consumed yet."""
-        if frame is None or frame.f_code.co_name != "_recv":
+        """True if ``frame`` waits for the next job with no byte of it consumed yet.
+
+        Two places: billiard's pipe read of a job header (``_recv``, nothing read), and, in the pool of
+        transports without an event loop (one job pipe shared by the children behind a read lock),
+        ``SimpleQueue.get_payload`` still acquiring that lock: an idle child that is not the one holding
+        the lock waits there, and would otherwise stay until another child takes a job.
+        """
+        if frame is None:
             return False
-        local = frame.f_locals
-        if local.get("size") != 4 or local.get("remaining") != 4:
-            return False
-        caller = frame.f_back
-        if caller is None or caller.f_code.co_name != "_recv_bytes" or "buf" in caller.f_locals:
-            return False
+        if frame.f_code.co_name == "__enter__" and frame.f_back is not None:  # the lock's own __enter__
+            frame = frame.f_back
+        if frame.f_code.co_name == "get_payload":
+            # Before the read, and the lock not acquired (leaving inside its __enter__ would keep it held).
+            if frame.f_lasti >= _read_offset(frame.f_code) or _holds_read_lock(frame):
+                return False
+            caller = frame.f_back
+        else:
+            if frame.f_code.co_name != "_recv":
+                return False
+            local = frame.f_locals
+            if local.get("size") != 4 or local.get("remaining") != 4:
+                return False
+            caller = frame.f_back
+            if caller is None or caller.f_code.co_name != "_recv_bytes" or "buf" in caller.f_locals:
+                return False
         while caller is not None:
             if caller.f_code is self._wait_code:
                 return True
@@ -167,3 +184,25 @@ def leave() -> None:
     """Leave the pool now, as a planned recycle (billiard replaced sys.exit in the child to record the
     exit code it reports)."""
     sys.exit(EX_RECYCLE)
+
+
+_read_offsets: dict[CodeType, int] = {}
+
+
+def _read_offset(code: CodeType) -> int:
+    """Bytecode offset in billiard's ``get_payload`` where the pipe read starts (0 if not found: never idle)."""
+    offset = _read_offsets.get(code)
+    if offset is None:
+        offset = next((i.offset for i in dis.get_instructions(code) if i.argval == "recv_bytes"), 0)
+        _read_offsets[code] = offset
+    return offset
+
+
+def _holds_read_lock(frame: FrameType) -> bool:
+    """Whether this thread holds the read lock of the queue whose ``get_payload`` runs in ``frame`` (True if unsure)."""
+    lock = getattr(getattr(frame.f_locals.get("self"), "_rlock", None), "_semlock", None)
+    is_mine = getattr(lock, "_is_mine", None)
+    try:
+        return is_mine is None or bool(is_mine())
+    except Exception:
+        return True
