@@ -181,7 +181,8 @@ def _status_header(hostname: str, status: dict[str, Any], metric: str) -> list[s
     limits = status.get("limits") or {}
     head = [f"pool {status.get('pool', '?')}", f"metric {metric}"]
     for key, label in (("soft_limit_mib", "soft"), ("hard_limit_mib", "hard"), ("pool_limit_mib", "pool budget"),
-                       ("min_available_mib", "min available")):
+                       ("min_available_mib", "min available"), ("pause_below_mib", "pause below"),
+                       ("pause_pool_above_mib", "pause pool above")):
         if limits.get(key) is not None:
             head.append(f"{label} {_num(limits[key], ' MiB')}")
     if status.get("dry_run"):
@@ -191,6 +192,14 @@ def _status_header(hostname: str, status: dict[str, Any], metric: str) -> list[s
         out.append(f"  not policing: {status.get('reason', '?')}")
     else:
         out.append(f"  {_num(status.get('polls'), digits=0)} polls, last {_num(status.get('poll_age_s'), ' s', 2)} ago")
+    intake = status.get("intake")
+    if isinstance(intake, dict) and intake.get("enabled"):
+        if intake.get("paused"):
+            out.append(f"  intake PAUSED ({intake.get('trigger')}) for {_num(intake.get('paused_for_s'), ' s')}, "
+                       f"{_num(intake.get('held'), digits=0)} tasks held")
+        else:
+            out.append(f"  intake open ({_num(intake.get('pauses'), digits=0)} pauses, "
+                       f"{_num(intake.get('paused_s_total'), ' s')} paused in all)")
     return out
 
 

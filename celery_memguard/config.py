@@ -48,6 +48,9 @@ SIZE_ACCEPTED = (
 #: The largest size any key accepts (8 PiB): beyond it no process's memory can be measured or compared, and
 #: the shared board (signed 64-bit fields) and the events (float MiB) could not carry it.
 MAX_SIZE = 2**53
+#: Hysteresis of the intake pause: intake resumes once available memory is this fraction of
+#: ``memguard_pause_below`` above it (and the pool total this fraction of ``memguard_pause_pool_above`` below it).
+PAUSE_RESUME_MARGIN = 0.25
 #: The largest count (tasks, strikes, recycles per minute) any key accepts: exact as a float, far beyond use.
 MAX_COUNT = 10**15
 #: The largest multiple of a typical task's peak that ``memguard_heavy_task_threshold`` accepts.
@@ -292,6 +295,12 @@ class MemGuardConfig:
     pressure_retry: float = 30.0
     #: How the monitor learns of memory pressure between polls (see celery_memguard.pace).
     pressure_wake: str = "auto"
+    #: Pause task intake below this much available memory (None: never); see celery_memguard.policies.intake.
+    pause_below: int | None = None
+    #: Pause task intake while the pool children's total memory is above this (None: never).
+    pause_pool_above: int | None = None
+    #: Seconds every resume condition must hold before intake resumes.
+    pause_resume_after: float = 1.0
     recycle_on_leak: bool = False
     leak_horizon: float = 300.0
     max_child_lifetime: float | None = None
@@ -345,7 +354,7 @@ class MemGuardConfig:
                 names["recycle_on_leak"], raws["recycle_on_leak"],
                 "False, or True together with memguard_soft_limit or memguard_hard_limit (the limit a leak is projected to)",
             )
-        for key in ("min_available", "pressure_min_relief"):
+        for key in ("min_available", "pressure_min_relief", "pause_below"):
             # Available memory can never reach (or a recycle never free) more than there is: refused, as a
             # policy that can never be satisfied would recycle children for nothing.
             if effective_memory > 0 and values[key] is not None and values[key] >= effective_memory \
@@ -356,6 +365,12 @@ class MemGuardConfig:
         if critical is not None and (floor is None or critical >= floor):
             raise ConfigError(names["critical_available"], raws["critical_available"],
                               f"a size below {names['min_available']} (which must be set)")
+        below = values["pause_below"]
+        if below is not None and effective_memory > 0 and below * (1 + PAUSE_RESUME_MARGIN) >= effective_memory:
+            # Intake resumes only once available memory is the margin above the threshold: it must be reachable.
+            raise ConfigError(names["pause_below"], raws["pause_below"],
+                              f"a size below {100 / (1 + PAUSE_RESUME_MARGIN):.0f}% of the effective memory "
+                              f"({effective_memory // MiB} MiB): intake resumes at {1 + PAUSE_RESUME_MARGIN:g} x it")
         if values["log_target"] == "logging" and values["log_file"] is not None:
             raise ConfigError(names["log_file"], raws["log_file"],
                               'None with memguard_log_target="logging" (events go to the celery_memguard logger; '
@@ -443,6 +458,9 @@ _PARSERS: dict[str, Callable[[str, Any, int], Any]] = {
     "pressure_min_relief": _optional_size,
     "pressure_retry": _seconds(0.0, 3600.0),
     "pressure_wake": _choice("auto", "adaptive", "interval"),
+    "pause_below": _optional_size,
+    "pause_pool_above": _optional_size,
+    "pause_resume_after": _seconds(0.0, 3600.0),
     "recycle_on_leak": _bool,
     "leak_horizon": _seconds(1.0, 86400.0),
     "max_child_lifetime": _optional_seconds(1.0, 30 * 86400.0),
@@ -575,6 +593,19 @@ KEY_DOCS: dict[str, KeyDoc] = {
         'cgroup v2 or the host) so it acts within tens of milliseconds of a crossing, and polls faster while '
         'available memory falls; `"adaptive"`: the faster polling only; `"interval"`: every '
         '`memguard_poll_interval`. `memguard.pressure_watch` says what was armed, or why not (docs/pressure.md)'),
+    "pause_below": KeyDoc(
+        'size or `None`, below 80 % of the effective memory',
+        'less memory available than this: **pause task intake** within one poll (no message fetched, no task '
+        'started; running tasks finish, prefetched ones wait unstarted and unacknowledged) and recycle the '
+        'largest idle children while paused (reason `pressure`, trigger `paused`) so memory comes back; '
+        'intake resumes at 1.25 x this (see `memguard_pause_resume_after`)'),
+    "pause_pool_above": KeyDoc(
+        'size or `None`',
+        "the children's total memory above this pauses intake too; it resumes at 0.75 x this"),
+    "pause_resume_after": KeyDoc(
+        'seconds, 0–3600',
+        'intake resumes once every pause threshold is clear by its 25 % margin and has stayed so this long '
+        '(hysteresis: a worker on the edge does not flap)'),
     "recycle_on_leak": KeyDoc(
         'bool (needs a soft or hard limit)',
         'a child holding a confirmed leak and projected to cross its limit within `memguard_leak_horizon` is '

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import events
 from .detectors.base import Finding
-from .policies import AnyPolicy, build_policies
+from .policies import AnyPolicy, IntakePause, build_policies
 from .policies.base import Policy, PoolPolicy, as_policy, policy_name
 from .policies.limits import HardLimit
 from .policies.storm import StormGuard, UnreachableLimits, restart_of
@@ -143,10 +143,10 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: "MemGuardConfig", *, rng: random.Random | None = None,
-                    extra: Iterable[Any] = ()) -> "Engine":
+                    extra: Iterable[Any] = (), intake: IntakePause | None = None) -> "Engine":
         """The engine a configuration asks for: its policies (see ``build_policies``) and gates."""
         return cls(
-            build_policies(config, rng=rng, extra=extra),
+            build_policies(config, rng=rng, extra=extra, intake=intake),
             kill_grace=config.kill_grace,
             poll_interval=config.poll_interval,
             strikes=config.strikes,

@@ -83,6 +83,8 @@ __all__ = [
     "LIMIT_UNREACHABLE",
     "PRESSURE_UNRELIEVED",
     "PRESSURE_WATCH",
+    "PAUSED",
+    "RESUMED",
     "EVENT_KEYS",
     "EVENT_DOCS",
     "EXTRA_KEYS",
@@ -136,6 +138,10 @@ PRESSURE_UNRELIEVED = "memguard.pressure_unrelieved"
 #: whether polling speeds up while available memory falls; ``fallback``: why no (or not every) kernel source).
 PRESSURE_WATCH = "memguard.pressure_watch"
 ORDER_SIGNAL_REPLACED = "memguard.order_signal_replaced"
+#: Task intake paused (memguard_pause_below / memguard_pause_pool_above crossed): no message fetched, no task started.
+PAUSED = "memguard.paused"
+#: Task intake resumed (memory back past the threshold by the margin, for memguard_pause_resume_after seconds).
+RESUMED = "memguard.resumed"
 #: Every ``memguard_sample_interval`` seconds: the latest poll's memory readings (see celery_memguard.sampling).
 SAMPLE = "memguard.sample"
 #: The Prometheus exporter listens (``memguard_metrics_port``): where to scrape this worker.
@@ -183,6 +189,8 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     PRESSURE_UNRELIEVED: ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),
+    PAUSED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running"),
+    RESUMED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running"),
 }
 
 
@@ -231,6 +239,10 @@ EVENT_DOCS: dict[str, str] = {
     PRESSURE_WATCH: "Once at start, when a pressure setting is on: what wakes the monitor between polls (kernel "
                     "notifications armed, adaptive polling) and, where nothing or not everything could be armed, "
                     "why (see docs/pressure.md).",
+    PAUSED: "Task intake paused (`memguard_pause_below` / `memguard_pause_pool_above` crossed): no message is "
+            "fetched and no task started until `memguard.resumed`; running tasks finish (level warning).",
+    RESUMED: "Task intake resumed: memory is back past the threshold by its margin for "
+             "`memguard_pause_resume_after` seconds; held tasks start.",
     PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
                          "one (once per episode).",
     METRICS_SERVING: "Once at start, with `memguard_metrics_port`: the Prometheus exporter listens; where to "
@@ -341,7 +353,8 @@ KEY_DOCS: dict[str, str] = {
     "reasons": "recycles in the window, by reason",
     "cause": "a sentence naming the cause",
     "fresh_child_mib": "a freshly forked child's memory, MiB in `metric`",
-    "trigger": "what signalled pressure: `available`, `psi`, or `critical` (below `memguard_critical_available`)",
+    "trigger": "what signalled pressure: `available`, `psi`, `critical` (below `memguard_critical_available`) "
+               "or `paused` (task intake is paused)",
     "available": "available memory, bytes",
     "min_available": "`memguard_min_available`, bytes",
     "psi_some_avg10": "memory PSI `some avg10`, percent (null where not readable)",
@@ -425,6 +438,19 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
     (HEAVY_TASK, "pid"): "the child that ran it",
     (MASTER_GROWTH, "mem_mib"): "the master's memory now, MiB in `metric`",
     (DRAINING, "children"): "children still alive",
+    (PAUSED, "trigger"): "the threshold crossed: `available` (`memguard_pause_below`) or `pool` "
+                         "(`memguard_pause_pool_above`)",
+    (RESUMED, "trigger"): "`recovered`: every threshold clear by its margin for `memguard_pause_resume_after` s",
+    (PAUSED, "available_mib"): "available memory in the reading that decided, MiB (null: not read)",
+    (RESUMED, "available_mib"): "available memory in the reading that decided, MiB (null: not read)",
+    (PAUSED, "threshold_mib"): "the pause threshold crossed, MiB",
+    (RESUMED, "threshold_mib"): "the resume level reached (the pause threshold plus or minus its margin), MiB",
+    (PAUSED, "paused_s"): "null",
+    (RESUMED, "paused_s"): "how long intake was paused, seconds",
+    (PAUSED, "held"): "tasks received and held unstarted when the pause began",
+    (RESUMED, "held"): "tasks held unstarted, started now in the order they came",
+    (PAUSED, "running"): "children running a task (they finish)",
+    (RESUMED, "running"): "children running a task",
 }
 
 

@@ -11,6 +11,12 @@ hooks (:class:`~celery_memguard.monitor.PoolHooks`) and stops it, like Celery's
   the latest master growth. Each finding reaches :meth:`Guard.record` once: it is
   logged there (the only place), remembered, and the children's trace list on the
   board (suspects to trace, watched names to measure) is republished when it changed;
+* whether task intake is paused (``memguard_pause_below`` / ``memguard_pause_pool_above``): the
+  :class:`~celery_memguard.policies.intake.IntakePause` decision judges every fresh reading handed
+  to :meth:`Guard.observe_intake` (the monitor's polls, and any other source of readings), the
+  guard logs ``memguard.paused`` / ``memguard.resumed``, tells the worker's
+  :class:`IntakeSwitch` (the Celery glue, :mod:`celery_memguard.worker.intake`) and publishes the
+  state as :attr:`Guard.intake_state`;
 * read-only views for whoever asks: the ``memguard`` status command, the
   ``inspect stats`` summary (:meth:`Guard.summary`), and the Prometheus exporter
   (:mod:`celery_memguard.metrics`), which it starts and stops with the monitor
@@ -22,11 +28,12 @@ reader sees one consistent version without locks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from . import events
 from .actions import Actuator
@@ -41,14 +48,15 @@ from .pace import ADAPTIVE_FLOOR, AdaptivePace, PressurePlan
 from .probes import HeapProbe, ProcessProbe, heap_probe, open_process_probe
 from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch
 from .probes.system import oom_kill_count, read_system
-from .samples import Action, MasterSample, SystemSample
+from .policies import IntakeChange, IntakePause, build_intake
+from .samples import Action, ChildSample, MasterSample, SystemSample
 from .sampling import SampleLog
 from .units import mib
 
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import MetricsServer
 
-__all__ = ["Guard", "build_detectors", "heap_attribution"]
+__all__ = ["Guard", "IntakeState", "IntakeSwitch", "build_detectors", "heap_attribution"]
 
 #: Seconds a reading taken for a reader (a metrics scrape) serves later readers: scrapes never read more often.
 READING_REUSE = 5.0
@@ -61,6 +69,35 @@ _UNSUPPORTED = {
         "or rely on the container's limit"
     ),
 }
+
+
+class IntakeSwitch(Protocol):
+    """What stops and restarts a worker's task intake (the Celery glue); callable from any thread."""
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop (True) or restart (False) fetching messages and starting tasks."""
+
+    @property
+    def held(self) -> int:
+        """Tasks received but held back (not started) by the pause."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntakeState:
+    """Whether task intake is paused, since when (monitor clock) and why; how often it was, for how long."""
+
+    enabled: bool = False
+    paused: bool = False
+    since: float | None = None
+    trigger: str | None = None
+    pauses: int = 0
+    paused_s_total: float = 0.0
+
+    def as_dict(self, now: float, held: int | None = None) -> dict[str, Any]:
+        """JSON-able (``since`` as seconds ago)."""
+        return {"enabled": self.enabled, "paused": self.paused, "trigger": self.trigger,
+                "paused_for_s": None if self.since is None else round(max(0.0, now - self.since), 3),
+                "pauses": self.pauses, "paused_s_total": round(self.paused_s_total, 3), "held": held}
 
 
 class Guard:
@@ -92,9 +129,18 @@ class Guard:
         self.master_growth: dict[str, Any] | None = None
         #: The trace list as last published on the board.
         self.published: list[str] = []
+        self.intake: IntakePause | None = None
+        try:
+            self.intake = build_intake(config)
+        except Exception as exc:
+            events.error("guard.intake", exc)
+        #: Whether task intake is paused (replaced whole on each change: read it from any thread).
+        self.intake_state = IntakeState(enabled=self.intake is not None)
+        self._intake_lock = threading.Lock()
+        self._switch: IntakeSwitch | None = None
         self.engine: Engine | None = None
         try:
-            self.engine = Engine.from_config(config, rng=random.Random())
+            self.engine = Engine.from_config(config, rng=random.Random(), intake=self.intake)
         except Exception as exc:
             events.error("guard.engine", exc)
         self.detectors: list[Detector] = []
@@ -130,16 +176,19 @@ class Guard:
             events.emit(events.POOL_UNSUPPORTED, "warning", pool=self.pool_name, can=_UNSUPPORTED["can"],
                         cannot=_UNSUPPORTED["cannot"].format(pool=self.pool_name))
 
-    def start(self, pool: PoolHooks) -> None:
+    def start(self, pool: PoolHooks, switch: IntakeSwitch | None = None) -> None:
         """Start the metrics exporter (when configured) and the monitor thread on the pool the hooks
-        describe (no monitor without a board or an engine)."""
+        describe (no monitor without a board or an engine). ``switch`` pauses and resumes the worker's
+        intake when ``memguard_pause_*`` ask for it."""
         cfg = self.config
         self._master_pid = pool.master_pid
         self._start_exporter()
         if self.board is None or self.engine is None:
             return
+        self._switch = switch
         try:
-            wants_system = cfg.min_available is not None or cfg.psi_threshold is not None
+            wants_system = (cfg.min_available is not None or cfg.psi_threshold is not None
+                            or cfg.pause_below is not None)
             plan = PressurePlan.from_config(cfg)
             pace = AdaptivePace(plan.available_levels, cfg.poll_interval) if plan.adaptive and wants_system else None
             watch = self._pressure_watch(plan, pace)
@@ -156,6 +205,8 @@ class Guard:
                 on_poll=sampler.offer if sampler is not None else None,
                 on_tasks=sampler.observe_tasks if sampler is not None else None,
                 pace=pace, watch=watch,
+                on_reading=self.observe_intake if self.intake is not None else None,
+                system_every=0.0 if cfg.pause_below is not None else None,
             )
             self.sampler = sampler
             monitor.start()
@@ -248,6 +299,54 @@ class Guard:
                     probe.close()
         except Exception as exc:
             events.error("metrics.stop", exc)
+
+    # -- task intake ----------------------------------------------------
+    def observe_intake(self, now: float, system: SystemSample | None, children: Sequence[ChildSample]) -> None:
+        """Judge a fresh reading for the intake pause (any thread); on a change, log it and flip the switch."""
+        intake = self.intake
+        if intake is None:
+            return
+        try:
+            pool = sum(c.mem for c in children) if children else None
+            with self._intake_lock:
+                change = intake.observe(now, available=system.available if system is not None else None, pool=pool)
+                if change is None:
+                    return
+                self.intake_state = self._next_state(change)
+        except Exception as exc:
+            events.error("guard.intake", exc)
+            return
+        self._flip(change, children)
+
+    def _next_state(self, change: IntakeChange) -> IntakeState:
+        state = self.intake_state
+        if change.paused:
+            return dataclasses.replace(state, paused=True, since=change.at, trigger=change.trigger,
+                                       pauses=state.pauses + 1)
+        return dataclasses.replace(state, paused=False, since=None, trigger=None,
+                                   paused_s_total=state.paused_s_total + (change.paused_s or 0.0))
+
+    def _flip(self, change: IntakeChange, children: Sequence[ChildSample]) -> None:
+        """Tell the worker's switch (a failure is logged; the state stays as decided) and log the change."""
+        switch = self._switch
+        held: int | None = None
+        if switch is not None:
+            try:
+                switch.set_paused(change.paused)
+                held = switch.held
+            except Exception as exc:
+                events.error("guard.intake_switch", exc)
+        events.emit(events.PAUSED if change.paused else events.RESUMED, "warning" if change.paused else "info",
+                    **change.fields(), held=held, running=sum(1 for c in children if c.task_id))
+
+    def intake_status(self, now: float) -> dict[str, Any]:
+        """The intake state as JSON (status command, stats summary)."""
+        switch = self._switch
+        try:
+            held = switch.held if switch is not None else None
+        except Exception:
+            held = None
+        return self.intake_state.as_dict(now, held)
 
     # -- findings -------------------------------------------------------
     def record(self, finding: Finding) -> None:
@@ -391,6 +490,7 @@ class Guard:
             "sigkills": by_action.get(Action.FORCE_KILL.value, {}),
             "suspects_kib_per_call": {task: s.get("kib_per_call") for task, s in self.suspects.items()},
             "metrics_url": self.exporter.url if self.exporter is not None else None,
+            "intake": self.intake_status(time.monotonic()),
         }
 
 

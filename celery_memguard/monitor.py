@@ -61,7 +61,8 @@ ACTIVITY_TICK = 0.04
 IDLE_STRETCH = 4
 #: RSS change (bytes) of an idle child still counted as "nothing changed".
 QUIET_RSS_CHANGE = 256 * 1024
-#: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each.
+#: Seconds between system readings (cgroup/host memory, PSI) for the pressure policy: ~0.5 ms each (every
+#: poll when the intake pause reads available memory: it must judge fresh readings).
 SYSTEM_EVERY = 0.5
 #: Shortest spacing (seconds) of polls brought forward by kernel pressure notifications (a usage hovering
 #: around a threshold signals at every crossing).
@@ -156,6 +157,8 @@ class Monitor:
         pace: AdaptivePace | None = None,
         watch: "PressureWatch | None" = None,
         on_tasks: Callable[[list[TaskSample]], None] | None = None,
+        on_reading: Callable[[float, SystemSample | None, Sequence[ChildSample]], None] | None = None,
+        system_every: float | None = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
         self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
@@ -178,6 +181,10 @@ class Monitor:
         #: Called with each batch of finished-task records (``memguard.sample``'s ``tasks``, see
         #: :mod:`celery_memguard.sampling`).
         self.on_tasks = on_tasks
+        #: Called with each poll's fresh readings before the engine decides (the intake pause decision).
+        self.on_reading = on_reading
+        #: Seconds between system readings (None: SYSTEM_EVERY; 0: every poll, as the intake pause needs).
+        self.system_every = SYSTEM_EVERY if system_every is None else system_every
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
@@ -365,6 +372,11 @@ class Monitor:
         if notified and self.pace is not None:
             self.pace.notified()
         system = self._read_system(now, fresh=notified)
+        if self.on_reading is not None:
+            try:
+                self.on_reading(now, system, samples)
+            except Exception as exc:
+                events.error("monitor.on_reading", exc)
         self._carry_out(self.engine.decide(samples, now, system=system), index_of)
         for finding in self.engine.findings():
             self._found(finding)
@@ -587,7 +599,7 @@ class Monitor:
         adaptive polling is fast, and at once after a kernel pressure notification: ``fresh``)."""
         if self.system is None:
             return None
-        every = min(SYSTEM_EVERY, self.pace.delay * 0.9) if self.pace is not None else SYSTEM_EVERY
+        every = min(self.system_every, self.pace.delay * 0.9) if self.pace is not None else self.system_every
         if fresh or self._system is None or now - self._system.at >= every:
             try:
                 self._system = self.system(now)

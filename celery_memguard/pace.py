@@ -5,7 +5,8 @@ Two ways to see memory pressure early, both planned here and carried out elsewhe
 * **Kernel notifications** (:mod:`celery_memguard.probes.pressure_events` arms them): cgroup v1 usage
   thresholds wake the monitor as the cgroup's usage crosses a byte count, PSI triggers as tasks stall
   on memory. :class:`PressurePlan` says which byte counts: for every level of *available* memory a
-  policy acts at (``memguard_min_available``, ``memguard_critical_available``), the usage at which available
+  policy acts at (``memguard_min_available``, ``memguard_critical_available``, ``memguard_pause_below``),
+  the usage at which available
   memory reaches it, at 150 %, 100 %, 50 % and 25 % of the level (a ladder: cgroup usage counts
   page cache, which MemGuard's "available" does not, so the first threshold can fire before the real
   crossing; the next rungs still wake the monitor as usage climbs), and the pool budgets as usage
@@ -64,8 +65,8 @@ class PressurePlan:
 
     @classmethod
     def from_config(cls, cfg: "MemGuardConfig") -> "PressurePlan":
-        levels = {v for v in (cfg.min_available, cfg.critical_available) if v is not None}
-        used = {v for v in (cfg.pool_limit, cfg.pool_hard_limit) if v is not None}
+        levels = {v for v in (cfg.min_available, cfg.critical_available, cfg.pause_below) if v is not None}
+        used = {v for v in (cfg.pool_limit, cfg.pool_hard_limit, cfg.pause_pool_above) if v is not None}
         return cls(tuple(sorted(levels, reverse=True)), tuple(sorted(used)), cfg.psi_threshold, cfg.pressure_wake)
 
     @property

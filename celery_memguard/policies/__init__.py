@@ -7,7 +7,8 @@ constructor arguments, does no I/O and never reads a clock: ``now`` is passed in
 
 Built in: :class:`HardLimit`, :class:`SoftLimit` (``limits``), :class:`LeakProjection`
 (``leak``), :class:`Lifetime` and :class:`MaxTasks` (``lifetime``), :class:`PoolLimit`
-(``pool``), :class:`SystemPressure` (``pressure``); the recycle rate limit lives in
+(``pool``), :class:`SystemPressure` (``pressure``), and the intake pause decision
+:class:`IntakePause` (``intake``: not a child policy; the Guard owns it, the pressure policy reads it); the recycle rate limit lives in
 ``storm`` and is applied by the engine. :func:`build_policies` composes them from a
 :class:`MemGuardConfig` (the one home of every default), and :func:`load_policy` turns
 a custom entry (class, instance or dotted path) into a policy under the one contract
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .base import AnyPolicy, Policy, PoolPolicy, Verdict, as_policy
 from .leak import LeakProjection
+from .intake import IntakeChange, IntakePause
 from .lifetime import Lifetime, MaxTasks
 from .limits import HardLimit, SoftLimit
 from .pool import PoolLimit
@@ -42,13 +44,17 @@ __all__ = [
     "MaxTasks",
     "PoolLimit",
     "SystemPressure",
+    "IntakePause",
+    "IntakeChange",
     "build_policies",
+    "build_intake",
     "load_policy",
 ]
 
 
 def build_policies(
-    config: "MemGuardConfig", *, extra: Iterable[Any] = (), rng: random.Random | None = None
+    config: "MemGuardConfig", *, extra: Iterable[Any] = (), rng: random.Random | None = None,
+    intake: IntakePause | None = None,
 ) -> list[AnyPolicy]:
     """The policies ``config`` enables: per-child limits most severe first, then pool policies, then custom.
 
@@ -57,7 +63,8 @@ def build_policies(
     ``MemGuardConfig.from_mapping`` (validated). ``recycle_on_leak`` projects towards
     the soft limit (the hard limit if there is no soft one). Custom entries
     (``config.policies``, then ``extra``) go through :func:`load_policy` with the
-    config. ``rng`` feeds the jitter draws (seed it in tests).
+    config. ``rng`` feeds the jitter draws (seed it in tests). ``intake`` is the worker's intake pause
+    decision (see :func:`build_intake`): while it holds intake paused, the pressure policy recycles.
     """
     policies: list[AnyPolicy] = []
     soft, hard = config.soft_limit, config.hard_limit
@@ -80,13 +87,21 @@ def build_policies(
     if config.pool_limit is not None:
         policies.append(PoolLimit(limit=config.pool_limit, hard_limit=config.pool_hard_limit,
                                   grace=config.kill_grace))
-    if config.min_available is not None or config.psi_threshold is not None:
+    if config.min_available is not None or config.psi_threshold is not None or intake is not None:
         policies.append(SystemPressure(min_available=config.min_available, psi_threshold=config.psi_threshold,
                                        min_relief=config.pressure_min_relief,
                                        retry_unrelieved=config.pressure_retry,
-                                       critical_available=config.critical_available))
+                                       critical_available=config.critical_available, intake=intake))
     policies.extend(load_policy(entry, config) for entry in (*config.policies, *extra))
     return policies
+
+
+def build_intake(config: "MemGuardConfig") -> IntakePause | None:
+    """The intake pause decision the configuration asks for (``memguard_pause_*``), or None."""
+    if config.pause_below is None and config.pause_pool_above is None:
+        return None
+    return IntakePause(pause_below=config.pause_below, pool_above=config.pause_pool_above,
+                       resume_after=config.pause_resume_after)
 
 
 def load_policy(entry: Any, config: Any = None) -> AnyPolicy:

@@ -47,7 +47,7 @@ when no per-child limit asks for more), which cannot tell copy-on-write copies f
 shared pages. The choice waits for that one extra poll, no longer.
 
 The victim goes at once when idle; so may other idle candidates: when the pressure is low available
-memory, the idle candidates after the victim (largest first) are ordered out together with it until
+memory (or intake is paused, see below: then up to the level at which intake resumes), the idle candidates after the victim (largest first) are ordered out together with it until
 what they are expected to free (each one's RSS beyond a fresh child's) covers the shortfall
 (``min_available`` minus available memory and the relief already expected). An idle child loses no
 work, and memory that fills in under a second is not relieved one poll at a time. Busy candidates still
@@ -59,6 +59,12 @@ fastest-growing busy child (its RSS grew since the previous poll, and it holds `
 a fresh child; the largest among equals) is stopped at once (``KILL``, hard: never debounced nor
 deferred; trigger ``critical``), one at a time. A child whose task is not growing is never stopped for
 it: memory held outside the tasks cannot be freed by stopping them.
+
+While task intake is paused (:mod:`celery_memguard.policies.intake`, given as ``intake``) the
+system counts as under pressure too (trigger ``"paused"``): the policy recycles as above until the
+pause ends, so the memory the idle children hold comes back and intake can resume. Without that, a
+pause threshold above ``min_available`` (or a pool threshold with no pool limit) would hold the worker
+paused for good while its idle children keep their memory.
 
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
 has been freed: when PSI alone signals pressure, the next victim is chosen only
@@ -78,6 +84,7 @@ from ..events import PRESSURE_UNRELIEVED
 from ..samples import Action, ChildSample, SystemSample, Violation
 from ..units import mib
 from .base import PoolPolicy, Verdict
+from .intake import IntakePause
 
 __all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
 
@@ -128,9 +135,10 @@ class SystemPressure(PoolPolicy):
         min_relief: int | None = DEFAULTS["pressure_min_relief"],
         retry_unrelieved: float = DEFAULTS["pressure_retry"],
         critical_available: int | None = None,
+        intake: IntakePause | None = None,
     ) -> None:
-        if min_available is None and psi_threshold is None:
-            raise ValueError("set min_available, psi_threshold or both")
+        if min_available is None and psi_threshold is None and intake is None:
+            raise ValueError("set min_available, psi_threshold, intake or several")
         if critical_available is not None and (critical_available <= 0 or (
                 min_available is not None and critical_available >= min_available)):
             raise ValueError("critical_available must be > 0 and below min_available")
@@ -154,6 +162,7 @@ class SystemPressure(PoolPolicy):
         self._extra: dict[int, int] = {}  # idle children ordered out with the victim: pid -> last memory
         self._stopping: int | None = None  # the child whose task a critical shortage stopped, until it leaves
         self._rss_seen: dict[int, tuple[int, float]] = {}  # pid -> (RSS, poll time) at the previous poll
+        self.intake = intake
         self._victim: int | None = None
         self._victim_mem = 0
         self._ranking: tuple[tuple[int, int], ...] = ()
@@ -185,10 +194,12 @@ class SystemPressure(PoolPolicy):
         return found
 
     def trigger(self, system: SystemSample | None, relief: int = 0) -> str | None:
-        """``"available"`` or ``"psi"`` if ``system`` is under pressure, else ``None``.
+        """``"available"``, ``"psi"`` or ``"paused"`` (intake paused) if under pressure, else ``None``.
 
         ``relief`` is memory about to be freed that ``system`` does not show yet: it counts as available.
         """
+        if self.intake is not None and self.intake.paused:
+            return "paused"
         if system is None:
             return None
         if self.min_available is not None and system.available + relief < self.min_available:
@@ -241,7 +252,7 @@ class SystemPressure(PoolPolicy):
         relief = self.pending_relief(system) if system is not None else 0
         trigger = self.trigger(system, relief)
         stop = self._critical(children, now, system, relief)
-        if trigger is None or system is None:
+        if trigger is None:
             self._unrelieved_reported, self._unrelieved_since = False, None
             self.threshold, self._asked_exact = None, False
             if self._victim is not None and not by_pid[self._victim].leaving:
@@ -270,18 +281,19 @@ class SystemPressure(PoolPolicy):
                 ranked = rank_idle_first(staying)
             self._victim, self._victim_mem = ranked[0].pid, ranked[0].mem
             self._ranking = tuple((c.pid, c.mem) for c in ranked)
-            if trigger == "available" and self._lasting:
-                self._extra = self._idle_sweep(ranked, system, relief)
+            target = self._sweep_target(trigger)
+            if target is not None and system is not None and self._lasting:
+                self._extra = self._idle_sweep(ranked, system, relief, target)
         named = ([self._victim] if self._victim is not None else []) + list(self._extra)
         return stop + [(pid, self._violation(trigger, system, by_pid[pid])) for pid in named
                        if pid in by_pid and pid != self._stopping]
 
-    def _violation(self, trigger: str, system: SystemSample, child: ChildSample) -> Violation:
+    def _violation(self, trigger: str, system: SystemSample | None, child: ChildSample) -> Violation:
         detail = (
             ("trigger", trigger),
-            ("available", system.available),
+            ("available", system.available if system is not None else None),
             ("min_available", self.min_available),
-            ("psi_some_avg10", system.psi_some_avg10),
+            ("psi_some_avg10", system.psi_some_avg10 if system is not None else None),
             ("psi_threshold", self.psi_threshold),
             ("idle", not child.busy),
             ("lasting_relief", self._lasting),
@@ -292,12 +304,22 @@ class SystemPressure(PoolPolicy):
         """What recycling ``child`` frees for good: its RSS beyond a fresh child's (all of it before any is known)."""
         return max(0, child.rss - (self.fresh_rss or 0))
 
-    def _idle_sweep(self, ranked: Sequence[ChildSample], system: SystemSample, relief: int) -> dict[int, int]:
-        """Idle candidates after the (idle) victim, largest first, until their expected relief covers the shortfall."""
-        assert self.min_available is not None
+    def _sweep_target(self, trigger: str) -> int | None:
+        """The available memory an idle sweep aims for: ``min_available``, or while intake is paused the
+        level at which it resumes (the higher of the two); None: no sweep (PSI, or a pause on the pool only)."""
+        if trigger == "available":
+            return self.min_available
+        if trigger == "paused" and self.intake is not None and self.intake.resume_available is not None:
+            return max(self.intake.resume_available, self.min_available or 0)
+        return None
+
+    def _idle_sweep(self, ranked: Sequence[ChildSample], system: SystemSample, relief: int,
+                    target: int) -> dict[int, int]:
+        """Idle candidates after the (idle) victim, largest first, until their expected relief covers the
+        shortfall of available memory below ``target``."""
         if ranked[0].busy:
             return {}
-        shortfall = self.min_available - system.available - relief - self._expected(ranked[0])
+        shortfall = target - system.available - relief - self._expected(ranked[0])
         sweep: dict[int, int] = {}
         for child in ranked[1:]:
             if shortfall <= 0 or child.busy:
@@ -332,7 +354,7 @@ class SystemPressure(PoolPolicy):
                   ("idle", False), ("lasting_relief", True))
         return [(victim.pid, Violation(Action.KILL, self.reason, self.critical_available, detail=detail, hard=True))]
 
-    def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample, trigger: str) -> None:
+    def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample | None, trigger: str) -> None:
         """One finding per episode: under pressure, and no child holds ``min_relief`` more than a fresh one."""
         if self._unrelieved_reported:
             return
@@ -341,9 +363,9 @@ class SystemPressure(PoolPolicy):
         largest = max(children, key=lambda c: c.rss)
         self._findings.append(Finding(PRESSURE_UNRELIEVED, {
             "trigger": trigger,
-            "available": system.available,
+            "available": system.available if system is not None else None,
             "min_available": self.min_available,
-            "psi_some_avg10": system.psi_some_avg10,
+            "psi_some_avg10": system.psi_some_avg10 if system is not None else None,
             "psi_threshold": self.psi_threshold,
             "children": len(children),
             "children_rss_mib": mib(sum(c.rss for c in children)),
@@ -365,4 +387,4 @@ class SystemPressure(PoolPolicy):
 
     def __repr__(self) -> str:
         return (f"SystemPressure(min_available={self.min_available}, psi_threshold={self.psi_threshold}, "
-                f"min_relief={self.min_relief})")
+                f"min_relief={self.min_relief}, intake={self.intake!r})")

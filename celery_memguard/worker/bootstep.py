@@ -36,6 +36,7 @@ from ..policies import build_policies
 from ..probes import effective_memory
 from . import child
 from .control import status_of
+from .intake import IntakeValve
 from .options import option_name, overrides_from, register
 
 register()  # the --memguard-* options of `celery worker`, when Celery's command line is what imports us
@@ -100,6 +101,8 @@ class MemGuard(bootsteps.StartStopStep):
             ) from None
         self.board: Board | None = None
         self.prefork = False
+        #: Pauses and resumes the worker's task intake (``memguard_pause_*``), else None.
+        self.valve: IntakeValve | None = None
         if self.config.enabled:
             self._open_event_log(parent)
 
@@ -149,6 +152,13 @@ class MemGuard(bootsteps.StartStopStep):
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
+        if self.prefork and (cfg.pause_below is not None or cfg.pause_pool_above is not None):
+            try:
+                valve = IntakeValve(parent)
+                valve.install()  # before the Consumer step (created last) takes parent.process_task
+                self.valve = valve
+            except Exception as exc:
+                events.error("bootstep.intake", exc)
         self.guard = Guard(cfg, pool_name=_pool_name(parent), board=self.board if self.prefork else None,
                            node=getattr(parent, "hostname", None))
         return self
@@ -160,7 +170,15 @@ class MemGuard(bootsteps.StartStopStep):
         guard.announce(parent.concurrency)
         view = _PoolView(parent)
         guard.start(PoolHooks(children=view.children, exit_code=view.exit_code, reserved=_reserved_count,
-                              shutting_down=_shutting_down, master_pid=os.getpid()))
+                              shutting_down=_shutting_down, master_pid=os.getpid()), switch=self.valve)
+
+    def register_with_event_loop(self, parent: Any, hub: Any) -> None:
+        """The event loop (re)starts: the intake valve watches its wake pipe in it."""
+        if self.valve is not None:
+            try:
+                self.valve.register_with_event_loop(hub)
+            except Exception as exc:
+                events.error("bootstep.intake", exc)
 
     def stop(self, parent: Any) -> None:
         """Warm shutdown: keep enforcing the hard limit until the pool's last child has exited.

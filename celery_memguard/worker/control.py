@@ -57,10 +57,13 @@ def status_of(guard: "Guard | None", now: float) -> dict[str, Any]:
             "pool_limit_mib": mib(cfg.pool_limit),
             "min_available_mib": mib(cfg.min_available),
             "psi_threshold": cfg.psi_threshold,
+            "pause_below_mib": mib(cfg.pause_below),
+            "pause_pool_above_mib": mib(cfg.pause_pool_above),
         },
         "suspects": sorted(guard.suspects.values(), key=lambda s: -float(s.get("kib_per_call") or 0.0)),
         "heavy_tasks": guard.heavy,
         "master_growth": guard.master_growth,
+        "intake": guard.intake_status(now),
         "events": _events_status(),
     }
     if not guard.active:

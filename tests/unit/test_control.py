@@ -11,6 +11,7 @@ import pytest
 from celery_memguard import events
 from celery_memguard.cli import render_status
 from celery_memguard.config import MemGuardConfig
+from celery_memguard.guard import IntakeState
 from celery_memguard.monitor import PollView
 from celery_memguard.samples import Action, ChildSample, MasterSample, SystemSample
 from celery_memguard.worker.control import COMMAND, NOT_ENABLED, memguard_status, status_of
@@ -32,6 +33,7 @@ def step(*, monitor: Any = None, prefork: bool = True, **conf: Any) -> Any:
                                "calls_observed": 21, "children": 2}},
         heavy={"app.big": 2},
         master_growth=None,
+        intake_status=lambda now: IntakeState().as_dict(now),
     )
 
 

@@ -54,6 +54,8 @@ class TestSummary:
             "children_mib": {"11": 300.0, "12": 50.0},
             "recycles": {"soft_limit": 3}, "kills": {"hard_limit": 1}, "sigkills": {"hard_limit": 1},
             "suspects_kib_per_call": {"a": 4.0}, "metrics_url": None,
+            "intake": {"enabled": False, "paused": False, "trigger": None, "paused_for_s": None, "pauses": 0,
+                       "paused_s_total": 0.0, "held": None},
         }
         assert expected == g.summary()
 

@@ -1,0 +1,125 @@
+"""When to pause task intake under memory pressure, and when to resume it. Pure: readings in, changes out.
+
+Recycling children frees memory only after their current tasks; meanwhile a worker that
+keeps fetching and starting tasks fills what is left. :class:`IntakePause` decides when
+the worker should stop taking work, and when it may take work again (the Celery side that
+carries it out is :mod:`celery_memguard.worker.intake`; the :class:`~celery_memguard.guard.Guard`
+owns the paused state):
+
+* **pause** as soon as one reading shows the available memory below ``pause_below``
+  (``memguard_pause_below``) or the pool's total memory above ``pool_above``
+  (``memguard_pause_pool_above``);
+* **resume** once every configured threshold is clear by a margin (hysteresis), and has
+  stayed so for ``resume_after`` seconds: available memory at least ``pause_below`` plus
+  :data:`RESUME_MARGIN` of it (``pause_below=256MiB``: 320 MiB), the pool total at most
+  ``pool_above`` minus :data:`RESUME_MARGIN` of it. A reading that breaks either condition
+  restarts the wait, so a worker on the edge does not flap between taking one task and
+  pausing again. A reading that says nothing about a threshold (no system reading yet, an
+  empty pool) neither pauses nor resumes on that threshold's account.
+
+The decision takes any fresh reading, from any source (a poll, a kernel notification, an
+admission check before a task starts): :meth:`IntakePause.observe` is cheap (a few
+comparisons) and returns an :class:`IntakeChange` only when the state flips. It is not
+thread-safe; its owner (the Guard) serialises calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import PAUSE_RESUME_MARGIN as RESUME_MARGIN
+from ..units import mib
+
+__all__ = ["IntakeChange", "IntakePause", "RESUME_MARGIN"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeChange:
+    """The intake state flipped: ``paused`` is the new state, ``trigger`` why.
+
+    ``trigger`` is ``"available"`` or ``"pool"`` for a pause (the threshold crossed), ``"recovered"``
+    for a resume. ``available`` and ``pool`` are the readings that decided it (None: not read).
+    ``paused_s`` is how long the pause lasted (resume only).
+    """
+
+    paused: bool
+    trigger: str
+    at: float
+    available: int | None
+    pool: int | None
+    threshold: int | None
+    paused_s: float | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The event's fields (sizes in MiB)."""
+        return {"trigger": self.trigger, "available_mib": mib(self.available), "pool_mib": mib(self.pool),
+                "threshold_mib": mib(self.threshold), "paused_s": None if self.paused_s is None
+                else round(self.paused_s, 3)}
+
+
+class IntakePause:
+    """Pause intake below ``pause_below`` available / above ``pool_above`` in the pool; resume with hysteresis."""
+
+    def __init__(self, *, pause_below: int | None = None, pool_above: int | None = None,
+                 resume_after: float = 1.0, margin: float = RESUME_MARGIN) -> None:
+        if pause_below is None and pool_above is None:
+            raise ValueError("set pause_below, pool_above or both")
+        for name, value in (("pause_below", pause_below), ("pool_above", pool_above)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if resume_after < 0:
+            raise ValueError("resume_after must be >= 0")
+        if not 0 <= margin < 1:
+            raise ValueError("margin must be in [0, 1)")
+        self.pause_below = pause_below
+        self.pool_above = pool_above
+        self.resume_after = resume_after
+        self.resume_available = None if pause_below is None else int(pause_below * (1 + margin))
+        self.resume_pool = None if pool_above is None else int(pool_above * (1 - margin))
+        self.paused = False
+        #: When the current pause began (None: not paused).
+        self.paused_at: float | None = None
+        #: Why the current pause began (``"available"`` or ``"pool"``), None when not paused.
+        self.trigger: str | None = None
+        self._clear_since: float | None = None  # every resume condition held since
+
+    def crossed(self, available: int | None, pool: int | None) -> str | None:
+        """``"available"`` or ``"pool"`` if a reading crosses a pause threshold, else None."""
+        if self.pause_below is not None and available is not None and available < self.pause_below:
+            return "available"
+        if self.pool_above is not None and pool is not None and pool > self.pool_above:
+            return "pool"
+        return None
+
+    def recovered(self, available: int | None, pool: int | None) -> bool:
+        """Whether a reading is clear of every threshold by the margin (nothing known counts as not clear)."""
+        if self.resume_available is not None and (available is None or available < self.resume_available):
+            return False
+        if self.resume_pool is not None and (pool is None or pool > self.resume_pool):
+            return False
+        return True
+
+    def observe(self, now: float, *, available: int | None = None, pool: int | None = None) -> IntakeChange | None:
+        """Judge one reading; the change of state it causes, if any."""
+        if not self.paused:
+            trigger = self.crossed(available, pool)
+            if trigger is None:
+                return None
+            self.paused, self.paused_at, self.trigger, self._clear_since = True, now, trigger, None
+            threshold = self.pause_below if trigger == "available" else self.pool_above
+            return IntakeChange(True, trigger, now, available, pool, threshold)
+        if not self.recovered(available, pool):
+            self._clear_since = None
+            return None
+        if self._clear_since is None:
+            self._clear_since = now
+        if now - self._clear_since < self.resume_after:
+            return None
+        since = self.paused_at if self.paused_at is not None else now
+        threshold = self.resume_available if self.trigger == "available" else self.resume_pool
+        self.paused, self.paused_at, self.trigger, self._clear_since = False, None, None, None
+        return IntakeChange(False, "recovered", now, available, pool, threshold, paused_s=now - since)
+
+    def __repr__(self) -> str:
+        return (f"IntakePause(pause_below={self.pause_below}, pool_above={self.pool_above}, "
+                f"resume_after={self.resume_after})")
