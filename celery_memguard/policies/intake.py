@@ -64,9 +64,8 @@ class IntakePause:
                  resume_after: float = 1.0, margin: float = RESUME_MARGIN) -> None:
         if pause_below is None and pool_above is None:
             raise ValueError("set pause_below, pool_above or both")
-        for name, value in (("pause_below", pause_below), ("pool_above", pool_above)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0")
+        if any(value is not None and value <= 0 for value in (pause_below, pool_above)):
+            raise ValueError("pause_below and pool_above must be > 0 (or None)")
         if resume_after < 0:
             raise ValueError("resume_after must be >= 0")
         if not 0 <= margin < 1:
