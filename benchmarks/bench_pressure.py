@@ -11,12 +11,13 @@ Each variant gets the same queue of tasks:
 * Celery's ``worker_max_memory_per_child`` at the "fair share" (1 GiB / concurrency) and at
   a conservative value (a per-child limit cannot see the other children, so it has to
   assume they all peak at once);
-* memguard's ``memguard_min_available="25%"`` (system pressure, read from the cgroup);
+* memguard's ``memguard_min_available="25%"`` (system pressure, read from the cgroup), alone and
+  with ``memguard_pause_below="35%"`` (task intake paused under pressure, see docs/policies.md);
 * memguard's ``memguard_pool_limit="75%"`` (the children's total), at the default 1 s poll
   and at a 0.25 s poll.
 
 Per variant: the cgroup's ``oom_kill`` counter change, tasks lost (``WorkerLostError`` or
-never finished), children replaced, the cgroup's peak usage, and throughput (successful
+never finished), tasks run more than once (each execution counts itself in Redis), children replaced, the cgroup's peak usage, and throughput (successful
 tasks per second, and as a share of the ideal ``concurrency / task duration``).
 
 Where no memory cgroup can be created (no memory controller, not root) ``--simulate`` is
@@ -31,6 +32,9 @@ end; give ``--broker`` another DB if 11 is in use).
 
     .venv/bin/python benchmarks/bench_pressure.py            # ~2 minutes
     .venv/bin/python benchmarks/bench_pressure.py --rounds 3 # interleaved repetitions
+    # the fast overload of issue 12 (20 MiB kept per task, ~10 ms tasks), with and without pausing:
+    .venv/bin/python benchmarks/bench_pressure.py --tasks 200 --keep-mib 20 --sleep 0.01 \
+        --only "no limit" --only min_available
 """
 
 from __future__ import annotations
@@ -76,9 +80,25 @@ if os.environ.get("BP_MEMGUARD") == "1":
 KEPT: list[bytearray] = []
 
 
-@app.task(name="bp.retain")
-def retain(mib: int, sleep: float) -> int:
+_RUNS: Any = None
+
+
+def _record_run(task_id: str | None) -> None:
+    """Count this execution of ``task_id`` in Redis (the driver finds tasks run twice, or never)."""
+    global _RUNS
+    if task_id is None:
+        return
+    if _RUNS is None:
+        import redis
+
+        _RUNS = redis.Redis.from_url(BROKER)
+    _RUNS.incr(f"bp-runs:{task_id}")
+
+
+@app.task(name="bp.retain", bind=True)
+def retain(self: Any, mib: int, sleep: float) -> int:
     """Keep ``mib`` MiB (every page touched) in this child for good, stay busy ``sleep`` s; return the pid."""
+    _record_run(self.request.id)
     buf = bytearray(mib * MiB)
     buf[::PAGE] = b"\x01" * len(range(0, len(buf), PAGE))
     KEPT.append(buf)
@@ -108,6 +128,8 @@ class Outcome:
     worker_lost: int = 0
     unfinished: int = 0
     other_failures: int = 0
+    duplicates: int = 0
+    never_run: int = 0
     oom_kills: int | None = None
     over_budget_samples: int | None = None
     replaced: int = 0
@@ -213,12 +235,25 @@ def _drive(worker: WorkerProcess, client: Celery, args: argparse.Namespace, outc
             break
         time.sleep(0.1)
     outcome.unfinished = len(pending)
+    outcome.duplicates, outcome.never_run = _runs(args.broker, [r.id for r in results])
     outcome.seconds = last_done - start
     outcome.replaced = max(0, len(pids) - args.concurrency)
     outcome.master_alive = worker.running()
     if simulate:
         outcome.over_budget_samples = over
         outcome.peak_mib = peak_pss / MiB
+
+
+def _runs(broker: str, task_ids: list[str]) -> tuple[int, int]:
+    """(executions beyond the first, tasks never executed), as the tasks counted themselves in Redis."""
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    try:
+        counts = [int(c or 0) for c in client.mget([f"bp-runs:{t}" for t in task_ids])]
+    finally:
+        client.close()
+    return sum(max(0, c - 1) for c in counts), sum(1 for c in counts if c == 0)
 
 
 def _actions(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -228,6 +263,8 @@ def _actions(events: list[dict[str, Any]]) -> dict[str, int]:
         name = event.get("event", "")
         if name in ("memguard.child_recycled", "memguard.task_killed"):
             key = f"{name.split('.')[1]}:{event.get('reason')}"
+        elif name == "memguard.paused":
+            key = "paused"
         elif name == "memguard.child_lost":
             key = f"child_lost(likely_oom={event.get('likely_oom')})"
         else:
@@ -249,6 +286,8 @@ def variants(args: argparse.Namespace, simulate: bool) -> list[Variant]:
     ]
     if not simulate:
         out.append(Variant('memguard min_available="25%"', True, {"memguard_min_available": "25%"}))
+        out.append(Variant('memguard min_available="25%", pause_below="35%"', True,
+                           {"memguard_min_available": "25%", "memguard_pause_below": "35%"}))
     pool = f"{int(args.limit_mib * 0.75)}MiB" if simulate else "75%"
     out.append(Variant(f'memguard pool_limit="{pool}"', True, {"memguard_pool_limit": pool}))
     out.append(Variant(f'memguard pool_limit="{pool}", poll 0.25 s', True,
@@ -265,7 +304,7 @@ def machine() -> str:
 def table(rows: list[Outcome], args: argparse.Namespace, simulate: bool) -> str:
     ideal = args.concurrency / args.sleep
     kills = "samples > 1 GiB (simulated)" if simulate else "kernel OOM kills"
-    head = ["variant", kills, "WorkerLostError", "tasks lost", "children replaced", "memguard actions",
+    head = ["variant", kills, "WorkerLostError", "tasks lost", "run twice", "children replaced", "memguard actions",
             "peak MiB", "tasks/s", "% of ideal", "master alive"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for o in rows:
@@ -273,7 +312,7 @@ def table(rows: list[Outcome], args: argparse.Namespace, simulate: bool) -> str:
         lost = f"{o.lost}" + (f" ({o.unfinished} unfinished)" if o.unfinished else "")
         kill = o.over_budget_samples if simulate else o.oom_kills
         lines.append("| " + " | ".join(str(c) for c in [
-            o.variant, kill, o.worker_lost, lost, o.replaced, actions,
+            o.variant, kill, o.worker_lost, lost, o.duplicates, o.replaced, actions,
             f"{o.peak_mib:.0f}" if o.peak_mib is not None else "-", f"{o.throughput:.1f}",
             f"{100 * o.throughput / ideal:.0f}%", "yes" if o.master_alive else "NO"]) + " |")
     return "\n".join(lines)
@@ -292,6 +331,8 @@ def main() -> int:
     parser.add_argument("--simulate", action="store_true", help="no cgroup: count samples above the limit")
     parser.add_argument("--only", action="append", default=[], help="run only variants whose name contains this")
     parser.add_argument("--conf", default="{}", help="JSON merged into every memguard variant's settings")
+    parser.add_argument("--celery-conf", default="{}",
+                        help='JSON merged into every variant\'s settings (e.g. {"task_acks_late": true})')
     args = parser.parse_args()
 
     simulate = args.simulate
@@ -310,6 +351,7 @@ def main() -> int:
             for variant in variants(args, simulate):
                 if args.only and not any(o in variant.name for o in args.only):
                     continue
+                variant.conf.update(json.loads(args.celery_conf))
                 if variant.memguard:
                     variant.conf.update(json.loads(args.conf))
                 log(f"round {round_ + 1}/{args.rounds}: {variant.name} ...")
@@ -325,7 +367,8 @@ def main() -> int:
              else f"no cgroup (simulated {args.limit_mib} MiB budget)")
     print(f"scenario: {args.concurrency} children in {where}; {args.tasks} tasks per variant, each keeping "
           f"{args.keep_mib} MiB for good and busy {args.sleep} s ({total} MiB kept in all if no child were replaced; "
-          f"ideal {args.concurrency / args.sleep:.0f} tasks/s); {args.rounds} round(s)\n")
+          f"ideal {args.concurrency / args.sleep:.0f} tasks/s); {args.rounds} round(s); "
+          f"settings for every variant: {args.celery_conf}\n")
     print(table(rows, args, simulate))
     print(f"\nworker logs and memguard events: {run_dir}")
     return 0
