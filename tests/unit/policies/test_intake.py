@@ -145,3 +145,12 @@ class TestPressureWhilePaused:
         intake = build_intake(cfg)
         [pressure] = [p for p in build_policies(cfg, intake=intake) if isinstance(p, SystemPressure)]
         assert pressure.intake is intake
+
+    def test_paused_sweeps_idle_children_up_to_the_resume_level(self) -> None:
+        """Paused below pause_below: idle children go together until their relief covers the resume level."""
+        intake = IntakePause(pause_below=BELOW)  # resumes at 320 MiB available
+        policy = SystemPressure(intake=intake, min_relief=None)
+        children = [child(1, 150), child(2, 120), child(3, 100), child(4, 90), child(5, 10)]  # 5: fresh
+        intake.observe(0.0, available=100 * MiB)
+        named = [pid for pid, _ in policy.check_pool(children, 0.0, system(100))]
+        assert [1, 2] == named  # 140 + 110 MiB beyond a fresh child cover the 220 MiB short of 320 MiB
