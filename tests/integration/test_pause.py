@@ -24,6 +24,7 @@ import pytest
 
 from .conftest import BACKEND_URL, REPO, StartWorker, Worker, wait_until, worker_command
 from .pause_tasks import MODULE, runs, starts
+from .test_smoke import filesystem_broker
 
 BIG_MIB = 220
 POOL_ABOVE = "150MiB"
@@ -131,3 +132,23 @@ def test_pause_and_resume_repeat_under_load(start_worker: StartWorker, redis_url
     record_ids = [r.id for i, r in enumerate(results) if i % 16]  # every 16th is the big task
     assert runs(BACKEND_URL, record_ids) == [1] * len(record_ids)
     assert worker.events("memguard.paused") and worker.events("memguard.resumed"), worker.diagnostics()
+
+
+def test_pause_on_the_filesystem_transport(start_worker: StartWorker, tmp_path: Any) -> None:
+    """A polling transport (no event loop): the pause holds tasks; the consumer fetches at most its prefetch
+    count, and everything runs once after the resume."""
+    broker, extra = filesystem_broker(tmp_path / "fs-broker")
+    worker = start_worker(broker, concurrency=CONCURRENCY, conf=conf(worker_enable_remote_control=False, **extra))
+    big, paused = pause_with_big_task(worker, hold=5.0)
+    results = [worker.send("pz.record") for _ in range(SENT)]
+    ids = [r.id for r in results]
+    time.sleep(1.5)
+    assert not worker.events("memguard.resumed"), worker.diagnostics()
+    assert sum(runs(BACKEND_URL, ids)) == 0, "a task started during the pause"
+    waiting = len(list((tmp_path / "fs-broker" / "broker").glob("*.msg")))
+    assert waiting >= SENT - PREFETCH, f"the paused worker fetched {SENT - waiting} messages"
+    outcomes = worker.collect([big, *results], timeout=90)
+    assert [o.state for o in outcomes] == ["SUCCESS"] * len(outcomes), outcomes
+    resumed = worker.wait_for_event("memguard.resumed")
+    assert runs(BACKEND_URL, ids) == [1] * SENT, "a task ran twice or never"
+    assert min(s for s in starts(BACKEND_URL, ids) if s is not None) >= ts(resumed) - 0.05
