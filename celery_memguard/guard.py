@@ -114,8 +114,6 @@ class Guard:
         self.monitor: Monitor | None = None
         #: Logs ``memguard.sample`` (with the tasks finished since the last one); None when sampling is off.
         self.sampler: SampleLog | None = None
-        #: Whether task intake is paused under memory pressure; None while no pause feature runs.
-        self.paused: bool | None = None
         self.exporter: MetricsServer | None = None
         self._master_pid: int | None = None
         self._reading_lock = threading.Lock()
@@ -338,6 +336,11 @@ class Guard:
                 events.error("guard.intake_switch", exc)
         events.emit(events.PAUSED if change.paused else events.RESUMED, "warning" if change.paused else "info",
                     **change.fields(), held=held, running=sum(1 for c in children if c.task_id))
+
+    @property
+    def paused(self) -> bool | None:
+        """Whether task intake is paused under memory pressure; None while no pause feature runs."""
+        return self.intake_state.paused if self.intake_state.enabled else None
 
     def intake_status(self, now: float) -> dict[str, Any]:
         """The intake state as JSON (status command, stats summary)."""

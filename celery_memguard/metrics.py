@@ -94,7 +94,8 @@ GROUPS: dict[str, tuple[MetricSpec, ...]] = {
     ),
     "limits": (
         _g("limit_bytes", "Configured limits: soft, hard (per child, configured metric), pool, pool_hard (children "
-                          "together), min_available (available memory floor); a limit not set is absent", "limit"),
+                          "together), min_available (available memory floor), pause_below and pause_pool_above (intake pause "
+                          "thresholds); a limit not set is absent", "limit"),
         _g("effective_memory_bytes", "Memory percentages refer to: the smaller of physical memory and the cgroup limit"),
     ),
     "children": (
@@ -203,7 +204,8 @@ class GuardCollector:
     def _limits(self) -> Iterable[_Row]:
         cfg = self.guard.config
         limits = {"soft": cfg.soft_limit, "hard": cfg.hard_limit, "pool": cfg.pool_limit,
-                  "pool_hard": cfg.pool_hard_limit, "min_available": cfg.min_available}
+                  "pool_hard": cfg.pool_hard_limit, "min_available": cfg.min_available,
+                  "pause_below": cfg.pause_below, "pause_pool_above": cfg.pause_pool_above}
         for limit, value in limits.items():
             if value is not None:
                 yield _row("celery_memguard_limit_bytes", value, limit)

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from celery_memguard import __version__, events, metrics  # noqa: E402
 from celery_memguard.config import MemGuardConfig  # noqa: E402
 from celery_memguard.detectors.base import Finding  # noqa: E402
-from celery_memguard.guard import Guard  # noqa: E402
+from celery_memguard.guard import Guard, IntakeState  # noqa: E402
 from celery_memguard.metrics import METRICS, GuardCollector, MetricsServer, MetricsUnavailable  # noqa: E402
 from celery_memguard.monitor import PollView, PoolHooks  # noqa: E402
 from celery_memguard.samples import Action, ChildSample, MasterSample, SystemSample  # noqa: E402
@@ -130,10 +130,11 @@ class TestCollector:
         assert ("celery_memguard_paused", ()) not in got  # no pause feature: no gauge
 
     def test_paused_gauge_follows_the_guard(self) -> None:
+        """With the pause feature on, the gauge is the guard's intake state."""
         guard = make_guard()
-        guard.paused = True
+        guard.intake_state = IntakeState(enabled=True, paused=True, since=1.0, trigger="available", pauses=1)
         assert scrape(GuardCollector(guard))[("celery_memguard_paused", ())] == 1.0
-        guard.paused = False
+        guard.intake_state = IntakeState(enabled=True, paused=False, pauses=1)
         assert scrape(GuardCollector(guard))[("celery_memguard_paused", ())] == 0.0
 
     def test_a_group_that_raises_leaves_the_others_served_and_is_logged_once(
