@@ -9,6 +9,7 @@ task body, ``after()``; records come back through a real (anonymous, in-process)
 from __future__ import annotations
 
 import ctypes
+import mmap
 import signal
 import uuid
 from typing import Callable, Iterator
@@ -99,9 +100,31 @@ def _noop() -> None:
     pass
 
 
+def _leave_freed_memory_resident() -> None:
+    """Free a 31 MiB mmapped chunk (glibc raises its mmap threshold to it), then 48 MiB of heap chunks (resident)."""
+    big = bytearray(31 * MiB)
+    del big
+    chunks = [bytearray(MiB) for _ in range(48)]
+    del chunks
+
+
+def _fresh_pages(size: int) -> mmap.mmap:
+    """``size`` bytes of new anonymous memory, every page written: RSS grows by ``size`` whatever came before.
+
+    A ``bytes`` buffer would not do: glibc may serve it from heap memory an earlier test freed (a freed
+    mmapped chunk raises glibc's mmap threshold, up to 32 MiB, and freed heap memory up to twice that stays
+    resident), and then RSS does not grow at all (the flake of full runs).
+    """
+    buf = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        buf[offset] = 1
+    return buf
+
+
 @needs_mallinfo2
 class TestChildArming:
     def test_measures_the_tasks_after_rss_growth_and_only_those(self) -> None:
+        _leave_freed_memory_resident()  # as earlier tests of a full run can: the growth below must not use it
         board = Board(1)
         rt = ChildRuntime(board, 0, None, heap=heap_probe())
         first = _run(rt, board, _noop)
@@ -112,7 +135,7 @@ class TestChildArming:
         # Steady RSS: the next tasks are not measured.
         assert _run(rt, board, _noop).heap_retained is None
         # A task that grows RSS (a kept buffer, every page written) arms the next ones.
-        grow = _run(rt, board, lambda: KEPT.append(b"x" * (32 * MiB)))
+        grow = _run(rt, board, lambda: KEPT.append(_fresh_pages(32 * MiB)))
         assert grow.mem_after - grow.mem_before >= HEAP_ARM_GROWTH
         kept = _run(rt, board, lambda: KEPT.append(b"y" * MiB))
         assert kept.heap_retained is not None and MiB <= kept.heap_retained < MiB + 64 * 1024
