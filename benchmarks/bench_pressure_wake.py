@@ -7,7 +7,9 @@ Each round one task (``pw.fill_below``, tests/integration/pressure_tasks.py) kee
 4 MiB at a time, until the cgroup's available memory, read the way MemGuard reads it, is below 250 MiB,
 notes the wall-clock time of that crossing and returns (its child idle, holding ~400 MiB). MemGuard's
 pressure policy then recycles that child; the reaction time is the ``memguard.child_recycled`` event's
-``ts`` (milliseconds) minus the crossing. Between rounds the recycled child's memory is given 2.5 s to go.
+``ts`` (milliseconds) minus the crossing. A recycle that followed a kernel notification also says how long
+after it the decision came (``since_wake_ms``): the rest of the reaction is the kernel's and the
+scheduler's (crossing to the notification reaching the monitor's thread). Between rounds the recycled child's memory is given 2.5 s to go.
 
 Variants (``memguard_pressure_wake`` and ``memguard_poll_interval``):
 
@@ -66,6 +68,7 @@ class Result:
     speed: str
     wake_sources: list[str] = field(default_factory=list)
     reactions_ms: list[float] = field(default_factory=list)
+    after_wake_ms: list[float] = field(default_factory=list)  #: kernel notification -> decision (since_wake_ms)
     fill_ms: list[float] = field(default_factory=list)
     missed: int = 0
     errors: int = 0
@@ -111,6 +114,8 @@ def run(variant: Variant, speed: str, args: argparse.Namespace, cgroup: MemoryCg
                 result.missed += 1
                 continue
             result.reactions_ms.append((_ts(recycled) - value["crossed"]) * 1000)
+            if recycled.get("since_wake_ms") is not None:
+                result.after_wake_ms.append(recycled["since_wake_ms"])
         result.errors = len(worker.events("memguard.error"))
     finally:
         worker.close()
@@ -147,9 +152,11 @@ def main() -> None:
         rs = sorted(r.reactions_ms)
         rows.append([r.variant, r.speed, ",".join(r.wake_sources)[:40], fmt(median(r.fill_ms), 0) if r.fill_ms else "-",
                      fmt(median(rs), 0) if rs else "-", fmt(rs[0], 0) if rs else "-",
-                     fmt(rs[-1], 0) if rs else "-", len(rs), r.missed, r.errors])
+                     fmt(rs[-1], 0) if rs else "-",
+                     f"{fmt(median(r.after_wake_ms), 1)} ({len(r.after_wake_ms)})" if r.after_wake_ms else "-",
+                     len(rs), r.missed, r.errors])
     print(table(["variant", "fill", "wake", "fill ms (median)", "crossing→recycle ms (median)", "min", "max",
-                 "n", "missed", "memguard.error"], rows))
+                 "notification→decision ms (median, n)", "n", "missed", "memguard.error"], rows))
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ EVENT_DOCS: dict[str, str] = {
 _DECISION_EXTRAS = ("limit_s", "limit_tasks", "ranking", "tasks_run", "lifetime_s", "max_lifetime_s", "max_tasks",
                     "total", "pool_limit", "pool_hard_limit", "over_hard_limit_s", "leak_bytes_per_second", "eta_s",
                     "horizon_s", "trigger", "available", "min_available", "psi_some_avg10", "psi_threshold", "idle",
-                    "lasting_relief", "critical_available", "growth_mib_per_s")
+                    "lasting_relief", "critical_available", "growth_mib_per_s", "woken_by", "since_wake_ms")
 EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     name: tuple(key for key in _DECISION_EXTRAS if key not in EVENT_KEYS[name])
     for name in (CHILD_RECYCLED, WOULD_RECYCLE, TASK_KILLED, WOULD_KILL)
@@ -393,6 +393,8 @@ KEY_DOCS: dict[str, str] = {
     "horizon_s": "`memguard_leak_horizon`, seconds (`leak_projection`)",
     "idle": "whether the child was idle (`pressure`)",
     "critical_available": "`memguard_critical_available`, bytes (`pressure`, trigger `critical`)",
+    "woken_by": "the kernel pressure notification this decision followed (`cgroup1-threshold`, `psi`), within 1 s",
+    "since_wake_ms": "milliseconds from that notification to the decision",
     "growth_mib_per_s": "how fast the stopped task's child grew since the previous poll, MiB/s (`pressure`, "
                         "trigger `critical`)",
     "lasting_relief": "whether the child holds `memguard_pressure_min_relief` more than a fresh one (`pressure`; "

@@ -67,6 +67,9 @@ SYSTEM_EVERY = 0.5
 #: Shortest spacing (seconds) of polls brought forward by kernel pressure notifications (a usage hovering
 #: around a threshold signals at every crossing).
 EVENT_SPACING = 0.02
+#: Decisions taken within this many seconds of a kernel pressure notification say so in their event
+#: (``woken_by``, ``since_wake_ms``): the notification's poll may first ask for exact readings, then decide.
+WAKE_NOTE_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -216,6 +219,7 @@ class Monitor:
         self.pressure_wakes = 0
         self._woken = threading.Event()  # set by a pressure notification or stop(): end the current sleep
         self._pressure_at: float | None = None  # when the first notification since the last poll came
+        self._wake_note: tuple[str, float] | None = None  # (source, time) of the notification decisions follow
         self._polled_at: float | None = None
 
     # -- thread ---------------------------------------------------------
@@ -239,6 +243,8 @@ class Monitor:
         self.pressure_wakes += 1
         if self._pressure_at is None:
             self._pressure_at = self.clock()
+            if self._wake_note is None:
+                self._wake_note = (source, self._pressure_at)
         self._woken.set()
         if self.board is not None and self.board.can_wake:
             self.board.wake()
@@ -426,6 +432,7 @@ class Monitor:
 
     def _carry_out(self, decisions: Iterable[Decision], index_of: dict[int, int | None]) -> None:
         """Count each decision and hand it to the actuator (a failure is logged; the others still go)."""
+        decisions = self._noted(list(decisions))
         for decision in decisions:
             key = (decision.action.value, decision.reason)
             self.decided = {**self.decided, key: self.decided.get(key, 0) + 1}
@@ -439,6 +446,22 @@ class Monitor:
                     self._killed.add(decision.pid)
             except Exception as exc:
                 events.error("actions.apply", exc)
+
+    def _noted(self, decisions: list[Decision]) -> list[Decision]:
+        """Decisions that follow a kernel notification (within WAKE_NOTE_S) carry its source and the milliseconds
+        from it to now; the note is used by the first poll that decides anything, or expires."""
+        note = self._wake_note
+        if note is None:
+            return decisions
+        since = self.clock() - note[1]
+        if since > WAKE_NOTE_S:
+            self._wake_note = None
+            return decisions
+        if not decisions:
+            return decisions
+        self._wake_note = None
+        extra = (("woken_by", note[0]), ("since_wake_ms", round(since * 1000, 1)))
+        return [dataclasses.replace(d, detail=d.detail + extra) for d in decisions]
 
     def _remind_leaving(self, samples: list[ChildSample], index_of: dict[int, int | None]) -> None:
         """Remind every idle child told to leave, each poll until it has gone (see worker/child_orders.py)."""

@@ -829,3 +829,30 @@ class TestMonitorPressureWake:
         available[0] = 400 * MiB  # read again (the pace is faster than SYSTEM_EVERY): 100 MiB in 0.3 s
         assert h.poll(0.3) < 0.5
         assert h.poll(0.3) == 1.0  # stable
+
+
+class TestWakeNote:
+    """Decisions following a kernel notification say which, and how long after."""
+
+    def test_decision_after_a_notification_carries_its_source_and_delay(self, logged: Path) -> None:
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=10 * MiB), None)
+        h.poll()
+        h.monitor.pressure_event("cgroup1-threshold")
+        h.clock.now += 0.003
+        h.world.probes[11].rss = HARD + MiB  # over the hard limit: a decision at this poll
+        h.world.probes[11].values["uss"] = HARD + MiB
+        h.poll(0.0)
+        (decision, _), = h.actuator.applied
+        assert {"woken_by": "cgroup1-threshold", "since_wake_ms": 3.0} == dict(decision.detail)
+        assert h.monitor._wake_note is None
+
+    def test_note_expires_without_a_decision(self, logged: Path) -> None:
+        h = Harness()
+        h.world.add(FakeProbe(11, rss=10 * MiB), None)
+        h.poll()
+        h.monitor.pressure_event("psi")
+        h.poll(0.01)
+        assert h.monitor._wake_note is not None  # no decision yet: kept for the next poll
+        h.poll(2.0)
+        assert h.monitor._wake_note is None
