@@ -219,7 +219,7 @@ class Monitor:
         self.pressure_wakes = 0
         self._woken = threading.Event()  # set by a pressure notification or stop(): end the current sleep
         self._pressure_at: float | None = None  # when the first notification since the last poll came
-        self._wake_note: tuple[str, float] | None = None  # (source, time) of the notification decisions follow
+        self._wake_note: tuple[str, float] | None = None  # (source, time) of the latest notification
         self._polled_at: float | None = None
 
     # -- thread ---------------------------------------------------------
@@ -241,10 +241,10 @@ class Monitor:
     def pressure_event(self, source: str) -> None:
         """The kernel signalled memory pressure (or relief): poll at once (called from the watch's thread)."""
         self.pressure_wakes += 1
+        at = self.clock()
+        self._wake_note = (source, at)  # the latest: a lower rung may have fired earlier without a decision
         if self._pressure_at is None:
-            self._pressure_at = self.clock()
-            if self._wake_note is None:
-                self._wake_note = (source, self._pressure_at)
+            self._pressure_at = at
         self._woken.set()
         if self.board is not None and self.board.can_wake:
             self.board.wake()

@@ -156,6 +156,37 @@ class TestPsi:
         finally:
             armed.close()
 
+    def test_trigger_fires_on_memory_stalls(self, v1_cgroup: Path, tmp_path: Path) -> None:
+        """A process thrashing the page cache of a 256 MiB file in the 256 MiB test cgroup (limit lowered to 32 MiB)
+        stalls on memory (direct reclaim, workingset refaults): the host's PSI trigger signals (POLLPRI)."""
+        if not os.path.exists(PSI_PATH):
+            pytest.skip(f"{PSI_PATH} not present (kernel without PSI)")
+        (v1_cgroup / "memory.limit_in_bytes").write_text(str(32 * MiB))
+        data = tmp_path / "data"
+        with open(data, "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(MiB))
+        try:
+            armed = arm_psi_trigger(PSI_PATH, PressurePlan(psi_threshold=2.0).psi_trigger)
+        except PermissionError as exc:
+            pytest.skip(f"PSI triggers not allowed here: {exc}")
+        code = (f"import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end:\n"
+                f"    f = open({str(data)!r}, 'rb')\n    while f.read(1 << 20): pass\n    f.close()\n")
+        proc = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(v1_cgroup / "cgroup.procs"),
+                                 sys.executable, "-c", code])
+        try:
+            poller = select.poll()
+            poller.register(armed.fd, armed.mask)
+            started = time.monotonic()
+            events = poller.poll(20_000)
+            waited = time.monotonic() - started
+        finally:
+            proc.kill()
+            proc.wait(10)
+            armed.close()
+        assert events and events[0][1] & select.POLLPRI, f"no PSI notification in {waited:.1f} s ({armed.trigger})"
+        print(f"PSI trigger {armed.trigger!r} fired {waited:.2f} s into the thrashing")
+
     def test_no_psi_and_no_cgroup_is_a_plain_fallback(self, tmp_path: Path) -> None:
         """No cgroup limit and no /proc/pressure: PressureWatchError saying so, no arming failure."""
         (tmp_path / "self").mkdir()
