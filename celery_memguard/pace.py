@@ -17,7 +17,7 @@ Two ways to see memory pressure early, both planned here and carried out elsewhe
   that rate could use half of what is left above the nearest level below (or, already below every
   level, half of what is left at all), never sooner than ``ADAPTIVE_FLOOR`` and never later than the
   configured interval. Stable or rising memory: the configured interval. The reading taken on a kernel
-  notification is followed by another within ``LOOK_AGAIN`` (0.1 s), so the rate is current.
+  notification is followed by another within ``LOOK_AGAIN`` (0.05 s), so the rate is current.
 
 The monitor also polls at once on every kernel notification (:mod:`celery_memguard.monitor`).
 """
@@ -40,8 +40,9 @@ ADAPTIVE_FLOOR = 0.05
 LEAD_FRACTION = 0.5
 #: Seconds until the next reading after a kernel notification: the reading taken on it has no recent rate
 #: (the one before may be a whole interval old), and a notification may come a little before the crossing
-#: MemGuard counts (cgroup usage includes page cache), so look again soon with a rate that is current.
-LOOK_AGAIN = 0.1
+#: MemGuard counts (cgroup usage includes the inactive page cache MemGuard's "available" leaves out: the
+#: worker's own imported files, tens of MiB), so look again at once with a rate that is current.
+LOOK_AGAIN = ADAPTIVE_FLOOR
 #: Usage thresholds are registered where available memory is at these multiples of each level.
 LADDER = (1.5, 1.0, 0.5, 0.25)
 #: ``memguard_pressure_wake``: kernel notifications where possible plus adaptive polling; adaptive polling

@@ -121,7 +121,7 @@ class TestAdaptivePace:
             AdaptivePace([], 0.0)
 
     def test_a_notification_brings_the_next_reading_forward_once(self) -> None:
-        """After notified(), the next delay is at most LOOK_AGAIN (0.1 s); then the rate decides again."""
+        """After notified(), the next delay is at most LOOK_AGAIN (0.05 s); then the rate decides again."""
         from celery_memguard.pace import LOOK_AGAIN
 
         pace = AdaptivePace([256 * MiB], 5.0)
