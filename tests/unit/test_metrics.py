@@ -202,7 +202,7 @@ class TestServedNames:
                      [SimpleNamespace(name=f.name + ("_total" if f.type == "counter" else ""))]}
         assert described == metrics.served_names()
         guard = populated(monkeypatch)
-        guard.paused = False
+        guard.intake_state = IntakeState(enabled=True, paused=False)
         assert {name for name, _ in scrape(GuardCollector(guard))} == metrics.served_names()
 
     def test_names_follow_prometheus_conventions(self) -> None:
