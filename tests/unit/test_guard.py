@@ -65,6 +65,21 @@ class TestSummary:
         assert (False, {}, {}) == (summary["active"], summary["children_mib"], summary["recycles"])
 
 
+class TestPublicView:
+    """What status, metrics and ``inspect stats`` read: the Guard's own properties, never its monitor."""
+
+    def test_polls_and_unreadable_children_from_the_running_monitor(self) -> None:
+        """The monitor's poll count and unreadable children, through the Guard."""
+        g = guard()
+        g.monitor = SimpleNamespace(polls=7, unreadable_children=2, decided={}, last_poll=None)  # type: ignore[assignment]
+        assert (True, 7, 2) == (g.active, g.polls, g.unreadable_children)
+
+    def test_nothing_before_start(self) -> None:
+        """Before the monitor starts (or without one): inactive, no poll, no unreadable child, no decision."""
+        g = guard()
+        assert (False, 0, 0, {}, None) == (g.active, g.polls, g.unreadable_children, g.decided, g.last_poll)
+
+
 class TestBootstepInfo:
     def test_info_is_the_guards_summary_under_memguard(self) -> None:
         """``celery inspect stats`` merges every step's info(): MemGuard's is one ``memguard`` key."""
