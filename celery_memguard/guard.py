@@ -43,7 +43,7 @@ from .detectors import HeavyTaskDetector, LeakDetector, MasterGrowthDetector
 from .detectors.base import Detector, Finding
 from .engine import Engine
 from .forensics import LossExplainer
-from .monitor import HostReaders, Monitor, PollView, PoolHooks
+from .monitor import SYSTEM_EVERY, HostReaders, Listeners, Monitor, PollView, PoolHooks
 from .pace import ADAPTIVE_FLOOR, AdaptivePace, PressurePlan
 from .probes import HeapProbe, ProcessProbe, heap_probe, open_process_probe
 from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch
@@ -196,15 +196,15 @@ class Guard:
             monitor = Monitor(
                 pool=pool, engine=self.engine, board=self.board, metric=cfg.metric, detectors=self.detectors,
                 actuator=Actuator(self.board, metric=cfg.metric, dry_run=cfg.dry_run),
-                on_finding=self.record,
-                host=HostReaders(system=read_system if wants_system else None),
+                host=HostReaders(system=read_system if wants_system else None,
+                                 system_every=0.0 if cfg.pause_below is not None else SYSTEM_EVERY),
+                listeners=Listeners(finding=self.record,
+                                    poll=sampler.offer if sampler is not None else None,
+                                    tasks=sampler.observe_tasks if sampler is not None else None,
+                                    reading=self.observe_intake if self.intake is not None else None),
                 explainer=LossExplainer(hard_limit=cfg.hard_limit, effective_memory=cfg.effective_memory,
                                         oom_kills=oom_kill_count, available=_available_now),
-                on_poll=sampler.offer if sampler is not None else None,
-                on_tasks=sampler.observe_tasks if sampler is not None else None,
                 pace=pace, watch=watch,
-                on_reading=self.observe_intake if self.intake is not None else None,
-                system_every=0.0 if cfg.pause_below is not None else None,
             )
             self.sampler = sampler
             monitor.start()

@@ -43,7 +43,7 @@ from .samples import Action, ChildSample, Decision, MasterSample, SystemSample, 
 if TYPE_CHECKING:
     from .probes.pressure_events import PressureWatch
 
-__all__ = ["HostReaders", "Monitor", "PollView", "PoolHooks"]
+__all__ = ["HostReaders", "Listeners", "Monitor", "PollView", "PoolHooks"]
 
 #: Seconds between exact readings even when the cheap bound says "well below" (at least; longer for
 #: children whose exact reading is costly, see MetricEstimate).
@@ -106,11 +106,30 @@ class PoolHooks:
 @dataclasses.dataclass(frozen=True, slots=True)
 class HostReaders:
     """How the monitor reads the machine: a probe per process, the system's memory for the pressure
-    policies (None: not read), and the clock (tests pass fakes)."""
+    policies (None: not read) and how often (``system_every`` seconds at most; 0: every poll, as the
+    intake pause needs), and the clock (tests pass fakes)."""
 
     open_probe: Callable[[int], ProcessProbe] = open_process_probe
     system: Callable[[float], SystemSample] | None = None
     clock: Callable[[], float] = time.monotonic
+    system_every: float = SYSTEM_EVERY
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listeners:
+    """Who the monitor tells what it saw; each is called in the monitor's thread, and one that raises is a
+    ``memguard.error`` (the poll goes on).
+
+    ``finding``: each detector's and the engine's finding (the Guard logs it once and keeps it);
+    ``poll``: each poll's :class:`PollView` (``memguard.sample``, see :mod:`celery_memguard.sampling`);
+    ``tasks``: each batch of finished-task records (the sample's task tally); ``reading``: each poll's
+    fresh readings before the engine decides (the intake pause decision).
+    """
+
+    finding: Callable[[Finding], None] = events.log_finding
+    poll: Callable[[PollView], None] | None = None
+    tasks: Callable[[list[TaskSample]], None] | None = None
+    reading: Callable[[float, SystemSample | None, Sequence[ChildSample]], None] | None = None
 
 
 def _leak_rates(detectors: Sequence[Detector]) -> Callable[[int], tuple[float, float]] | None:
@@ -153,15 +172,11 @@ class Monitor:
         board: Board | None,
         metric: str,
         detectors: Sequence[Detector] = (),
-        on_finding: Callable[[Finding], None] = events.log_finding,
         host: HostReaders = HostReaders(),
+        listeners: Listeners = Listeners(),
         explainer: LossExplainer | None = None,
-        on_poll: Callable[[PollView], None] | None = None,
         pace: AdaptivePace | None = None,
         watch: "PressureWatch | None" = None,
-        on_tasks: Callable[[list[TaskSample]], None] | None = None,
-        on_reading: Callable[[float, SystemSample | None, Sequence[ChildSample]], None] | None = None,
-        system_every: float | None = None,
     ) -> None:
         self.children, self.exit_code, self.reserved = pool.children, pool.exit_code, pool.reserved
         self.shutting_down, self.master_pid = pool.shutting_down, pool.master_pid
@@ -170,24 +185,18 @@ class Monitor:
         self.board = board
         self.metric = metric
         self.open_probe, self.clock, self.system = host.open_probe, host.clock, host.system
+        self.system_every = host.system_every
+        # Attributes, not the frozen Listeners: tests and the sampler's tests swap one in place.
+        self.on_finding, self.on_poll = listeners.finding, listeners.poll
+        self.on_tasks, self.on_reading = listeners.tasks, listeners.reading
         #: Explains a child lost to a signal MemGuard did not send (None: such losses are not explained).
         self.explainer = explainer
         self.detectors = list(detectors)
         self.master_every = min([MASTER_EXACT_EVERY] + [
             d.sample_interval for d in self.detectors if d.sample_interval is not None
         ])
-        self.on_finding = on_finding
         self._master_probe: ProcessProbe | None = None
         self.leak_rates = _leak_rates(self.detectors)
-        #: Called with each poll\'s :class:`PollView` (``memguard.sample``, see :mod:`celery_memguard.sampling`).
-        self.on_poll = on_poll
-        #: Called with each batch of finished-task records (``memguard.sample``'s ``tasks``, see
-        #: :mod:`celery_memguard.sampling`).
-        self.on_tasks = on_tasks
-        #: Called with each poll's fresh readings before the engine decides (the intake pause decision).
-        self.on_reading = on_reading
-        #: Seconds between system readings (None: SYSTEM_EVERY; 0: every poll, as the intake pause needs).
-        self.system_every = SYSTEM_EVERY if system_every is None else system_every
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
@@ -206,13 +215,17 @@ class Monitor:
         self._top_index = -1  # highest pool index seen: slots 0.._top_index are drained (billiard fills the lowest free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # With a board, task starts are watched between polls: idle children need no fast polling.
-        engine.idle_watched = board is not None
-        self._activity_mark = board.activity() if board is not None else 0
-        self._signature: dict[int, int] | None = None
-        self._quiet = 0
         #: When :meth:`drain` was called (warm shutdown), else None.
         self.draining_since: float | None = None
+        self._init_sleep(pace, watch)
+
+    def _init_sleep(self, pace: AdaptivePace | None, watch: "PressureWatch | None") -> None:
+        """What decides how long the monitor sleeps between polls, and what wakes it early."""
+        # With a board, task starts are watched between polls: idle children need no fast polling.
+        self.engine.idle_watched = self.board is not None
+        self._activity_mark = self.board.activity() if self.board is not None else 0
+        self._signature: dict[int, int] | None = None
+        self._quiet = 0
         self.pace = pace
         self.watch = watch
         #: Kernel pressure notifications received so far.
