@@ -270,6 +270,10 @@ def test_page_parses() -> None:
     for before, step in zip(steps, steps[1:]):
         if step.kind == "output":
             assert before.kind == "run", f"line {step.line}: an output block must follow a run block"
+    lines = PAGE.read_text().splitlines()
+    for i, line in enumerate(lines):  # every command block the reader is told to run is one the test runs
+        if line.strip() in ("```bash", "```sh", "```console"):
+            assert i > 0 and MARKER.match(lines[i - 1].strip()), f"line {i + 1}: a command block without a docs-test marker"
     assert line_pattern("pid 12464: uss 13.6 MiB").fullmatch("pid 9: uss 1,013.0 MiB")
     assert not line_pattern("decisions: none").fullmatch("decisions: recycle:soft_limit 1")
 
