@@ -1,5 +1,8 @@
 """The demo's Celery app: kombu's filesystem transport (no broker server) and a file result backend.
 
+The transport is kombu's with whole-file message writes (:mod:`atomic_filesystem`: kombu's own can
+hand a consumer a message file before it is written, kombu#1551).
+
 Tasks: ``work`` (well-behaved), ``leaky`` (keeps 8 MiB per call in a module-level list, so its child
 grows until memguard's soft limit recycles it) and ``runaway`` (grows ~400 MiB/s until memguard's hard
 limit stops it with MemoryLimitExceeded).
@@ -19,6 +22,7 @@ DATA = os.environ.get("MEMGUARD_DEMO_DIR", "/tmp/memguard-demo")
 app = Celery("demoapp")
 app.conf.update(
     broker_url="filesystem://",
+    broker_transport="atomic_filesystem:Transport",
     broker_transport_options={
         "data_folder_in": f"{DATA}/broker",
         "data_folder_out": f"{DATA}/broker",

@@ -14,8 +14,8 @@ out and workers that exit raise ``AssertionError`` subclasses with the worker's 
 - :mod:`~tests.harness.cgroups`: a memory cgroup (v1 or v2) with a limit for a worker to run in.
 """
 
-from .brokers import (BACKEND_URL, RABBIT_BROKER_URL, RABBIT_HOST, RABBIT_PORT, REDIS_BROKER_URL, REDIS_HOST,
-                      REDIS_PORT, delete_queue, flush_db, port_open, redis_up)
+from .brokers import (BACKEND_URL, FILESYSTEM_TRANSPORT, RABBIT_BROKER_URL, RABBIT_HOST, RABBIT_PORT, REDIS_BROKER_URL, REDIS_HOST,
+                      REDIS_PORT, delete_queue, filesystem_broker, flush_db, port_open, redis_up)
 from .cgroups import CgroupUnavailable, MemoryCgroup
 from .events import HarnessTimeout, read_events, tail, wait_until
 from .processes import STOP_TIMEOUT, WorkerExited, WorkerProcess
@@ -23,7 +23,7 @@ from .workers import PROJECT, READY_TIMEOUT, REPO, Outcome, Worker, launch_worke
 
 __all__ = [
     "BACKEND_URL", "RABBIT_BROKER_URL", "RABBIT_HOST", "RABBIT_PORT", "REDIS_BROKER_URL", "REDIS_HOST", "REDIS_PORT",
-    "delete_queue", "flush_db", "port_open", "redis_up", "CgroupUnavailable", "MemoryCgroup", "HarnessTimeout",
+    "FILESYSTEM_TRANSPORT", "filesystem_broker", "delete_queue", "flush_db", "port_open", "redis_up", "CgroupUnavailable", "MemoryCgroup", "HarnessTimeout",
     "read_events", "tail", "wait_until", "STOP_TIMEOUT", "WorkerExited", "WorkerProcess", "PROJECT",
     "READY_TIMEOUT", "REPO", "Outcome", "Worker", "launch_worker", "worker_command", "worker_env",
 ]

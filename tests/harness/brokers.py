@@ -7,6 +7,7 @@ can share both. Benchmarks use a dedicated DB (11 or 12) that they flush before 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -15,6 +16,30 @@ RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
 REDIS_BROKER_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/13"
 RABBIT_BROKER_URL = f"amqp://guest:guest@{RABBIT_HOST}:{RABBIT_PORT}//"
 BACKEND_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+#: kombu's filesystem transport with whole-file message writes (``demo/atomic_filesystem.py``: kombu#1551).
+FILESYSTEM_TRANSPORT = "demo.atomic_filesystem:Transport"
+
+
+def filesystem_broker(root: Path, **options: Any) -> tuple[str, dict[str, Any]]:
+    """kombu's filesystem transport in ``root``: the broker URL and the ``app.conf`` keys it needs.
+
+    The transport is :data:`FILESYSTEM_TRANSPORT`, kombu's own with messages written to a temporary
+    file and renamed into place: with kombu's, a consumer can take a message file before its writer
+    wrote it and lose the message to a ``JSONDecodeError``. ``options`` go into the transport options
+    (e.g. ``polling_interval``).
+    """
+    folders = {name: root / name for name in ("broker", "processed", "control")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    transport_options = {
+        "data_folder_in": str(folders["broker"]),
+        "data_folder_out": str(folders["broker"]),
+        "processed_folder": str(folders["processed"]),
+        "control_folder": str(folders["control"]),
+        "store_processed": False,
+        **options,
+    }
+    return "filesystem://", {"broker_transport": FILESYSTEM_TRANSPORT, "broker_transport_options": transport_options}
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

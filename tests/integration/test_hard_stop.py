@@ -32,6 +32,8 @@ import pytest
 
 from celery_memguard import MemoryLimitExceeded
 
+from tests.harness import filesystem_broker
+
 from .conftest import (RABBIT_HOST, RABBIT_PORT, REDIS_BROKER_URL, REDIS_HOST, REDIS_PORT, RABBIT_BROKER_URL,
                        Outcome, StartWorker, Worker, require_port, wait_until)
 from .hardstop_tasks import MODULE, SLOW_S, read_peak, read_state
@@ -50,26 +52,13 @@ SOFT_LIMIT_MIB = 100
 CONCURRENCY = 2
 
 
-def filesystem_conf(tmp_path: Path) -> dict[str, Any]:
-    """Settings for kombu's filesystem transport (no broker server) with its folders under ``tmp_path``."""
-    base = tmp_path / "fs-broker"
-    folders = {name: base / name for name in ("queue", "processed", "control")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    return {"broker_transport_options": {
-        "data_folder_in": str(folders["queue"]), "data_folder_out": str(folders["queue"]),
-        "processed_folder": str(folders["processed"]), "control_folder": str(folders["control"]),
-        "store_processed": False,
-    }}
-
-
 @pytest.fixture(params=[pytest.param("filesystem", marks=pytest.mark.smoke),
                         pytest.param("redis", marks=pytest.mark.smoke),
                         "rabbitmq"])
 def transport(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
     """``(broker_url, extra settings)`` for each transport; skips a broker server that is not reachable."""
     if request.param == "filesystem":
-        return "filesystem://", filesystem_conf(tmp_path)
+        return filesystem_broker(tmp_path / "fs-broker")
     if request.param == "redis":
         require_port("Redis", REDIS_HOST, REDIS_PORT)
         return REDIS_BROKER_URL, {}

@@ -20,8 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.harness import filesystem_broker
+
 from .conftest import StartWorker, wait_until
-from .test_smoke import filesystem_broker
 
 pytestmark = pytest.mark.smoke
 

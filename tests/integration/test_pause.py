@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness import filesystem_broker
+
 from .conftest import BACKEND_URL, REPO, StartWorker, Worker, wait_until, worker_command
 from .pause_tasks import MODULE, runs, starts
-from .test_smoke import filesystem_broker
 
 BIG_MIB = 220
 POOL_ABOVE = "150MiB"

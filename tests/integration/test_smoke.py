@@ -30,6 +30,8 @@ import pytest
 
 from celery_memguard import MemoryLimitExceeded
 
+from tests.harness import filesystem_broker
+
 from .conftest import REDIS_BROKER_URL, StartWorker, Worker, require_port, wait_until
 
 pytestmark = pytest.mark.smoke
@@ -45,29 +47,13 @@ POLL = 0.2
 OTHER_TASKS = 20
 
 
-def filesystem_broker(root: Path) -> tuple[str, dict[str, Any]]:
-    """kombu's filesystem transport in ``root``: the broker URL and the ``app.conf`` keys it needs."""
-    folders = {name: root / name for name in ("broker", "processed", "control")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    options = {
-        "data_folder_in": str(folders["broker"]),
-        "data_folder_out": str(folders["broker"]),
-        "processed_folder": str(folders["processed"]),
-        "control_folder": str(folders["control"]),
-        "store_processed": False,
-        "polling_interval": 0.1,
-    }
-    return "filesystem://", {"broker_transport_options": options}
-
-
 @pytest.fixture(params=["redis", "filesystem"])
 def transport(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
     """(broker URL, extra app.conf) for an event-loop transport (Redis) and a polling one (filesystem)."""
     if request.param == "redis":
         require_port("Redis", "127.0.0.1", 6379)
         return REDIS_BROKER_URL, {}
-    return filesystem_broker(tmp_path / "fs-broker")
+    return filesystem_broker(tmp_path / "fs-broker", polling_interval=0.1)
 
 
 def _replace_every_original_child(worker: Worker) -> set[int]:
