@@ -47,7 +47,7 @@ when no per-child limit asks for more), which cannot tell copy-on-write copies f
 shared pages. The choice waits for that one extra poll, no longer.
 
 The victim goes at once when idle; so may other idle candidates: when the pressure is low available
-memory (or intake is paused, see below: then up to the level at which intake resumes), the idle candidates after the victim (largest first) are ordered out together with it until
+memory (also while intake is paused, see below, when available memory is below ``min_available``), the idle candidates after the victim (largest first) are ordered out together with it until
 what they are expected to free (each one's RSS beyond a fresh child's) covers the shortfall
 (``min_available`` minus available memory and the relief already expected). An idle child loses no
 work, and memory that fills in under a second is not relieved one poll at a time. Busy candidates still
@@ -305,13 +305,10 @@ class SystemPressure(PoolPolicy):
         return max(0, child.rss - (self.fresh_rss or 0))
 
     def _sweep_target(self, trigger: str) -> int | None:
-        """The available memory an idle sweep aims for: ``min_available``, or while intake is paused the
-        level at which it resumes (the higher of the two); None: no sweep (PSI, or a pause on the pool only)."""
-        if trigger == "available":
-            return self.min_available
-        if trigger == "paused" and self.intake is not None and self.intake.resume_available is not None:
-            return max(self.intake.resume_available, self.min_available or 0)
-        return None
+        """The available memory an idle sweep aims for: ``min_available`` (also while intake is paused: above
+        it a paused worker recycles one idle child at a time, as each replacement's start costs memory and CPU
+        too; sweeping 8 children at 35 % available forked a storm that ran an overload out of memory)."""
+        return self.min_available if trigger in ("available", "paused") else None
 
     def _idle_sweep(self, ranked: Sequence[ChildSample], system: SystemSample, relief: int,
                     target: int) -> dict[int, int]:

@@ -153,3 +153,35 @@ def test_pause_on_the_filesystem_transport(start_worker: StartWorker, tmp_path: 
     resumed = worker.wait_for_event("memguard.resumed")
     assert runs(BACKEND_URL, ids) == [1] * SENT, "a task ran twice or never"
     assert min(s for s in starts(BACKEND_URL, ids) if s is not None) >= ts(resumed) - 0.05
+
+
+def test_a_lost_broker_connection_during_a_pause(start_worker: StartWorker, redis_url: str) -> None:
+    """Redis drops the worker's connections while it is paused: the consumer reconnects, its new task
+    consumer is cancelled too (nothing starts before the resume), and every task runs once."""
+    import psutil
+    import redis
+
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf=conf())
+    big, _ = pause_with_big_task(worker, hold=8.0)
+    results = [worker.send("pz.record") for _ in range(SENT)]
+    ids = [r.id for r in results]
+    time.sleep(1.0)
+    ports = {c.laddr.port for c in psutil.Process(worker.proc.pid).net_connections("tcp")
+             if c.raddr and c.raddr.port == 6379}
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        for port in ports:  # only this worker's connections (other tests share the server)
+            try:
+                admin.client_kill(f"127.0.0.1:{port}")
+            except redis.ResponseError:
+                pass
+    finally:
+        admin.close()
+    time.sleep(3.0)  # the consumer reconnects (and the result backend with it) while still paused
+    assert not worker.events("memguard.resumed"), worker.diagnostics()
+    assert sum(runs(BACKEND_URL, ids)) == 0, "a task started during the pause after the reconnection"
+    outcomes = worker.collect([big, *results], timeout=120)
+    assert [o.state for o in outcomes] == ["SUCCESS"] * len(outcomes), outcomes
+    resumed = worker.wait_for_event("memguard.resumed")
+    assert runs(BACKEND_URL, ids) == [1] * SENT, "a task ran twice or never"
+    assert min(s for s in starts(BACKEND_URL, ids) if s is not None) >= ts(resumed) - 0.05

@@ -146,11 +146,13 @@ class TestPressureWhilePaused:
         [pressure] = [p for p in build_policies(cfg, intake=intake) if isinstance(p, SystemPressure)]
         assert pressure.intake is intake
 
-    def test_paused_sweeps_idle_children_up_to_the_resume_level(self) -> None:
-        """Paused below pause_below: idle children go together until their relief covers the resume level."""
-        intake = IntakePause(pause_below=BELOW)  # resumes at 320 MiB available
-        policy = SystemPressure(intake=intake, min_relief=None)
+    def test_paused_sweeps_idle_children_only_below_min_available(self) -> None:
+        """Paused above min_available: one idle child at a time; below it, idle children go together until
+        their relief covers the shortfall (a fork storm of replacements costs memory too)."""
         children = [child(1, 150), child(2, 120), child(3, 100), child(4, 90), child(5, 10)]  # 5: fresh
-        intake.observe(0.0, available=100 * MiB)
-        named = [pid for pid, _ in policy.check_pool(children, 0.0, system(100))]
-        assert [1, 2] == named  # 140 + 110 MiB beyond a fresh child cover the 220 MiB short of 320 MiB
+        for available, expected in ((300, [1]), (100, [1, 2])):
+            intake = IntakePause(pause_below=400 * MiB)
+            policy = SystemPressure(intake=intake, min_available=320 * MiB, min_relief=None)
+            intake.observe(0.0, available=available * MiB)
+            named = [pid for pid, _ in policy.check_pool(children, 0.0, system(available))]
+            assert expected == named  # at 100 MiB: 140 + 110 MiB beyond a fresh child cover 220 MiB short
