@@ -178,6 +178,7 @@ def test_a_lost_broker_connection_during_a_pause(start_worker: StartWorker, redi
     finally:
         admin.close()
     time.sleep(3.0)  # the consumer reconnects (and the result backend with it) while still paused
+    assert "Connection to broker lost" in worker.stderr_path.read_text(errors="replace"), worker.diagnostics()
     assert not worker.events("memguard.resumed"), worker.diagnostics()
     assert sum(runs(BACKEND_URL, ids)) == 0, "a task started during the pause after the reconnection"
     outcomes = worker.collect([big, *results], timeout=120)
