@@ -114,6 +114,17 @@ class TestRenderStatus:
         assert "app.leak: 2,048.0 KiB/call, confidence 0.90, 21 calls in 2 children" in text
         assert "heavy tasks: app.big x2" in text and "decisions: recycle:soft_limit 3" in text
 
+    def test_intake_paused_and_open(self) -> None:
+        """With the pause on, the header names its thresholds and a line says whether intake is paused."""
+        base = {"active": True, "pool": "prefork", "metric": "uss", "polls": 3, "poll_age_s": 0.1,
+                "limits": {"pause_below_mib": 256.0}}
+        paused = {**base, "intake": {"enabled": True, "paused": True, "trigger": "available", "paused_for_s": 2.5,
+                                     "pauses": 1, "paused_s_total": 0.0, "held": 8}}
+        text = render_status([{"celery@a": paused}])
+        assert "pause below 256.0 MiB" in text and "intake PAUSED (available) for 2.5 s, 8 tasks held" in text
+        opened = {**base, "intake": {**paused["intake"], "paused": False, "paused_s_total": 2.5}}
+        assert "intake open (1 pauses, 2.5 s paused in all)" in render_status([{"celery@a": opened}])
+
     def test_errors_and_foreign_replies_are_shown_not_raised(self) -> None:
         text = render_status([{"celery@b": {"error": NOT_ENABLED}}, {"celery@c": ["odd"]},
                               {"celery@d": {"active": False, "pool": "solo", "reason": "no children"}}])

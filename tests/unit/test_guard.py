@@ -157,3 +157,68 @@ class TestPressureWatch:
         assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
         error, said = self.said(logged)
         assert "ZeroDivisionError" in error["error"] and "ZeroDivisionError" in said["fallback"]
+
+
+class _Switch:
+    """A stand-in for the worker's intake valve: records the flips."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.flips: list[bool] = []
+        self.fail = fail
+
+    def set_paused(self, paused: bool) -> None:
+        if self.fail:
+            raise OSError("the loop is gone")
+        self.flips.append(paused)
+
+    @property
+    def held(self) -> int:
+        return 3
+
+
+class TestIntake:
+    def reading(self, available_mib: float) -> Any:
+        from celery_memguard.samples import SystemSample
+
+        return SystemSample(available=int(available_mib * MiB), total=8192 * MiB,
+                            used=int((8192 - available_mib) * MiB), psi_some_avg10=None, at=0.0)
+
+    def test_pause_and_resume_flip_the_switch_log_and_publish_the_state(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A crossing pauses (event, switch, state, paused property); recovery past the margin resumes."""
+        emitted: list[tuple[str, str, dict[str, Any]]] = []
+        monkeypatch.setattr(events, "emit", lambda event, level="info", **keys: emitted.append((event, level, keys)))
+        g = guard(memguard_pause_below="1GiB", memguard_pause_resume_after=0)
+        switch = _Switch()
+        g._switch = switch
+        busy = [ChildSample(pid=1, mem=100 * MiB, exact=True, rss=100 * MiB, task="t", task_id="x")]
+        assert g.paused is False
+        g.observe_intake(10.0, self.reading(2048), busy)
+        g.observe_intake(11.0, self.reading(900), busy)
+        assert switch.flips == [True] and g.paused is True
+        assert g.intake_status(12.5) == {"enabled": True, "paused": True, "trigger": "available", "paused_for_s": 1.5,
+                                         "pauses": 1, "paused_s_total": 0.0, "held": 3}
+        g.observe_intake(12.0, self.reading(1200), [])  # above 1 GiB but below the 1.25 GiB resume level
+        g.observe_intake(13.0, self.reading(1300), [])
+        assert switch.flips == [True, False] and g.paused is False and g.intake_state.paused_s_total == 2.0
+        assert [(e, lvl) for e, lvl, _ in emitted] == [(events.PAUSED, "warning"), (events.RESUMED, "info")]
+        paused = emitted[0][2]
+        assert (paused["trigger"], paused["available_mib"], paused["held"], paused["running"]) == (
+            "available", 900.0, 3, 1)
+        assert set(emitted[1][2]) == set(events.EVENT_KEYS[events.RESUMED])
+
+    def test_a_failing_switch_is_logged_and_the_state_still_changes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Fail open: the switch raising is one memguard.error; the event is still logged."""
+        errors: list[str] = []
+        monkeypatch.setattr(events, "error", lambda where, exc: errors.append(where))
+        monkeypatch.setattr(events, "emit", lambda *a, **k: None)
+        g = guard(memguard_pause_below="1GiB")
+        g._switch = _Switch(fail=True)
+        g.observe_intake(1.0, self.reading(100), [])
+        assert errors == ["guard.intake_switch"] and g.paused is True
+
+    def test_without_pause_settings_nothing_is_judged(self) -> None:
+        """No memguard_pause_*: no decision, paused is None (no gauge), the status says disabled."""
+        g = guard()
+        g.observe_intake(1.0, self.reading(1), [])
+        assert g.intake is None and g.paused is None and g.intake_status(1.0)["enabled"] is False
