@@ -248,3 +248,25 @@ def test_log_target_that_cannot_take_lines_never_blocks_the_worker(start_worker:
     assert worker.ping(30)
     worker.stop()
     assert worker.proc.returncode is not None
+
+
+# -- logrotate on a detached worker's --logfile --------------------------------------------------------------
+def test_detached_logfile_copytruncate(detached: Any, redis_url: str, tmp_path: Path) -> None:
+    """logrotate ``copytruncate``: the file is copied and truncated in place; later lines start at its new end."""
+    worker = detached(redis_url, SOFT, True)
+    target = worker.logfile
+    wait_until(lambda: read_events(target, "memguard.started"), 60, what="memguard.started")
+    rotated = target.with_name(target.name + ".1")
+    rotated.write_bytes(target.read_bytes())
+    with open(target, "r+b") as f:
+        f.truncate(0)
+    recycle_some(worker)
+    recycled = wait_until(lambda: read_events(target, "memguard.child_recycled"), 30, what="a recycle event")
+    assert recycled[0]["reason"] == "soft_limit"
+    assert b"\0" not in target.read_bytes(), "a writer kept its old offset: the truncated file has a hole"
+    worker.stop()
+    wait_until(lambda: read_events(target, "memguard.stopped"), 30, what="memguard.stopped")
+    proc = subprocess.run([sys.executable, "-m", "celery_memguard", "report", str(rotated), str(target),
+                           "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
