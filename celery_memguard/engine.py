@@ -50,7 +50,9 @@ from . import events
 from .detectors.base import Finding
 from .policies import AnyPolicy, IntakePause, build_policies
 from .policies.base import Policy, PoolPolicy, as_policy, policy_name
-from .policies.limits import HardLimit
+from .policies.leak import LeakProjection
+from .policies.lifetime import Lifetime, MaxTasks
+from .policies.limits import HardLimit, SoftLimit
 from .policies.storm import StormGuard, UnreachableLimits, restart_of
 from .samples import Action, ChildSample, Decision, SystemSample, Violation
 
@@ -71,6 +73,10 @@ STRIKE_SPACING = 0.9
 #: Growth rate (bytes/s) assumed for a child that has not been seen growing faster, when a hard limit
 #: is set: every child is looked at again before it could use a quarter of its headroom at this rate.
 ASSUMED_TASK_GROWTH = 1024 * 1024 * 1024
+
+
+#: Policies that only ever recycle a child after its task (never stop one).
+_RECYCLE_ONLY = (SoftLimit, LeakProjection, Lifetime, MaxTasks)
 
 
 @dataclass(slots=True)
@@ -140,6 +146,9 @@ class Engine:
         self.threshold: int | None = self._threshold()
         hard = [p.limit for p in self.policies if isinstance(p, HardLimit)]
         self.hard_limit: int | None = min(hard) if hard else None
+        #: Whether a policy may stop a running task (a custom one counts as one that may): only then must a
+        #: task start be looked at at once (see ``Monitor._sleep``); recycles wait for the task's end anyway.
+        self.stops_tasks = not all(isinstance(p, _RECYCLE_ONLY) for p in self.policies)
 
     @classmethod
     def from_config(cls, config: "MemGuardConfig", *, rng: random.Random | None = None,

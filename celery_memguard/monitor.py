@@ -323,12 +323,12 @@ class Monitor:
             if self._woken.wait(delay) and not self._stop.is_set():
                 return self._after_pressure_event()
             return not self._stop.is_set()
+        end = time.monotonic() + delay
         if board.can_wake:
             board.sleep_until_task(self._activity_mark, delay)
             if self._woken.is_set() and not self._stop.is_set():
                 return self._after_pressure_event()
-            return not self._stop.is_set()
-        end = time.monotonic() + delay
+            return self._after_task_start(end)
         while True:
             left = end - time.monotonic()
             if left <= 0:
@@ -336,7 +336,18 @@ class Monitor:
             if self._woken.wait(min(ACTIVITY_TICK, left)):
                 return self._after_pressure_event() if not self._stop.is_set() else False
             if board.activity() != self._activity_mark:
-                return True
+                return self._after_task_start(end)
+
+    def _after_task_start(self, end: float) -> bool:
+        """The sleep (until ``end``, monotonic) ended at a task start: poll now if a policy may stop the task;
+        else not before a poll interval since the last poll (a recycle waits for the task's end anyway), so a
+        steady stream of tasks does not make the monitor poll once per task start. False once stopped."""
+        if self.engine.stops_tasks or self._polled_at is None or self._stop.is_set():
+            return not self._stop.is_set()
+        wait = min(end - time.monotonic(), self._polled_at + self.engine.poll_interval - self.clock())
+        if wait > 0 and self._woken.wait(wait):
+            return self._after_pressure_event()
+        return not self._stop.is_set()
 
     def _after_pressure_event(self) -> bool:
         """Woken by a pressure notification: poll now, or after EVENT_SPACING since the last poll; False once stopped."""

@@ -605,6 +605,39 @@ class TestMonitorThread:
             assert time.monotonic() - started < 1.0  # stop wakes a sleeping monitor
             board.close()
 
+    @pytest.mark.parametrize("wake", [True, False], ids=["wake-pipe", "activity-ticks"])
+    def test_task_starts_without_a_stopping_policy_do_not_poll_faster_than_the_interval(
+            self, logged: Path, wake: bool) -> None:
+        """Only a policy that stops tasks needs a task start looked at at once: with recycling policies only, a
+        steady stream of task starts (one every 10 ms for 1.5 s) is polled at the interval (0.5 s), not per start
+        (before: ~one poll per start, ~150 polls)."""
+        board = Board(2, wake=wake)
+        board.claim(0, 11, time.monotonic())
+        engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=0.5)
+        assert not engine.stops_tasks and Engine([SoftLimit(limit=SOFT), HardLimit(limit=HARD)], kill_grace=2.0,
+                                                 poll_interval=0.5).stops_tasks
+        world = World()
+        world.add(FakeProbe(11, rss=10 * MiB), 0)
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+        monitor.start()
+        try:
+            time.sleep(0.3)
+            before = monitor.polls
+            started = time.monotonic()
+            n = 0
+            while time.monotonic() - started < 1.5:
+                n += 1
+                board.task_started(0, 11, "app.t", f"tid-{n}", time.monotonic(), 10 * MiB, n, 1.0)
+                board.task_finished(0, 11, "app.t", f"tid-{n}", time.monotonic(), 0.001, 10 * MiB, 10 * MiB,
+                                    10 * MiB, True, n, 1.0)
+                time.sleep(0.01)
+            polls = monitor.polls - before
+            assert 1 <= polls <= 1.5 / 0.5 + 2, (polls, n)
+        finally:
+            monitor.stop()
+            board.close()
+
     def test_quiet_idle_pool_stretches_the_interval(self, logged: Path) -> None:
         """Every child idle at the same RSS: the delay doubles up to IDLE_STRETCH x; any change resets it."""
         h = Harness(board=Board(2))
