@@ -5,7 +5,7 @@ The pressure is made by the pool itself: ``memguard_pause_pool_above`` is 150 Mi
 above the threshold, so intake pauses: the test then sends short tasks that record, in Redis, each
 execution and when it started. They must not start while paused, must not be fetched beyond the
 consumer's prefetch (the rest stay in the broker's queue), and must all run exactly once after the
-resume. A warm shutdown while paused must not hang, and the tasks the worker held go back to the
+resume. A warm or cold shutdown while paused must not hang, and the tasks the worker held go back to the
 broker: a second worker runs each of them exactly once.
 """
 
@@ -90,7 +90,8 @@ def test_tasks_sent_during_a_pause_wait_in_the_broker_and_run_once_after_it(star
     assert status(worker)["intake"]["paused"] is False
 
 
-def test_warm_shutdown_while_paused_returns_held_tasks(start_worker: StartWorker, broker_url: str) -> None:
+@pytest.mark.parametrize("shutdown", ["warm", "cold"])
+def test_shutdown_while_paused_returns_held_tasks(start_worker: StartWorker, broker_url: str, shutdown: str) -> None:
     worker = start_worker(broker_url, concurrency=CONCURRENCY, conf=conf())
     big, _ = pause_with_big_task(worker, hold=6.0)
     results = [worker.send("pz.record") for _ in range(10)]
@@ -98,11 +99,15 @@ def test_warm_shutdown_while_paused_returns_held_tasks(start_worker: StartWorker
     time.sleep(1.0)  # the paused worker holds what it had prefetched
     assert not worker.events("memguard.resumed"), worker.diagnostics()
     started = time.monotonic()
-    worker.stop()  # SIGTERM while paused: the big task finishes, nothing else starts
-    assert time.monotonic() - started < 12, "warm shutdown hung while paused"
-    assert big.get(timeout=10) > 0
+    if shutdown == "cold":
+        worker.proc.send_signal(signal.SIGQUIT)  # cold: the running big task is cut short
+        worker.proc.wait(15)
+    worker.stop()  # warm: SIGTERM while paused, the big task finishes, nothing else starts
+    assert time.monotonic() - started < 15, f"{shutdown} shutdown hung while paused"
+    if shutdown == "warm":
+        assert big.get(timeout=10) > 0
+        assert worker.events("memguard.stopped"), worker.diagnostics()
     assert sum(runs(BACKEND_URL, ids)) == 0, "a held task started during the shutdown"
-    assert worker.events("memguard.stopped"), worker.diagnostics()
 
     # The held messages went back to the broker (all of them: none ran, none was acknowledged) ...
     wait_until(lambda: queue_length(worker) == len(ids), 20, what="the held messages back in the queue")
