@@ -46,7 +46,7 @@ from .forensics import LossExplainer
 from .monitor import SYSTEM_EVERY, HostReaders, Listeners, Monitor, PollView, PoolHooks
 from .pace import ADAPTIVE_FLOOR, AdaptivePace, PressurePlan
 from .probes import HeapProbe, ProcessProbe, heap_probe, open_process_probe
-from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch
+from .probes.pressure_events import PressureWatch, PressureWatchError, open_pressure_watch, refused
 from .probes.system import oom_kill_count, read_system
 from .policies import IntakeChange, IntakePause, build_intake
 from .samples import Action, ChildSample, MasterSample, SystemSample
@@ -231,8 +231,9 @@ class Guard:
                 fallback, failures = str(exc), list(exc.failures)
             except Exception as exc:  # fail open: a bug here costs the notifications, nothing else
                 fallback, failures = f"{type(exc).__name__}: {exc}", [exc]
-            if failures:
-                events.error("guard.pressure_watch", failures[0])
+            faults = [f for f in failures if not refused(f)]  # a refusal is only a fallback, said below
+            if faults:
+                events.error("guard.pressure_watch", faults[0])
         armed = watch.armed if watch is not None else []
         events.emit(
             events.PRESSURE_WATCH,

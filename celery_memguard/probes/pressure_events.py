@@ -25,6 +25,7 @@ was removed) is dropped and reported through ``on_lost``.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import threading
@@ -48,6 +49,17 @@ class PressureWatchError(OSError):
     def __init__(self, message: str, failures: Sequence[OSError] = ()) -> None:
         super().__init__(message)
         self.failures = list(failures)
+
+
+#: What a kernel or a place says when it does not offer a notification: no permission (an unprivileged
+#: worker, a read-only cgroup mount), no such file, a trigger or window it does not take, PSI switched off.
+REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENODEV, errno.EINVAL,
+                      errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether an arming error is the place saying no (a fallback, not a fault), see :data:`REFUSALS`."""
+    return isinstance(exc, OSError) and exc.errno in REFUSALS
 
 
 @dataclass

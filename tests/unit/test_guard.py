@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from types import SimpleNamespace
 from typing import Any
 
@@ -118,21 +120,43 @@ class TestPressureWatch:
         assert ("memguard.pressure_watch", [], True, "memguard_pressure_wake='adaptive'") == (
             said["event"], said["wake"], said["adaptive_poll"], said["fallback"])
 
-    def test_arming_error_is_one_memguard_error_and_a_fallback(self, logged: Any,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_refusal_is_a_fallback_not_an_error(self, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An unprivileged worker (EACCES on cgroup.event_control, EPERM...) is told why, not alarmed at each start."""
+        import errno
+
         from celery_memguard import guard as guard_module
         from celery_memguard.pace import PressurePlan
         from celery_memguard.probes.pressure_events import PressureWatchError
 
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            raise PressureWatchError("/proc/pressure/memory: PermissionError: no", [PermissionError("no")])
+        for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL, errno.EOPNOTSUPP):
+            def refuse(*args: Any, code: int = code, **kwargs: Any) -> Any:
+                raise PressureWatchError(f"cgroup.event_control: {os.strerror(code)}", [OSError(code, os.strerror(code))])
 
-        monkeypatch.setattr(guard_module, "open_pressure_watch", refuse)
+            monkeypatch.setattr(guard_module, "open_pressure_watch", refuse)
+            logged.write_text("")
+            g = guard(memguard_min_available="1GiB")
+            assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
+            [said] = self.said(logged)
+            assert ("memguard.pressure_watch", []) == (said["event"], said["wake"])
+            assert os.strerror(code) in said["fallback"]
+
+    def test_an_unexpected_arming_error_is_one_memguard_error_and_a_fallback(
+            self, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        import errno
+
+        from celery_memguard import guard as guard_module
+        from celery_memguard.pace import PressurePlan
+        from celery_memguard.probes.pressure_events import PressureWatchError
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise PressureWatchError("cgroup.event_control: I/O error", [OSError(errno.EIO, "I/O error")])
+
+        monkeypatch.setattr(guard_module, "open_pressure_watch", fail)
         g = guard(memguard_min_available="1GiB")
         assert g._pressure_watch(PressurePlan.from_config(g.config), None) is None
         error, said = self.said(logged)
         assert ("memguard.error", "guard.pressure_watch") == (error["event"], error["where"])
-        assert ([], "/proc/pressure/memory: PermissionError: no") == (said["wake"], said["fallback"])
+        assert ([], "cgroup.event_control: I/O error") == (said["wake"], said["fallback"])
 
     def test_nothing_to_arm_is_no_error(self, logged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         from celery_memguard import guard as guard_module
