@@ -6,10 +6,13 @@
 #             wheel in a fresh venv (.venv-wheel) and run it from outside the checkout: import,
 #             celery-memguard --help, python -m celery_memguard --help, celery memguard --help; then the
 #             wheel's prometheus extra (prometheus_client, celery_memguard.metrics importable)
-#   docs      the documentation site: mkdocs build --strict (scripts/docs.sh, in its own venv .venv-docs);
-#             any warning (a broken link or anchor, a docstring that does not render) fails the leg
+#   docs      the documentation site: mkdocs build --strict (scripts/docs.sh, in its own venv .venv-docs),
+#             in the background while the main suite runs; any warning (a broken link or anchor, a docstring
+#             that does not render) fails the leg
 #   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install with
-#             the test and prometheus extras: the exporter's tests run)
+#             the test and prometheus extras: the exporter's tests run), in $PYTEST_PROCESSES (default 2)
+#             pytest processes, a test file per process at a time (pytest-xdist, --dist loadfile): the
+#             real-worker tests mostly wait on workers' timers (each has its own worker, queue and tmp_path)
 #   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
 #             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests (in the background under
 #             nice 19, while the main suite runs) and, after the main suite, the real-worker smoke set
@@ -21,7 +24,8 @@
 # non-zero when any leg that ran failed.
 #
 # Environment: PYTHON (the main interpreter), MATRIX_PYTHONS, OLDEST_CELERY (the pins of the oldest-Celery
-# leg), TEST_MATRIX=main (only the package check, the docs and the main suite, for a quick local run).
+# leg), TEST_MATRIX=main (only the package check, the docs and the main suite, for a quick local run),
+# PYTEST_PROCESSES (the main suite's pytest processes; 1 runs it in one process, in file order).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -31,6 +35,7 @@ MATRIX_PYTHONS="${MATRIX_PYTHONS:-3.10 3.11 3.12 3.13}"
 OLDEST_CELERY="${OLDEST_CELERY:-celery==5.3.* kombu==5.3.* billiard==4.2.*}"
 LATEST_CELERY="celery kombu billiard"   # with --upgrade: the newest releases, also in a venv kept from an earlier run
 TEST_MATRIX="${TEST_MATRIX:-all}"
+PYTEST_PROCESSES="${PYTEST_PROCESSES:-2}"
 LOGS="$ROOT/build/matrix"
 PIP_QUIET=(--quiet --disable-pip-version-check)
 rm -rf "$LOGS" && mkdir -p "$LOGS"
@@ -113,8 +118,9 @@ package_check() {
     grep -q "^[^/]*/$need\$" <<<"$listing" || missing="$missing $need"
   done
   [ -z "$missing" ] || { echo "sdist lacks:$missing"; return 1; }
-  unzip -l "$wheel" | grep -q 'celery_memguard/py.typed' || { echo "wheel lacks py.typed"; return 1; }
-  unzip -p "$wheel" '*.dist-info/METADATA' | grep -q '^Provides-Extra: prometheus' \
+  # grep without -q after a pipe: an early exit would kill the writer with SIGPIPE, and pipefail would fail the check
+  unzip -l "$wheel" | grep 'celery_memguard/py.typed' >/dev/null || { echo "wheel lacks py.typed"; return 1; }
+  unzip -p "$wheel" '*.dist-info/METADATA' | grep '^Provides-Extra: prometheus' >/dev/null \
     || { echo "wheel lacks the prometheus extra"; return 1; }
   "$PYTHON" -m venv .venv-wheel || return 1
   pipq .venv-wheel/bin/python -m pip install "${PIP_QUIET[@]}" "$wheel" || return 1
@@ -144,13 +150,23 @@ fi
 WHEEL=$(ls "$ROOT"/dist/*.whl 2>/dev/null | head -n 1)
 
 # -- docs: the site, mkdocs build --strict (any warning, a broken link or anchor included, fails) ----------
-say "docs: mkdocs build --strict (scripts/docs.sh, in .venv-docs)"
+# In the background while the main suite runs (mostly pip and an 8 s build: little CPU); its result is
+# reported after the main suite.
+say "docs: mkdocs build --strict (scripts/docs.sh, in .venv-docs), in the background"
 t=$SECONDS
-if PYTHON="$PYTHON" bash scripts/docs.sh >"$LOGS/docs.log" 2>&1; then
-  tail -n 1 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" PASS $((SECONDS - t))
-else
-  tail -n 40 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" FAIL $((SECONDS - t))
-fi
+( PYTHON="$PYTHON" nice -n 10 bash scripts/docs.sh >"$LOGS/docs.log" 2>&1; echo "$? $((SECONDS - t))" >"$LOGS/docs.status" ) &
+DOCS_BG=$!
+docs_result() {
+  local drc dt
+  wait "$DOCS_BG"
+  read -r drc dt 2>/dev/null <"$LOGS/docs.status" || { drc=1; dt=0; }
+  say "docs: mkdocs build --strict (log build/matrix/docs.log)"
+  if [ "$drc" = 0 ]; then
+    tail -n 1 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" PASS "$dt"
+  else
+    tail -n 40 "$LOGS/docs.log"; row "$(pyver "$PYTHON")" "-" "docs site (mkdocs build --strict)" FAIL "$dt"
+  fi
+}
 
 # -- other Pythons: venvs and unit tests in the background, at the lowest CPU priority -------------------
 # While the main suite runs (mostly real workers waiting on timers), the other Pythons' venvs are set up
@@ -207,10 +223,13 @@ fi
 # -- the main suite ------------------------------------------------------------------------------------
 say "main: the whole suite on Python $(pyver .venv/bin/python)"
 t=$SECONDS
-.venv/bin/python -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$LOGS/main.log"
+PARALLEL=()
+[ "$PYTEST_PROCESSES" -gt 1 ] && PARALLEL=(-n "$PYTEST_PROCESSES" --dist loadfile)
+.venv/bin/python -m pytest -p no:cacheprovider -ra ${PARALLEL[@]+"${PARALLEL[@]}"} "$@" 2>&1 | tee "$LOGS/main.log"
 rc=${PIPESTATUS[0]}
 row "$(pyver .venv/bin/python)" "$(celery_of .venv/bin/python)" "full suite" \
     "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/main.log"))" $((SECONDS - t))
+docs_result
 
 # -- the other legs: their unit tests' outcome, then the real-worker smoke set -----------------------------
 if [ -n "$BG" ]; then

@@ -120,10 +120,14 @@ class Worker:
         """Stop the worker: SIGTERM (warm shutdown), then SIGKILL its whole process group; no process may remain."""
         self.process.stop()
 
-    def close(self) -> None:
-        """Stop the worker, then delete its queue and close the client (also when the stop failed)."""
+    def close(self, *, warm: bool = True) -> None:
+        """Stop the worker, then delete its queue and close the client (also when the stop failed).
+
+        ``warm=False``: no warm shutdown first, the process group is SIGKILLed at once (see
+        :meth:`WorkerProcess.stop`); the check that no process is left is the same.
+        """
         try:
-            self.stop()
+            self.process.stop(warm=warm)
         finally:
             delete_queue(self.app, self.queue, self.env["MG_BROKER"])
             self.app.close()

@@ -6,8 +6,10 @@ own session (so its whole process group can be killed), with the broker, the tes
 and the ``memguard_*`` settings passed as environment variables (see
 :mod:`tests.integration.proj`). MemGuard's events go as JSON lines to a file in ``tmp_path``.
 The factory returns once the worker is ready: ``memguard.started`` is in the event log and a
-no-op task made a round trip. Teardown stops every worker it started (SIGTERM, wait, SIGKILL
-to the process group), checks that no process of the group is left, and deletes the test's queue.
+no-op task made a round trip. Teardown kills every worker it started that is still running
+(SIGKILL to its process group: a test that cares how its worker ends stops it itself, with
+``Worker.stop()``'s warm shutdown), checks that no process of the group is left, and deletes the
+test's queue.
 
 The ``broker_url`` fixture is parametrized over Redis and RabbitMQ and skips a broker whose
 port is not reachable; results always go to Redis. ``memory_cgroup`` gives a fresh memory
@@ -59,7 +61,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     ``memguard_log_format="json"`` and ``memguard_log_file`` (in ``tmp_path``). With
     ``ready=False`` it returns at once (for workers expected to refuse to start, or to
     queue tasks before the worker consumes anything; then call ``Worker.wait_ready()``).
-    Every worker started is stopped, and its queue deleted, at teardown.
+    Every worker started is killed (process group), and its queue deleted, at teardown.
     """
     workers: list[Worker] = []
 
@@ -76,7 +78,9 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     failures: list[BaseException] = []
     for worker in reversed(workers):
         try:
-            worker.close()
+            # The test is over: its assertions about shutdown (test_shutdown.py, Worker.stop() in a test) are made;
+            # a warm shutdown here would only add Celery's 2-3 s per worker.
+            worker.close(warm=False)
         except BaseException as exc:  # stop the others anyway, then report the first failure
             failures.append(exc)
     if failures:
