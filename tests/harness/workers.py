@@ -238,6 +238,6 @@ def launch_worker(run_dir: Path, broker: str, *, tag: str = "0", conf: Mapping[s
         try:
             worker.wait_ready()
         except BaseException:
-            worker.close()
+            worker.close(warm=False)
             raise
     return worker
