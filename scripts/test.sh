@@ -12,7 +12,8 @@
 #   main      the whole suite on the main Python ($PYTHON, default python3) in .venv (editable install with
 #             the test and prometheus extras: the exporter's tests run), in $PYTEST_PROCESSES (default 2)
 #             pytest processes, a test file per process at a time (pytest-xdist, --dist loadfile): the
-#             real-worker tests mostly wait on workers' timers (each has its own worker, queue and tmp_path)
+#             real-worker tests mostly wait on workers' timers (each has its own worker, queue and tmp_path);
+#             then the files that bound real-time reactions (marker `timing`, tests/conftest.py) on their own
 #   legs      on every other Python of $MATRIX_PYTHONS (default 3.10 3.11 3.12 3.13), each in its own venv
 #             (.venv-3.10, ...) with the built wheel's dependencies: the unit tests (in the background under
 #             nice 19, while the main suite runs) and, after the main suite, the real-worker smoke set
@@ -223,12 +224,24 @@ fi
 # -- the main suite ------------------------------------------------------------------------------------
 say "main: the whole suite on Python $(pyver .venv/bin/python)"
 t=$SECONDS
-PARALLEL=()
-[ "$PYTEST_PROCESSES" -gt 1 ] && PARALLEL=(-n "$PYTEST_PROCESSES" --dist loadfile)
-.venv/bin/python -m pytest -p no:cacheprovider -ra ${PARALLEL[@]+"${PARALLEL[@]}"} "$@" 2>&1 | tee "$LOGS/main.log"
-rc=${PIPESTATUS[0]}
+if [ "$PYTEST_PROCESSES" -gt 1 ]; then
+  # Two parts: every file but the timing-bound ones, $PYTEST_PROCESSES at a time; then those (marker `timing`,
+  # tests/conftest.py) on their own. Both logs make main.log.
+  .venv/bin/python -m pytest -p no:cacheprovider -ra -n "$PYTEST_PROCESSES" --dist loadfile -m "not timing" "$@" 2>&1 \
+    | tee "$LOGS/main-parallel.log"
+  prc=${PIPESTATUS[0]}
+  .venv/bin/python -m pytest -p no:cacheprovider -ra -m timing "$@" 2>&1 | tee "$LOGS/main-timing.log"
+  trc=${PIPESTATUS[0]}
+  cat "$LOGS/main-parallel.log" "$LOGS/main-timing.log" >"$LOGS/main.log"
+  rc=0; { [ "$prc" = 0 ] || [ "$prc" = 5 ]; } && { [ "$trc" = 0 ] || [ "$trc" = 5 ]; } || rc=1
+  main_outcome="parallel: $(outcome "$LOGS/main-parallel.log"); timing: $(outcome "$LOGS/main-timing.log")"
+else
+  .venv/bin/python -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$LOGS/main.log"
+  rc=${PIPESTATUS[0]}
+  main_outcome=$(outcome "$LOGS/main.log")
+fi
 row "$(pyver .venv/bin/python)" "$(celery_of .venv/bin/python)" "full suite" \
-    "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($(outcome "$LOGS/main.log"))" $((SECONDS - t))
+    "$([ "$rc" = 0 ] && echo PASS || echo FAIL) ($main_outcome)" $((SECONDS - t))
 docs_result
 
 # -- the other legs: their unit tests' outcome, then the real-worker smoke set -----------------------------
