@@ -15,7 +15,7 @@ out and workers that exit raise ``AssertionError`` subclasses with the worker's 
 """
 
 from .brokers import (BACKEND_URL, FILESYSTEM_TRANSPORT, RABBIT_BROKER_URL, RABBIT_HOST, RABBIT_PORT, REDIS_BROKER_URL, REDIS_HOST,
-                      REDIS_PORT, delete_queue, filesystem_broker, flush_db, port_open, redis_up)
+                      REDIS_PORT, delete_queue, filesystem_broker, flush_db, free_ports, port_open, redis_up)
 from .cgroups import CgroupUnavailable, MemoryCgroup
 from .events import HarnessTimeout, read_events, tail, wait_until
 from .processes import STOP_TIMEOUT, WorkerExited, WorkerProcess
@@ -23,7 +23,7 @@ from .workers import PROJECT, READY_TIMEOUT, REPO, Outcome, Worker, launch_worke
 
 __all__ = [
     "BACKEND_URL", "RABBIT_BROKER_URL", "RABBIT_HOST", "RABBIT_PORT", "REDIS_BROKER_URL", "REDIS_HOST", "REDIS_PORT",
-    "FILESYSTEM_TRANSPORT", "filesystem_broker", "delete_queue", "flush_db", "port_open", "redis_up", "CgroupUnavailable", "MemoryCgroup", "HarnessTimeout",
+    "FILESYSTEM_TRANSPORT", "filesystem_broker", "delete_queue", "flush_db", "free_ports", "port_open", "redis_up", "CgroupUnavailable", "MemoryCgroup", "HarnessTimeout",
     "read_events", "tail", "wait_until", "STOP_TIMEOUT", "WorkerExited", "WorkerProcess", "PROJECT",
     "READY_TIMEOUT", "REPO", "Outcome", "Worker", "launch_worker", "worker_command", "worker_env",
 ]

@@ -6,6 +6,7 @@ can share both. Benchmarks use a dedicated DB (11 or 12) that they flush before 
 
 from __future__ import annotations
 
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,20 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def free_ports(count: int) -> tuple[int, int]:
+    """``count`` consecutive ports free on 127.0.0.1 right now, as (low, high)."""
+    for _ in range(200):
+        low = random.randint(20000, 60000)
+        try:
+            for port in range(low, low + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return low, low + count - 1
+    raise RuntimeError("no free port block")
 
 
 def redis_up(url: str) -> bool:

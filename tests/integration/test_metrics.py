@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 import threading
 import time
@@ -23,6 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.harness import free_ports
+
 from .conftest import REPO, StartWorker, Worker, wait_until
 
 pytest.importorskip("prometheus_client", reason="the prometheus extra (pip install 'celery-memguard[prometheus]')")
@@ -31,20 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 MiB = 1024 * 1024
 SOFT_MIB, HARD_MIB = 100, 300
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_ports(count: int) -> tuple[int, int]:
-    """``count`` consecutive ports free on 127.0.0.1 right now, as (low, high)."""
-    for _ in range(200):
-        low = random.randint(20000, 60000)
-        try:
-            for port in range(low, low + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return low, low + count - 1
-    raise RuntimeError("no free port block")
 
 
 def scrape(url: str) -> Samples:

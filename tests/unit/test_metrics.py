@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import threading
 import urllib.request
@@ -29,6 +28,7 @@ from celery_memguard.guard import Guard, IntakeState  # noqa: E402
 from celery_memguard.metrics import METRICS, GuardCollector, MetricsServer, MetricsUnavailable  # noqa: E402
 from celery_memguard.monitor import PollView, PoolHooks  # noqa: E402
 from celery_memguard.samples import Action, ChildSample, MasterSample, SystemSample  # noqa: E402
+from tests.harness import free_ports  # noqa: E402
 
 MiB = 1024 * 1024
 MEM = 8 * 1024 * MiB
@@ -212,20 +212,6 @@ class TestServedNames:
             assert spec.kind in ("gauge", "counter") and spec.help, spec
             assert not any(word in spec.name for word in ("_mib", "_kib", "_mb", "_ms")), spec
             assert "pid" not in spec.labels, spec
-
-
-def free_ports(count: int) -> tuple[int, int]:
-    """``count`` consecutive ports free on 127.0.0.1 right now, as (low, high)."""
-    for _ in range(200):
-        low = random.randint(20000, 60000)
-        try:
-            for port in range(low, low + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return low, low + count - 1
-    raise RuntimeError("no free port block")
 
 
 def fetch(url: str) -> str:
