@@ -281,8 +281,15 @@ class _PoolView:
         return [(pid, getattr(proc, "index", None)) for pid, proc in self._current.items()]
 
     def exit_code(self, pid: int) -> int | None:
-        """The exit code billiard recorded for ``pid`` (never reaps it ourselves)."""
+        """The exit code billiard recorded for ``pid`` (never reaps it ourselves).
+
+        None also for a child the pool terminated on purpose (billiard marks it ``_controlled_termination``:
+        an idle child removed by ``--autoscale`` or ``pool_shrink``, a task revoked with ``terminate=True``):
+        billiard does not report those as errors, and they are not lost children either.
+        """
         proc = self._current.get(pid) or self._previous.get(pid)
+        if getattr(proc, "_controlled_termination", False) is True:
+            return None
         return getattr(getattr(proc, "_popen", None), "returncode", None)
 
 

@@ -18,6 +18,7 @@ each added child, and the orders for them failed).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from celery_memguard import MemoryLimitExceeded
@@ -84,5 +85,26 @@ def test_autoscaled_children_are_recycled_above_the_soft_limit(start_worker: Sta
     wait_until(lambda: ran_on <= recycled(), 30, what=f"every child that ran a task ({sorted(ran_on)}) to be recycled")
     assert ran_on <= recycled(), (sorted(ran_on - recycled()), worker.diagnostics())
     wait_until(lambda: not (ran_on & worker.child_pids()), 30, what="the recycled children to exit")
+    assert worker.events("memguard.error") == []
+    assert worker.events("memguard.child_unguarded") == []
+
+
+def test_children_autoscale_removes_are_not_reported_lost(start_worker: StartWorker, redis_url: str) -> None:
+    """``--autoscale=6,1``: a burst grows the pool, then the autoscaler SIGTERMs the idle children it no longer
+    needs (billiard's controlled termination). They are guarded while they live and not reported as
+    ``memguard.child_lost`` (before the fix: one error-level event per child removed, counted as lost by the
+    report); every task succeeds once."""
+    worker = start_worker(redis_url, concurrency=6, args=["--autoscale=6,1"],
+                          conf={"memguard_soft_limit": "200MiB", "memguard_poll_interval": POLL},
+                          extra_env={"AUTOSCALE_KEEPALIVE": "1"})
+    results = [worker.send("it.ping", 0.5) for _ in range(36)]
+    wait_until(lambda: len(worker.child_pids()) >= 4, 60, what="the autoscaler to grow the pool")
+    outcomes = worker.collect(results, timeout=120)
+    assert [o.state for o in outcomes] == ["SUCCESS"] * len(results), [o.traceback for o in outcomes]
+    assert len({o.task_id for o in outcomes}) == len(results)
+    wait_until(lambda: len(worker.child_pids()) == 1, 60, what="the autoscaler to shrink the pool to 1 child")
+    time.sleep(5 * POLL)  # polls that see the removed children gone
+    worker.ping()
+    assert worker.events("memguard.child_lost") == []
     assert worker.events("memguard.error") == []
     assert worker.events("memguard.child_unguarded") == []
