@@ -41,10 +41,8 @@ from ..samples import Violation
 from ..units import format_mib, mib
 
 __all__ = ["StormGuard", "RECYCLE_STORM", "LIMIT_UNREACHABLE", "UnreachableLimits", "Restart", "restart_of",
-           "describe_cause", "FRESH_AGE", "UNREACHABLE_REASONS"]
+           "describe_cause", "UNREACHABLE_REASONS"]
 
-#: Seconds after its spawn during which a child's first reading counts as a fresh child's.
-FRESH_AGE = 2.0
 #: Soft violations a fresh child can make unreachable (per-child memory limits).
 UNREACHABLE_REASONS = frozenset({"soft_limit"})
 #: Spawn-time measurements kept (the median is used).
@@ -213,11 +211,10 @@ class UnreachableLimits:
 
     @staticmethod
     def is_fresh(tasks_run: int, busy: bool, spawned_at: float, now: float) -> bool:
-        """Whether a child's reading is that of a freshly forked child: its spawn is known (board) and it is
-        younger than FRESH_AGE, or it has neither finished nor started a task."""
-        if spawned_at <= 0:
-            return False
-        return 0 <= now - spawned_at <= FRESH_AGE or (tasks_run == 0 and not busy)
+        """Whether a child's reading is that of a freshly forked child: its spawn is known (board) and it has
+        neither finished nor started a task. However young, a child that took a job before its first look (an
+        autoscaled or replacement child with a backlog waiting) holds the task's memory too."""
+        return spawned_at > 0 and tasks_run == 0 and not busy
 
     def fresh(self, now: float, pid: int, mem: int, exact: bool, violation: Violation | None,
               master_mem: int | None) -> Finding | None:

@@ -283,6 +283,17 @@ class TestUnreachableLimit:
             e.decide([child(1, 300, "busy", tasks_run=7, spawned_at=1.0)], 30.0))
         assert [] == e.findings()
 
+    @pytest.mark.parametrize(("task_id", "tasks_run"), [("busy", 0), (None, 1)], ids=["in-its-first-task", "after-it"])
+    def test_a_young_child_that_took_a_job_before_its_first_look_is_not_fresh(self, task_id: str | None,
+                                                                             tasks_run: int) -> None:
+        """An autoscaled child 0.3 s old, first seen during (or after) a task that took 60 MiB: the reading holds
+        the task's memory and says nothing about a fresh child; the child is recycled (before: the soft limit
+        was declared unreachable and soft recycling stopped for every child)."""
+        e = engine([SoftLimit(limit=60 * MiB)], metric="uss")
+        assert [(Action.RECYCLE, 1, "soft_limit")] == acts(
+            e.decide([child(1, 85, task_id, tasks_run=tasks_run, spawned_at=0.2)], 0.5))
+        assert [] == e.findings() and {} == e.unreachable.unreachable
+
     def test_child_that_grew_after_a_fresh_start_is_recycled(self) -> None:
         e = engine([SoftLimit(limit=250 * MiB)])
         assert [] == e.decide([child(1, 100, tasks_run=0, spawned_at=0.1)], 0.5)
