@@ -53,6 +53,7 @@ from .policies.base import Policy, PoolPolicy, as_policy, policy_name
 from .policies.leak import LeakProjection
 from .policies.lifetime import Lifetime, MaxTasks
 from .policies.limits import HardLimit, SoftLimit
+from .policies.pressure import SystemPressure
 from .policies.storm import StormGuard, UnreachableLimits, restart_of
 from .samples import Action, ChildSample, Decision, SystemSample, Violation
 
@@ -77,6 +78,14 @@ ASSUMED_TASK_GROWTH = 1024 * 1024 * 1024
 
 #: Policies that only ever recycle a child after its task (never stop one).
 _RECYCLE_ONLY = (SoftLimit, LeakProjection, Lifetime, MaxTasks)
+
+
+def _recycle_only(policy: Any) -> bool:
+    """Whether ``policy`` only ever recycles a child after its task: ``SystemPressure`` stops a running
+    task only below ``critical_available``."""
+    if isinstance(policy, SystemPressure):
+        return policy.critical_available is None
+    return isinstance(policy, _RECYCLE_ONLY)
 
 
 @dataclass(slots=True)
@@ -148,7 +157,7 @@ class Engine:
         self.hard_limit: int | None = min(hard) if hard else None
         #: Whether a policy may stop a running task (a custom one counts as one that may): only then must a
         #: task start be looked at at once (see ``Monitor._sleep``); recycles wait for the task's end anyway.
-        self.stops_tasks = not all(isinstance(p, _RECYCLE_ONLY) for p in self.policies)
+        self.stops_tasks = not all(_recycle_only(p) for p in self.policies)
 
     @classmethod
     def from_config(cls, config: "MemGuardConfig", *, rng: random.Random | None = None,

@@ -406,3 +406,18 @@ class TestIdleChildrenWatched:
         fast = pytest.approx(0.25 * 700 * MiB / ASSUMED_TASK_GROWTH)
         assert fast == self._delay(watched=False, task_id=None)
         assert fast == self._delay(watched=True, task_id=None, spawned_at=0.0)  # no board slot: tasks unseen
+
+
+class TestStopsTasks:
+    """Only a policy that may stop a running task makes the monitor look at every task start at once."""
+
+    def test_system_pressure_recycles_only_without_critical_available(self) -> None:
+        """SystemPressure recycles idle children; it stops a task only below ``critical_available`` (before:
+        any SystemPressure counted as stopping tasks, one poll per task start)."""
+        from celery_memguard.policies import SystemPressure
+
+        recycling = [SystemPressure(min_available=512 * MiB), SystemPressure(psi_threshold=10.0)]
+        assert not Engine([SoftLimit(limit=1024 * MiB), *recycling], kill_grace=2.0, poll_interval=0.5).stops_tasks
+        critical = SystemPressure(min_available=512 * MiB, critical_available=128 * MiB)
+        assert Engine([critical], kill_grace=2.0, poll_interval=0.5).stops_tasks
+        assert Engine([HardLimit(limit=1024 * MiB)], kill_grace=2.0, poll_interval=0.5).stops_tasks
