@@ -513,7 +513,7 @@ KEY_DOCS: dict[str, KeyDoc] = {
         'swallows the exception or is stuck in C code'),
     "dry_run": KeyDoc(
         'bool',
-        'log `memguard.would_recycle` / `memguard.would_kill`, do nothing'),
+        'log `memguard.would_recycle` / `memguard.would_kill` (and `memguard.paused` with `dry_run` true), do nothing'),
     "log_format": KeyDoc(
         '`"console"`, `"json"`',
         '`json`: one JSON object per line with an `event` key'),

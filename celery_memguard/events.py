@@ -189,8 +189,10 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     PRESSURE_UNRELIEVED: ("trigger", "available", "min_available", "psi_some_avg10", "psi_threshold",
                                      "children", "children_rss_mib", "fresh_rss_mib", "largest_pid",
                                      "largest_relief_mib", "min_relief_mib", "cause", "retry_s"),
-    PAUSED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running"),
-    RESUMED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running"),
+    PAUSED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running",
+             "dry_run"),
+    RESUMED: ("trigger", "available_mib", "pool_mib", "threshold_mib", "paused_s", "held", "running",
+              "dry_run"),
 }
 
 
@@ -453,6 +455,8 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
     (RESUMED, "held"): "tasks held unstarted, started now in the order they came",
     (PAUSED, "running"): "children running a task (they finish)",
     (RESUMED, "running"): "children running a task",
+    (PAUSED, "dry_run"): "true in dry run (`memguard_dry_run`): intake was not paused",
+    (RESUMED, "dry_run"): "true in dry run (`memguard_dry_run`): intake had not been paused",
 }
 
 

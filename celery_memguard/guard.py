@@ -327,7 +327,7 @@ class Guard:
 
     def _flip(self, change: IntakeChange, children: Sequence[ChildSample]) -> None:
         """Tell the worker's switch (a failure is logged; the state stays as decided) and log the change."""
-        switch = self._switch
+        switch = None if self.config.dry_run else self._switch  # dry run: log what would happen, only
         held: int | None = None
         if switch is not None:
             try:
@@ -336,7 +336,8 @@ class Guard:
             except Exception as exc:
                 events.error("guard.intake_switch", exc)
         events.emit(events.PAUSED if change.paused else events.RESUMED, "warning" if change.paused else "info",
-                    **change.fields(), held=held, running=sum(1 for c in children if c.task_id))
+                    **change.fields(), held=held, running=sum(1 for c in children if c.task_id),
+                    dry_run=self.config.dry_run)
 
     @property
     def paused(self) -> bool | None:

@@ -152,7 +152,7 @@ class MemGuard(bootsteps.StartStopStep):
         except Exception as exc:
             events.error("bootstep.create", exc)
             self.prefork = False
-        if self.prefork and (cfg.pause_below is not None or cfg.pause_pool_above is not None):
+        if self.prefork and wants_intake_valve(cfg):
             try:
                 valve = IntakeValve(parent)
                 valve.install()  # before the Consumer step (created last) takes parent.process_task
@@ -246,6 +246,12 @@ class MemGuard(bootsteps.StartStopStep):
 
     def shutdown(self, parent: Any) -> None:
         self._finish("warm")
+
+
+def wants_intake_valve(cfg: MemGuardConfig) -> bool:
+    """Whether the worker's intake gets a valve: with a ``memguard_pause_*`` threshold, never in dry run
+    (which only logs ``memguard.paused``/``resumed`` with ``dry_run`` true: intake goes on)."""
+    return not cfg.dry_run and (cfg.pause_below is not None or cfg.pause_pool_above is not None)
 
 
 def _pool_name(parent: Any) -> str:

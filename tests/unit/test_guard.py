@@ -246,3 +246,24 @@ class TestIntake:
         g = guard()
         g.observe_intake(1.0, self.reading(1), [])
         assert g.intake is None and g.paused is None and g.intake_status(1.0)["enabled"] is False
+
+
+class TestIntakeDryRun:
+    def test_dry_run_logs_pause_and_resume_but_never_flips_the_switch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """memguard_dry_run: memguard.paused/resumed are logged with dry_run true, intake goes on (before:
+        the switch was flipped and the worker really paused)."""
+        from celery_memguard.worker.bootstep import wants_intake_valve
+
+        emitted: list[tuple[str, dict[str, Any]]] = []
+        monkeypatch.setattr(events, "emit", lambda event, level="info", **keys: emitted.append((event, keys)))
+        g = guard(memguard_pause_below="1GiB", memguard_pause_resume_after=0, memguard_dry_run=True)
+        switch = _Switch()
+        g._switch = switch
+        g.observe_intake(1.0, TestIntake().reading(900), [])
+        g.observe_intake(2.0, TestIntake().reading(2048), [])
+        assert switch.flips == []
+        assert [(e, keys["dry_run"], keys["held"]) for e, keys in emitted] == [
+            (events.PAUSED, True, None), (events.RESUMED, True, None)]
+        assert not wants_intake_valve(g.config)
+        assert wants_intake_valve(guard(memguard_pause_below="1GiB").config)
+        assert not wants_intake_valve(guard().config)
