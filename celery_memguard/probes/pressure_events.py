@@ -153,7 +153,8 @@ class PressureWatch:
         return [a.source for a in self.armed]
 
     def start(self, on_event: Callable[[str], None], on_lost: Callable[[str, BaseException], None]) -> None:
-        """Start the thread: ``on_event(source)`` per notification, ``on_lost(source, error)`` if one fails."""
+        """Start the thread: ``on_event(source)`` per notification, ``on_lost(source, error)`` if a source
+        fails (it is dropped) or ``on_event`` raises (the source stays watched: notifications go on)."""
         self._thread = threading.Thread(target=self._run, args=(on_event, on_lost), name="memguard-pressure",
                                         daemon=True)
         self._thread.start()
@@ -177,7 +178,10 @@ class PressureWatch:
                     on_lost(armed.source, OSError(f"{armed.detail}: poll() reported {mask:#x}"))
                     continue
                 armed.consume()
-                on_event(armed.source)
+                try:
+                    on_event(armed.source)
+                except Exception as exc:  # fail open: report (once per cause, by on_lost), keep watching
+                    on_lost(armed.source, exc)
 
     def close(self) -> None:
         """Stop the thread and close every armed fd (the kernel drops the registrations with them)."""

@@ -232,3 +232,31 @@ class TestPressureWatchThread:
         assert not watch._thread.is_alive()  # type: ignore[union-attr]
         watch.close()
         assert [PSI] == [source for source, _ in lost] and "gone" in lost[0][1]
+
+    def test_a_raising_callback_is_reported_and_the_watch_goes_on(self) -> None:
+        """on_event raising (board.wake() with an OSError, say) is handed to on_lost and the thread keeps
+        delivering notifications (before: the exception ended the memguard-pressure thread for good)."""
+        efd = os.eventfd(0, os.EFD_NONBLOCK)
+        watch = PressureWatch([Armed(CGROUP1, "test", efd, select.POLLIN, [efd])])
+        calls: list[str] = []
+        lost: list[tuple[str, BaseException]] = []
+        second = threading.Event()
+
+        def on_event(source: str) -> None:
+            calls.append(source)
+            if len(calls) == 1:
+                raise OSError("the wake pipe is gone")
+            second.set()
+
+        watch.start(on_event, lambda source, exc: lost.append((source, exc)))
+        try:
+            os.eventfd_write(efd, 1)
+            deadline = time.monotonic() + 5
+            while not lost and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.eventfd_write(efd, 1)
+            assert second.wait(5), "the watch thread stopped after the callback raised"
+            assert watch._thread is not None and watch._thread.is_alive()
+        finally:
+            watch.close()
+        assert [CGROUP1] == [source for source, _ in lost] and isinstance(lost[0][1], OSError)
