@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .base import close_fds
-from .system import _read_int, memory_cgroup_dirs
+from .system import cgroup_memory_limit, memory_cgroup_dirs, physical_memory
 
 __all__ = ["Armed", "PressureWatch", "PressureWatchError", "arm_cgroup1_thresholds", "arm_psi_trigger",
            "limited_memory_cgroup", "open_pressure_watch"]
@@ -88,9 +88,12 @@ class Armed:
 
 
 def limited_memory_cgroup(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> tuple[int, str, int] | None:
-    """(version, directory, limit) of the innermost memory cgroup of this process that has a limit, or None."""
+    """(version, directory, limit) of the innermost memory cgroup of this process that has a limit below the
+    host's memory, or None: the cgroup :func:`~celery_memguard.probes.system.read_system` reads its memory from
+    (a looser limit is no limit; there the host's memory counts, and so the host's PSI is armed)."""
+    total = physical_memory(proc_root)
     for version, directory in memory_cgroup_dirs(proc_root, cgroup_root):
-        limit = _read_int(f"{directory}/{'memory.max' if version == 2 else 'memory.limit_in_bytes'}")
+        limit = cgroup_memory_limit(version, directory, total)
         if limit is not None:
             return version, directory, limit
     return None

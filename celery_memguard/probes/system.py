@@ -28,6 +28,7 @@ __all__ = [
     "read_system",
     "physical_memory",
     "HAVE_PROCFS",
+    "cgroup_memory_limit",
 ]
 
 HAVE_PROCFS = sys.platform.startswith("linux") and os.path.exists("/proc/self/statm")
@@ -67,6 +68,13 @@ def _read_int(path: str) -> int | None:
     except ValueError:
         return None
     return value if value < _UNLIMITED else None
+
+
+def cgroup_memory_limit(version: int, directory: str, total: int) -> int | None:
+    """The memory limit of one cgroup ``directory``; None for none, or for one not below ``total`` (the host's
+    ``MemTotal``): such a cgroup can never run short before the host does, the host's memory is what counts."""
+    limit = _read_int(f"{directory}/{'memory.max' if version == 2 else 'memory.limit_in_bytes'}")
+    return limit if limit is not None and limit < total else None
 
 
 def memory_cgroup_dirs(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> list[tuple[int, str]]:
@@ -182,7 +190,7 @@ def read_system(at: float, proc_root: str = "/proc", cgroup_root: str = "/sys/fs
     psi: float | None = None
     for version, directory in memory_cgroup_dirs(proc_root, cgroup_root):
         if version == 2:
-            limit = _read_int(f"{directory}/memory.max")
+            limit = cgroup_memory_limit(2, directory, total)
             current = _read_int(f"{directory}/memory.current")
             if current is not None:  # the working set, as kubelet counts it: minus reclaimable page cache
                 inactive = _read_counter(f"{directory}/memory.stat", "inactive_file") or 0
@@ -190,7 +198,7 @@ def read_system(at: float, proc_root: str = "/proc", cgroup_root: str = "/sys/fs
             if psi is None:
                 psi = _psi_some_avg10(f"{directory}/memory.pressure")
         else:
-            limit = _read_int(f"{directory}/memory.limit_in_bytes")
+            limit = cgroup_memory_limit(1, directory, total)
             current = _read_int(f"{directory}/memory.usage_in_bytes")
             if current is not None:
                 inactive = _read_counter(f"{directory}/memory.stat", "total_inactive_file") or 0

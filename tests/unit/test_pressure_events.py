@@ -260,3 +260,43 @@ class TestPressureWatchThread:
         finally:
             watch.close()
         assert [CGROUP1] == [source for source, _ in lost] and isinstance(lost[0][1], OSError)
+
+
+class TestLooseCgroupLimit:
+    """A cgroup v1 limit at or above the host's MemTotal is no limit, for the watch and for read_system alike."""
+
+    def tree(self, tmp_path: Path, limit: int) -> tuple[str, str]:
+        proc, sys_cgroup = tmp_path / "proc", tmp_path / "cgroup"
+        (proc / "self").mkdir(parents=True)
+        (proc / "self" / "cgroup").write_text("4:memory:/worker\n")
+        (proc / "meminfo").write_text(f"MemTotal: {1024 * 1024} kB\nMemAvailable: {100 * 1024} kB\n")
+        directory = sys_cgroup / "memory" / "worker"
+        directory.mkdir(parents=True)
+        (directory / "memory.limit_in_bytes").write_text(str(limit))
+        (directory / "memory.usage_in_bytes").write_text(str(300 * MiB))
+        (directory / "memory.stat").write_text("total_inactive_file 0\n")
+        return str(proc), str(sys_cgroup)
+
+    def test_a_limit_looser_than_the_host_arms_the_host_not_the_cgroup(self, tmp_path: Path) -> None:
+        """Limit 2 GiB on a 1 GiB host: read_system reads the host's MemAvailable, so no cgroup threshold is
+        armed (it could never fire) and the host's PSI is asked for (before: cgroup thresholds were tried,
+        relative to the 2 GiB limit, and the host PSI skipped)."""
+        from celery_memguard.probes.system import read_system
+
+        proc, cgroup = self.tree(tmp_path, 2048 * MiB)
+        assert limited_memory_cgroup(proc, cgroup) is None
+        assert read_system(0.0, proc, cgroup).available == 100 * MiB
+        with pytest.raises(PressureWatchError) as info:
+            open_pressure_watch(lambda limit: [limit // 2], PressurePlan().psi_trigger, host_psi=False,
+                                proc_root=proc, cgroup_root=cgroup)
+        assert "no memory cgroup limit" in str(info.value) and "pressure/memory not present" in str(info.value)
+        assert [] == info.value.failures
+
+    def test_a_limit_below_the_host_is_the_cgroups(self, tmp_path: Path) -> None:
+        """Limit 512 MiB on a 1 GiB host, 450 MiB used in it: both read the cgroup (62 MiB available)."""
+        from celery_memguard.probes.system import read_system
+
+        proc, cgroup = self.tree(tmp_path, 512 * MiB)
+        (Path(cgroup) / "memory" / "worker" / "memory.usage_in_bytes").write_text(str(450 * MiB))
+        assert limited_memory_cgroup(proc, cgroup) == (1, f"{cgroup}/memory/worker", 512 * MiB)
+        assert read_system(0.0, proc, cgroup).available == 62 * MiB
