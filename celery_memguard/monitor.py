@@ -67,6 +67,11 @@ SYSTEM_EVERY = 0.5
 #: Shortest spacing (seconds) of polls brought forward by kernel pressure notifications (a usage hovering
 #: around a threshold signals at every crossing).
 EVENT_SPACING = 0.02
+#: With recycling policies only, a task start brings the next poll forward to this share of the poll interval
+#: after the last poll (not at once, not a whole interval later): a child that leaks fast is still looked at
+#: every few of its tasks, while a steady stream of tasks at 32 children cannot make the master poll once per
+#: task start.
+TASK_START_SPACING = 0.25
 #: Decisions taken within this many seconds of a kernel pressure notification say so in their event
 #: (``woken_by``, ``since_wake_ms``): the notification's poll may first ask for exact readings, then decide.
 WAKE_NOTE_S = 1.0
@@ -340,11 +345,13 @@ class Monitor:
 
     def _after_task_start(self, end: float) -> bool:
         """The sleep (until ``end``, monotonic) ended at a task start: poll now if a policy may stop the task;
-        else not before a poll interval since the last poll (a recycle waits for the task's end anyway), so a
-        steady stream of tasks does not make the monitor poll once per task start. False once stopped."""
+        else not before :data:`TASK_START_SPACING` of a poll interval since the last poll (a recycle waits for
+        the task's end anyway), so a steady stream of tasks does not make the monitor poll once per task start
+        while a fast-leaking child is still seen within a few of its tasks. False once stopped."""
         if self.engine.stops_tasks or self._polled_at is None or self._stop.is_set():
             return not self._stop.is_set()
-        wait = min(end - time.monotonic(), self._polled_at + self.engine.poll_interval - self.clock())
+        spacing = TASK_START_SPACING * self.engine.poll_interval
+        wait = min(end - time.monotonic(), self._polled_at + spacing - self.clock())
         if wait > 0 and self._woken.wait(wait):
             return self._after_pressure_event()
         return not self._stop.is_set()
