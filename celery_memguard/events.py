@@ -96,6 +96,7 @@ __all__ = [
     "ORDER_SIGNAL_REPLACED",
     "SAMPLE",
     "METRICS_SERVING",
+    "INTAKE_UNBOUNDED",
     "EventLog",
     "default_log_file",
     "open_log_file",
@@ -146,6 +147,9 @@ RESUMED = "memguard.resumed"
 SAMPLE = "memguard.sample"
 #: The Prometheus exporter listens (``memguard_metrics_port``): where to scrape this worker.
 METRICS_SERVING = "memguard.metrics_serving"
+#: At start, with a pause threshold on a transport without an event loop and no prefetch limit: a pause
+#: cannot stop fetching, so it would pull the whole queue into held requests.
+INTAKE_UNBOUNDED = "memguard.intake_unbounded"
 
 #: Every event name and the keys it carries (besides ts, level, source_pid, hostname).
 EVENT_KEYS: dict[str, tuple[str, ...]] = {
@@ -166,6 +170,7 @@ EVENT_KEYS: dict[str, tuple[str, ...]] = {
     SAMPLE: ("metric", "children", "pool_mib", "pool_rss_mib", "master_mib", "master_rss_mib", "available_mib",
              "tasks", "spawn_time_s", "replace_gaps_s"),
     METRICS_SERVING: ("url", "addr", "port", "port_range", "busy_ports"),
+    INTAKE_UNBOUNDED: ("transport", "prefetch_multiplier"),
     LEAK_SUSPECTED: ("task", "kib_per_call", "confidence", "calls_observed", "children",
                                 "projected_calls_to_soft_limit", "since_calls"),
     LEAK_CLEARED: ("task", "reason", "kib_per_call", "calls_observed", "since_calls"),
@@ -247,6 +252,10 @@ EVENT_DOCS: dict[str, str] = {
              "`memguard_pause_resume_after` seconds; held tasks start.",
     PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
                          "one (once per episode).",
+    INTAKE_UNBOUNDED: "Once at start (level warning), with `memguard_pause_below` / `memguard_pause_pool_above` on a "
+                      "transport without an event loop (kombu's filesystem transport) and "
+                      "`worker_prefetch_multiplier = 0`: a pause cannot stop fetching there, so it would pull the "
+                      "whole queue into held requests; set a prefetch multiplier.",
     METRICS_SERVING: "Once at start, with `memguard_metrics_port`: the Prometheus exporter listens; where to "
                      "scrape this worker (docs/metrics.md).",
 }
@@ -455,6 +464,8 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
     (RESUMED, "held"): "tasks held unstarted, started now in the order they came",
     (PAUSED, "running"): "children running a task (they finish)",
     (RESUMED, "running"): "children running a task",
+    (INTAKE_UNBOUNDED, "transport"): "the broker transport (`filesystem`, ...)",
+    (INTAKE_UNBOUNDED, "prefetch_multiplier"): "`worker_prefetch_multiplier` (0: no limit)",
     (PAUSED, "dry_run"): "true in dry run (`memguard_dry_run`): intake was not paused",
     (RESUMED, "dry_run"): "true in dry run (`memguard_dry_run`): intake had not been paused",
 }

@@ -159,6 +159,7 @@ class MemGuard(bootsteps.StartStopStep):
                 self.valve = valve
             except Exception as exc:
                 events.error("bootstep.intake", exc)
+            _warn_unbounded_intake(parent)
         self.guard = Guard(cfg, pool_name=_pool_name(parent), board=self.board if self.prefork else None,
                            node=getattr(parent, "hostname", None))
         return self
@@ -252,6 +253,22 @@ def wants_intake_valve(cfg: MemGuardConfig) -> bool:
     """Whether the worker's intake gets a valve: with a ``memguard_pause_*`` threshold, never in dry run
     (which only logs ``memguard.paused``/``resumed`` with ``dry_run`` true: intake goes on)."""
     return not cfg.dry_run and (cfg.pause_below is not None or cfg.pause_pool_above is not None)
+
+
+def unbounded_intake(use_eventloop: bool, prefetch_multiplier: object) -> bool:
+    """Whether a pause would fetch without bound: no event loop (the consumer cannot be cancelled from the
+    monitor thread) and no prefetch limit (``worker_prefetch_multiplier = 0``)."""
+    return not use_eventloop and prefetch_multiplier == 0
+
+
+def _warn_unbounded_intake(parent: Any) -> None:
+    try:
+        prefetch = parent.app.conf.worker_prefetch_multiplier
+        if unbounded_intake(bool(getattr(parent, "use_eventloop", False)), prefetch):
+            transport = parent.app.connection_for_read().transport_cls
+            events.emit(events.INTAKE_UNBOUNDED, "warning", transport=str(transport), prefetch_multiplier=prefetch)
+    except Exception as exc:
+        events.error("bootstep.intake", exc)
 
 
 def _pool_name(parent: Any) -> str:

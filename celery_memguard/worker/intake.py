@@ -19,6 +19,9 @@ Two things make up a worker's intake, and a pause stops both:
   ``cancel_consumer`` still work). On resume ``task_consumer.consume()`` subscribes again. Messages
   the broker had already sent are held as above (py-amqp requeues any that arrive for the cancelled
   consumer tag). After a reconnection the new task consumer is cancelled too while the pause lasts.
+  Celery's ``add_task_queue`` (the remote ``add_consumer`` command) calls ``task_consumer.consume()``,
+  which subscribes every queue again during a pause: what arrives is held (at most the prefetch
+  count), and each held arrival wakes the loop, which cancels the consumer again.
 
 Kombu's consumers and the hub are not thread-safe, and the decision is taken in the monitor
 thread: :meth:`IntakeValve.set_paused` only sets the flag (which stops starting tasks at once) and
@@ -30,7 +33,9 @@ Without an event loop (a transport that only polls, like kombu's filesystem tran
 consumer cannot be cancelled from another thread: the pause holds tasks only, and the consumer
 fetches at most its prefetch count (``worker_prefetch_multiplier`` x concurrency) of messages,
 which stay held; on resume the held tasks are started from the worker's timer thread, as Celery
-starts ETA tasks there.
+starts ETA tasks there. With ``worker_prefetch_multiplier = 0`` (no prefetch limit) nothing bounds
+that: a pause pulls the whole queue into held requests, so the bootstep logs
+``memguard.intake_unbounded`` (a warning) at start in that configuration.
 
 Messages are held unacknowledged: a warm or cold shutdown while paused returns them to the
 broker (AMQP requeues them when the channel closes; Redis restores its unacked messages at
@@ -108,6 +113,8 @@ class IntakeValve:
         with self._lock:
             if self.paused:
                 self._held.append(req)
+                if self._hub is not None:
+                    self._wake()  # the loop checks the consumer is still cancelled (add_consumer restarts it)
                 return None
         assert self._start is not None
         return self._start(req)
@@ -127,7 +134,7 @@ class IntakeValve:
         """Bring the consumer to the wanted state (event loop thread)."""
         consumer = getattr(getattr(self.worker, "consumer", None), "task_consumer", None)
         if self.paused:
-            if consumer is not None and consumer is not self._cancelled:
+            if consumer is not None and (consumer is not self._cancelled or _consuming(consumer)):
                 consumer.cancel()
                 self._cancelled = consumer
             return
@@ -171,6 +178,14 @@ class IntakeValve:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _consuming(consumer: Any) -> bool:
+    """Whether the task consumer consumes from any of its queues (``add_task_queue`` restarted it)."""
+    try:
+        return any(consumer.consuming_from(queue) for queue in consumer.queues)
+    except Exception:
+        return False
 
 
 def _stopping() -> bool:
