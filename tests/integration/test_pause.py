@@ -191,3 +191,45 @@ def test_a_lost_broker_connection_during_a_pause(start_worker: StartWorker, redi
     resumed = worker.wait_for_event("memguard.resumed")
     assert runs(BACKEND_URL, ids) == [1] * SENT, "a task ran twice or never"
     assert min(s for s in starts(BACKEND_URL, ids) if s is not None) >= ts(resumed) - 0.05
+
+
+def test_dry_run_logs_the_pause_and_keeps_taking_tasks(start_worker: StartWorker, redis_url: str) -> None:
+    """memguard_dry_run: the crossing is logged (memguard.paused, dry_run true) but tasks sent meanwhile are
+    fetched and run at once (before: dry run really paused intake)."""
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf=conf(memguard_dry_run=True))
+    big, paused = pause_with_big_task(worker, hold=6.0)
+    assert paused["dry_run"] is True and paused["held"] is None, paused
+    results = [worker.send("pz.record") for _ in range(4)]
+    outcomes = worker.collect(results, timeout=30)
+    assert [o.state for o in outcomes] == ["SUCCESS"] * len(outcomes), outcomes
+    assert not worker.events("memguard.resumed"), "the tasks waited for the resume"
+    worker.collect([big], timeout=60)
+    assert worker.wait_for_event("memguard.resumed")["dry_run"] is True
+
+
+def test_add_consumer_during_a_pause_does_not_restart_fetching(start_worker: StartWorker, redis_url: str) -> None:
+    """add_consumer while paused subscribes the task consumer again (Celery's add_task_queue calls consume());
+    with no prefetch limit that would fetch the whole queue: the first held arrival has it cancelled again."""
+    worker = start_worker(redis_url, concurrency=CONCURRENCY, conf=conf(worker_prefetch_multiplier=0))
+    big, paused = pause_with_big_task(worker, hold=8.0)
+    results = [worker.send("pz.record") for _ in range(SENT)]
+    time.sleep(0.5)
+    assert queue_length(worker) == SENT, "the paused worker kept fetching"
+    hostname = worker.events("memguard.started")[0]["hostname"]
+    replies = worker.app.control.add_consumer(worker.queue, destination=[hostname], reply=True, timeout=5)
+    assert replies, "no reply to add_consumer"
+    time.sleep(1.5)
+    assert not worker.events("memguard.resumed"), worker.diagnostics()
+    assert queue_length(worker) >= SENT - 4, f"fetching went on after add_consumer: {queue_length(worker)} left"
+    outcomes = worker.collect([big, *results], timeout=90)
+    assert [o.state for o in outcomes] == ["SUCCESS"] * len(outcomes), outcomes
+    assert runs(BACKEND_URL, [r.id for r in results]) == [1] * SENT, "a task ran twice or never"
+
+
+def test_unbounded_intake_is_warned_on_the_filesystem_transport(start_worker: StartWorker, tmp_path: Any) -> None:
+    """No event loop and worker_prefetch_multiplier=0: a pause cannot bound fetching; said at start."""
+    broker, extra = filesystem_broker(tmp_path / "fs-broker")
+    worker = start_worker(broker, concurrency=CONCURRENCY,
+                          conf=conf(worker_enable_remote_control=False, worker_prefetch_multiplier=0, **extra))
+    (warning,) = worker.events("memguard.intake_unbounded")
+    assert warning["level"] == "warning" and warning["prefetch_multiplier"] == 0, warning
