@@ -35,6 +35,7 @@ The sizing, all in MiB of the configured metric (USS by default), the master by 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .config import DEFAULTS
@@ -262,6 +263,9 @@ def _sizing(e: Evidence, loss_cap: float) -> _Sizing:
     current = e.concurrency or sizing.fits
     sizing.concurrency = max(1, min(current, sizing.fits))
     budget = sizing.usable / sizing.concurrency
+    if not (math.isfinite(budget) and math.isfinite(sizing.task_room) and math.isfinite(floor)):
+        raise ArithmeticError(f"memory budget {budget} MiB, room for a call {sizing.task_room} MiB, "
+                              f"child floor {floor} MiB")
     want, sizing.soft_rule = _soft_wanted(e, sizing, loss_cap)
     cap = budget - sizing.task_room
     if want >= cap:
@@ -290,7 +294,10 @@ def _soft_wanted(e: Evidence, s: _Sizing, loss_cap: float) -> tuple[float, str]:
     if spawn is None or duration <= 0:
         return math.inf, ""
     share = loss_cap * RECYCLE_LOSS_SHARE
-    calls = math.ceil(spawn * (1 - share) / (share * duration))
+    wanted = spawn * (1 - share) / (share * duration) if share > 0 else math.inf
+    if not math.isfinite(wanted):  # a vanishing mean call (or no loss allowed): as much as the memory allows
+        return math.inf, ""
+    calls = math.ceil(wanted)
     bound = "" if e.replace_gaps_s else "at least "
     return (s.fresh + s.growth * calls,
             f"a fresh child {s.fresh:.0f} MiB + {calls} calls x {s.growth:.2f} MiB: the fewest calls between "
@@ -457,15 +464,33 @@ def advise(e: Evidence, max_throughput_loss: float | None = None) -> list[Recomm
     missing = _missing(e)
     out: list[Recommendation] = []
     if missing is not None:
-        for key in ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child"):
-            out.append(Recommendation(key, None, None, None, [f"{e.samples} samples, {e.calls} task calls over "
-                                                              f"{_span(e.span_s)}"], None, missing=missing))
+        out.extend(_not_enough(e, _SIZE_KEYS, missing))
     else:
-        sizing = _sizing(e, loss_cap)
-        out.append(_concurrency(e, sizing))
-        out.extend(_limits(e, sizing))
-        out.append(_recycling(e, sizing, loss_cap))
-        out.extend(_heavy(e, sizing, loss_cap))
-    out.extend(_long_tasks(e))
-    out.extend(_redelivery(e))
+        def sizes() -> list[Recommendation]:
+            sizing = _sizing(e, loss_cap)
+            return [_concurrency(e, sizing), *_limits(e, sizing), _recycling(e, sizing, loss_cap),
+                    *_heavy(e, sizing, loss_cap)]
+        out.extend(_guarded(e, _SIZE_KEYS, sizes))
+    out.extend(_guarded(e, ("worker_prefetch_multiplier", "task_acks_late"), lambda: _long_tasks(e)))
+    out.extend(_guarded(e, ("reject_on_worker_lost",), lambda: _redelivery(e)))
     return out
+
+
+_SIZE_KEYS = ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child")
+
+
+def _not_enough(e: Evidence, keys: tuple[str, ...], missing: str) -> list[Recommendation]:
+    return [Recommendation(key, None, None, None, [f"{e.samples} samples, {e.calls} task calls over "
+                                                   f"{_span(e.span_s)}"], None, missing=missing) for key in keys]
+
+
+def _guarded(e: Evidence, keys: tuple[str, ...], build: Callable[[], list[Recommendation]]) -> list[Recommendation]:
+    """``build()``, or when the evidence's numbers make its arithmetic fail (an overflow, a NaN, a huge value the
+    collector let through), 'not enough evidence' for ``keys``: an implausible log gets no advice, never a
+    traceback."""
+    try:
+        return build()
+    except (ArithmeticError, ValueError) as exc:
+        return _not_enough(e, keys, f"not enough evidence (implausible values: {type(exc).__name__}: {exc}): "
+                                    f"the log's numbers cannot be sized from; check it is MemGuard's own, unedited "
+                                    f"event log")

@@ -5,13 +5,15 @@
 (:func:`celery_memguard.advice.advise`) per worker; :func:`render_advice_text` and
 :func:`render_advice_json` print the result. ``--format json`` is
 ``{"schema": 1, "sources": [...], "hosts": [{"hostname", "evidence", "recommendations"}], ...}``;
-its field names are public (``schema`` is bumped on incompatible changes).
+its field names are public (``schema`` is bumped on incompatible changes); it is strict JSON (a number
+that is not finite is written as null).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -81,7 +83,18 @@ def render_advice_json(report: AdviceReport) -> str:
         "lines": report.lines, "events": report.events, "foreign": report.foreign, "corrupt": report.corrupt,
         "invalid": report.invalid, "not_itemised": report.not_itemised,
     }
-    return json.dumps(data, indent=2, default=str) + "\n"
+    return json.dumps(_finite(data), indent=2, default=str) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: strict JSON whatever a sum came to."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _recommendation(r: Recommendation, said: set[str]) -> list[str]:

@@ -12,7 +12,10 @@ skipped and counted in :attr:`EvidenceCollector.invalid` (the same field checks 
 report's aggregator), at most :data:`~.aggregate.MAX_HOSTS` hosts and
 :data:`~.aggregate.MAX_KEYS` tasks per host are kept (the rest counted in
 :attr:`EvidenceCollector.not_itemised`), and size readings are thinned to every other
-one once :data:`MAX_READINGS` are held (the maximum stays exact).
+one once :data:`MAX_READINGS` are held (the maximum stays exact). An implausible value
+is malformed too: a size or a duration below zero (except the signed ``retained_mib`` and
+``kib_per_call``), a size above :data:`MAX_MIB` (8 PiB, the config's largest size) or a
+duration above :data:`MAX_SECONDS`; what the advisor computes from the rest stays finite.
 """
 
 from __future__ import annotations
@@ -21,15 +24,45 @@ from typing import Any, Callable
 
 from .. import events
 from ..advice import Evidence, TaskEvidence
+from ..config import MAX_SIZE
+from ..units import KiB, MiB
 from .aggregate import MAX_HOSTS, MAX_KEYS, OTHER_HOSTS, UNKNOWN_HOST, _int, _Invalid, _num, _str
 from .timeline import parse_ts
 
-__all__ = ["EvidenceCollector", "MAX_READINGS", "MAX_TASK_IDS"]
+__all__ = ["EvidenceCollector", "MAX_READINGS", "MAX_TASK_IDS", "MAX_MIB", "MAX_SECONDS"]
 
 #: Size readings kept per host and list (children's sizes, fresh children, spawn times).
 MAX_READINGS = 20_000
 #: Lost task ids remembered per task (to find the ones lost again).
 MAX_TASK_IDS = 1_000
+#: The largest size (MiB) a field may hold: 8 PiB, as the config's largest size; above it the event is malformed.
+MAX_MIB = MAX_SIZE / MiB
+#: The longest duration (seconds) a field may hold: ten years; above it the event is malformed.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+def _mib(event: dict[str, Any], key: str, required: bool = False, signed: bool = False) -> float | None:
+    """A size in MiB: :func:`_num`, refused (malformed) below zero unless ``signed``, or beyond 8 PiB."""
+    value = _num(event, key, required)
+    if value is not None and not (-MAX_MIB if signed else 0.0) <= value <= MAX_MIB:
+        raise _Invalid(key)
+    return value
+
+
+def _kib(event: dict[str, Any], key: str, required: bool = False) -> float | None:
+    """A signed size in KiB (a growth per call), refused beyond 8 PiB either way."""
+    value = _num(event, key, required)
+    if value is not None and not abs(value) <= MAX_SIZE / KiB:
+        raise _Invalid(key)
+    return value
+
+
+def _seconds(event: dict[str, Any], key: str) -> float | None:
+    """A duration: :func:`_num`, refused (malformed) below zero or beyond :data:`MAX_SECONDS`."""
+    value = _num(event, key)
+    if value is not None and not 0.0 <= value <= MAX_SECONDS:
+        raise _Invalid(key)
+    return value
 
 
 def _keep(values: list[float], value: float) -> None:
@@ -114,8 +147,8 @@ class EvidenceCollector:
 
     # -- handlers: with host None they only validate --------------------------------------------
     def _started(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
-        values = (_int(event, "concurrency"), _num(event, "effective_memory_mib"), _str(event, "metric"),
-                  _num(event, "soft_limit_mib"), _num(event, "hard_limit_mib"))
+        values = (_int(event, "concurrency"), _mib(event, "effective_memory_mib"), _str(event, "metric"),
+                  _mib(event, "soft_limit_mib"), _mib(event, "hard_limit_mib"))
         if host is None:
             return
         e = host.evidence
@@ -135,22 +168,22 @@ class EvidenceCollector:
         for child in children:
             if not isinstance(child, dict):
                 raise _Invalid("children")
-            mem = _num(child, "mem_mib", required=True)
+            mem = _mib(child, "mem_mib", required=True)
             sizes.append((mem, _int(child, "tasks")))
         rows = []
         for name, row in tasks.items():
             if not isinstance(row, dict) or not isinstance(name, str):
                 raise _Invalid("tasks")
             rows.append((_str({"task": name}, "task") or "?", _int(row, "calls") or 0, _int(row, "failed") or 0,
-                         _num(row, "own_peak_mib") or 0.0,
-                         _num(row, "peak_mib") or 0.0, _num(row, "retained_mib") or 0.0, _num(row, "max_s") or 0.0,
-                         _num(row, "total_s") or 0.0))
-        readings = [_num(event, key) for key in ("master_rss_mib", "master_mib", "pool_mib", "available_mib",
-                                                 "spawn_time_s")]
+                         _mib(row, "own_peak_mib") or 0.0, _mib(row, "peak_mib") or 0.0,
+                         _mib(row, "retained_mib", signed=True) or 0.0, _seconds(row, "max_s") or 0.0,
+                         _seconds(row, "total_s") or 0.0))
+        readings = [_mib(event, key) for key in ("master_rss_mib", "master_mib", "pool_mib", "available_mib")]
+        readings.append(_seconds(event, "spawn_time_s"))
         raw_gaps = event.get("replace_gaps_s") or []
         if not isinstance(raw_gaps, list):
             raise _Invalid("replace_gaps_s")
-        gaps = [_num({"gap": g}, "gap") for g in raw_gaps[:64]]
+        gaps = [_seconds({"replace_gaps_s": g}, "replace_gaps_s") for g in raw_gaps[:64]]
         if host is None:
             return
         self._take_sample(host, sizes, rows, readings)
@@ -209,7 +242,7 @@ class EvidenceCollector:
 
     def _lost(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
         name, task_id = _str(event, "task"), _str(event, "task_id")
-        mem = _num(event, "last_mem_mib")
+        mem = _mib(event, "last_mem_mib")
         likely = event.get("likely_oom")
         if likely is not None and not isinstance(likely, bool):
             raise _Invalid("likely_oom")
@@ -234,7 +267,7 @@ class EvidenceCollector:
 
     def _heavy(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
         name = _str(event, "task", required=True) or ""
-        peak = _num(event, "peak_mib") or 0.0
+        peak = _mib(event, "peak_mib") or 0.0
         occurrences = _int(event, "occurrences") or 1
         if host is None:
             return
@@ -245,7 +278,7 @@ class EvidenceCollector:
 
     def _leak(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
         name = _str(event, "task", required=True) or ""
-        kib, confidence = _num(event, "kib_per_call", required=True), _num(event, "confidence")
+        kib, confidence = _kib(event, "kib_per_call", required=True), _num(event, "confidence")
         if host is None:
             return
         task = self._task(host, name)
@@ -258,12 +291,12 @@ class EvidenceCollector:
             host.evidence.tasks[name].leak_kib_per_call = None
 
     def _storm(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
-        spawn = _num(event, "spawn_time_s")
+        spawn = _seconds(event, "spawn_time_s")
         if host is not None and spawn is not None and spawn > 0:
             _keep(host.evidence.spawn_times_s, spawn)
 
     def _master_growth(self, event: dict[str, Any], host: _Host | None, ts: str) -> None:
-        rate = _num(event, "mib_per_hour")
+        rate = _mib(event, "mib_per_hour", signed=True)
         if host is not None:
             host.evidence.master_growth_mib_per_hour = _max(host.evidence.master_growth_mib_per_hour, rate)
 

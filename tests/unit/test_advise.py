@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ import pytest
 
 from celery_memguard.advice import Evidence, TaskEvidence, advise, percentile
 from celery_memguard.cli import main, run_advise
-from celery_memguard.report.advise import build_advice, render_advice_json, render_advice_text
+from celery_memguard.report.advise import (AdviceReport, HostAdvice, build_advice, render_advice_json,
+                                           render_advice_text)
 from celery_memguard.report.evidence import MAX_READINGS, EvidenceCollector
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -268,4 +270,188 @@ def test_replace_gaps_are_collected_and_checked() -> None:
                                "replace_gaps_s": [float("nan")]})
     (e,) = collector.build()
     assert e.replace_gaps_s == [0.2, 0.3] and e.samples == 1
-    assert collector.invalid == {"replace_gaps_s": 1, "gap": 1}
+    assert collector.invalid == {"replace_gaps_s": 2}
+
+
+# -- implausible numbers (fuzz) ---------------------------------------------------------------------
+
+#: What a corrupt or foreign log may hold where advise reads a number.
+ODD_NUMBERS: list[Any] = [0, -1, 1e-320, 1e308, -1e308, "nan", "inf", "-1e400", 10**400, 2**63, 2**53 + 1, 1e15,
+                          [], {}, "x", True, None]
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text[text.index("{"):], parse_constant=refuse)
+
+
+def _mutated(path: Path, change: Any) -> str:
+    """``path``'s lines with ``change(event)`` applied to every JSON event."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            change(event)
+            line = json.dumps(event)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _numbers_replaced(value: Any, odd: dict[str, Any], key: str = "") -> Any:
+    """``value`` with the numbers under the keys of ``odd`` (at any depth) replaced by their odd value."""
+    if isinstance(value, dict):
+        return {k: _numbers_replaced(v, odd, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_replaced(v, odd, key) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key in odd:
+        return odd[key]
+    return value
+
+
+def _number_keys(value: Any, key: str = "") -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(_number_keys(v, k) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(_number_keys(v, key) for v in value))
+    return {key} if isinstance(value, (int, float)) and not isinstance(value, bool) else set()
+
+
+def _commands_survive(log: Path) -> None:
+    from celery_memguard.cli import run_report
+
+    for fmt in ("text", "json"):
+        out = io.StringIO()
+        assert run_advise([str(log)], fmt, out, io.StringIO()) == 0
+        if fmt == "json":
+            strict_json(out.getvalue())
+    for fmt in ("text", "json", "html"):
+        out = io.StringIO()
+        assert run_report([str(log)], fmt, out, io.StringIO()) == 0
+        if fmt == "json":
+            strict_json(out.getvalue())
+
+
+def _set_in_samples(**fields: Any) -> Any:
+    def change(event: dict[str, Any]) -> None:
+        if event.get("event") == "memguard.sample":
+            for key, value in fields.items():
+                if key == "total_s":
+                    for row in event.get("tasks", {}).values():
+                        row[key] = value
+                else:
+                    event[key] = value
+    return change
+
+
+def _started_and_master(effective: float, master: float) -> Any:
+    def change(event: dict[str, Any]) -> None:
+        if event.get("event") == "memguard.started":
+            event["effective_memory_mib"] = effective
+        if "master_rss_mib" in event:
+            event["master_rss_mib"] = master
+    return change
+
+
+@pytest.mark.parametrize("change", [
+    _set_in_samples(total_s=1e-320, spawn_time_s=0.35),  # a vanishing mean call: the calls between recycles overflowed
+    _set_in_samples(spawn_time_s=1e308),
+    _set_in_samples(replace_gaps_s=[1e308]),
+    _started_and_master(1e308, -1e308),  # their difference overflowed to inf, then NaN
+    _started_and_master(1e15, -1e15),
+], ids=["tiny-calls", "huge-spawn", "huge-gap", "huge-memory-negative-master", "big-memory-negative-master"])
+def test_implausible_numbers_found_by_review_never_crash(tmp_path: Path, change: Any) -> None:
+    log = tmp_path / "odd.log"
+    log.write_text(_mutated(OVERLOAD, change))
+    _commands_survive(log)
+    report = build_advice([str(log)])
+    (host,) = report.hosts
+    r = {x.key: x for x in host.recommendations}
+    for key in ("worker_concurrency", "memguard_hard_limit", "memguard_soft_limit", "worker_max_tasks_per_child"):
+        assert r[key].value is not None or r[key].missing  # sized, or said why not; never a traceback
+
+
+def test_negative_and_out_of_range_values_are_counted_corrupt() -> None:
+    collector = EvidenceCollector()
+    ok = {"event": "memguard.sample", "hostname": "h", "children": [{"mem_mib": 50.0, "tasks": 3}],
+          "tasks": {"t": {"calls": 2, "own_peak_mib": 1.0, "retained_mib": -3.0, "total_s": 0.2}}}
+    assert collector.feed(ok)
+    bad = [({"children": [{"mem_mib": -1}]}, "mem_mib"), ({"master_rss_mib": 2.0**34}, "master_rss_mib"),
+           ({"spawn_time_s": -0.1}, "spawn_time_s"), ({"spawn_time_s": 1e308}, "spawn_time_s"),
+           ({"tasks": {"t": {"calls": 1, "total_s": 1e12}}}, "total_s"),
+           ({"tasks": {"t": {"calls": 1, "retained_mib": -1e308}}}, "retained_mib")]
+    for over, _field in bad:
+        assert not collector.feed({**ok, **over})
+    assert not collector.feed({"event": "memguard.started", "hostname": "h", "effective_memory_mib": 1e308})
+    assert not collector.feed({"event": "memguard.leak_suspected", "hostname": "h", "task": "t",
+                               "kib_per_call": 1e300})
+    (e,) = collector.build()
+    assert e.samples == 1 and e.effective_memory_mib is None
+    assert collector.invalid == {"mem_mib": 1, "master_rss_mib": 1, "spawn_time_s": 2, "total_s": 1,
+                                 "retained_mib": 1, "effective_memory_mib": 1, "kib_per_call": 1}
+
+
+#: Every number field the advisor reads (memguard.started, .sample and its children and tasks, lost children,
+#: heavy tasks, leak suspects, master growth, recycle storms).
+ADVISE_READS = ("concurrency", "effective_memory_mib", "soft_limit_mib", "hard_limit_mib", "mem_mib", "tasks",
+                "calls", "failed", "own_peak_mib", "peak_mib", "retained_mib", "max_s", "total_s", "master_rss_mib",
+                "master_mib", "pool_mib", "available_mib", "spawn_time_s", "replace_gaps_s", "last_mem_mib",
+                "occurrences", "kib_per_call", "confidence", "mib_per_hour")
+
+
+def test_fuzz_each_field_advise_reads_with_each_odd_number(tmp_path: Path) -> None:
+    """Every field advise reads, in every event of both recorded logs, set to each odd number in turn:
+    advise never raises and its JSON is strict (the review's overflows: a 1e308 spawn time or replacement
+    gap, a 1e-320 mean call)."""
+    log = tmp_path / "field.log"
+    for source in (OVERLOAD, STEADY):
+        for key in ADVISE_READS:
+            for value in (0, -1, 1e-320, 1e308, -1e308, 10**400, 2**53 + 1, "nan", []):
+                log.write_text(_mutated(source, lambda e: e.update(_numbers_replaced(e, {key: value}))))
+                report = build_advice([str(log)])
+                render_advice_text(report)
+                strict_json(render_advice_json(report))
+
+
+def test_fuzz_numbers_advise_and_report_read_never_crash(tmp_path: Path) -> None:
+    """Seeded fuzz over the numbers in both recorded logs: a few fields (by name, in every event, as a
+    corrupt or foreign writer would) set to 0, -1, 1e-320, 1e308, 'nan', huge ints, wrong types: advise and
+    report (text, json, html) never raise and their JSON is strict."""
+    rnd = random.Random(12)
+    log = tmp_path / "fuzz.log"
+    for _ in range(60):
+        source = rnd.choice([OVERLOAD, STEADY])
+        keys = sorted(set().union(*(_number_keys(json.loads(line)) for line in source.read_text().splitlines()
+                                    if line.startswith("{"))))
+        odd = {key: rnd.choice(ODD_NUMBERS) for key in rnd.sample(keys, rnd.randint(1, 3))}
+        log.write_text(_mutated(source, lambda e: e.update(_numbers_replaced(e, odd))))
+        _commands_survive(log)
+
+
+def test_advisor_never_raises_on_extreme_evidence() -> None:
+    """Evidence the collector would refuse (infinities, NaN, 1e308 against -1e308), handed to the pure advisor:
+    each recommendation is given or says 'implausible values', never a traceback."""
+    rnd = random.Random(3)
+    extremes = [math.inf, -math.inf, math.nan, 1e308, -1e308, 1e-320, 0.0, -1.0]
+    said = False
+    for _ in range(300):
+        e = _evidence(tasks={"t": TaskEvidence("t", calls=1000, own_peak_max_mib=50.0, retained_mib=5000.0,
+                                               total_s=100.0, max_s=0.5)})
+        for name in ("effective_memory_mib", "master_rss_max_mib", "span_s"):
+            if rnd.random() < 0.5:
+                setattr(e, name, rnd.choice(extremes))
+        for name in ("child_mib", "fresh_mib", "spawn_times_s", "replace_gaps_s"):
+            if rnd.random() < 0.5:
+                setattr(e, name, [rnd.choice(extremes)])
+        task = e.tasks["t"]
+        for name in ("own_peak_max_mib", "retained_mib", "total_s", "max_s"):
+            if rnd.random() < 0.3:
+                setattr(task, name, rnd.choice(extremes))
+        out = advise(e)
+        assert {"worker_concurrency", "memguard_hard_limit", "memguard_soft_limit"} <= {r.key for r in out}
+        said = said or any("implausible values" in (r.missing or "") for r in out)
+        render_advice_json(AdviceReport(hosts=[HostAdvice("w", e, out)]))
+    assert said
+    r = {x.key: x for x in advise(_evidence(effective_memory_mib=1e308, master_rss_max_mib=-1e308))}
+    assert r["memguard_soft_limit"].value is None and "implausible values" in (r["memguard_soft_limit"].missing or "")
