@@ -251,7 +251,10 @@ EVENT_DOCS: dict[str, str] = {
     RESUMED: "Task intake resumed: memory is back past the threshold by its margin for "
              "`memguard_pause_resume_after` seconds; held tasks start.",
     PRESSURE_UNRELIEVED: "Under memory pressure, no child holds `memguard_pressure_min_relief` more than a fresh "
-                         "one (once per episode).",
+                         "one (once per episode). Trigger `paused`: the intake pause's resume level cannot be "
+                         "reached with fresh children, intake resumes after `retry_s`; trigger `critical`: a task "
+                         "stopped below `memguard_critical_available` freed too little, no task is stopped for "
+                         "`retry_s`.",
     INTAKE_UNBOUNDED: "Once at start (level warning), with `memguard_pause_below` / `memguard_pause_pool_above` on a "
                       "transport without an event loop (kombu's filesystem transport) and "
                       "`worker_prefetch_multiplier = 0`: a pause cannot stop fetching there, so it would pull the "
@@ -453,7 +456,10 @@ EVENT_KEY_DOCS: dict[tuple[str, str], str] = {
     (DRAINING, "children"): "children still alive",
     (PAUSED, "trigger"): "the threshold crossed: `available` (`memguard_pause_below`) or `pool` "
                          "(`memguard_pause_pool_above`)",
-    (RESUMED, "trigger"): "`recovered`: every threshold clear by its margin for `memguard_pause_resume_after` s",
+    (RESUMED, "trigger"): "`recovered`: every threshold clear by its margin for `memguard_pause_resume_after` s; "
+                          "`unreachable` (level warning): the pause was given up, as its resume level cannot be "
+                          "reached with fresh children (see `memguard.pressure_unrelieved`); its threshold is "
+                          "disarmed until a reading is clear of the resume level",
     (PAUSED, "available_mib"): "available memory in the reading that decided, MiB (null: not read)",
     (RESUMED, "available_mib"): "available memory in the reading that decided, MiB (null: not read)",
     (PAUSED, "threshold_mib"): "the pause threshold crossed, MiB",

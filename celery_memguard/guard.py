@@ -308,7 +308,8 @@ class Guard:
         try:
             pool = sum(c.mem for c in children) if children else None
             with self._intake_lock:
-                change = intake.observe(now, available=system.available if system is not None else None, pool=pool)
+                change = intake.observe(now, available=system.available if system is not None else None, pool=pool,
+                                        pool_exact=all(c.exact for c in children))
                 if change is None:
                     return
                 self.intake_state = self._next_state(change)
@@ -335,7 +336,8 @@ class Guard:
                 held = switch.held
             except Exception as exc:
                 events.error("guard.intake_switch", exc)
-        events.emit(events.PAUSED if change.paused else events.RESUMED, "warning" if change.paused else "info",
+        loud = change.paused or change.trigger == "unreachable"  # a pause given up is a warning too
+        events.emit(events.PAUSED if change.paused else events.RESUMED, "warning" if loud else "info",
                     **change.fields(), held=held, running=sum(1 for c in children if c.task_id),
                     dry_run=self.config.dry_run)
 

@@ -17,6 +17,21 @@ owns the paused state):
   pausing again. A reading that says nothing about a threshold (no system reading yet, an
   empty pool) neither pauses nor resumes on that threshold's account.
 
+Only exact readings judge the pool threshold (as :class:`~celery_memguard.policies.pool.PoolLimit`
+does): between exact readings a child's memory is an upper bound (its RSS for ``metric=uss``), and
+upper bounds above ``pool_above`` are no evidence. Such a reading neither pauses nor (while paused)
+resumes; it sets :attr:`IntakePause.wants_exact`, which the pressure policy turns into a request for
+exact readings of every child (``threshold = 0``), so the next poll, at once, decides on exact ones.
+
+A pause whose resume level cannot be reached even with fresh children (``pause_pool_above=512MiB``
+with 8 fresh children of 60 MiB: 480 MiB, above the 384 MiB resume level; ``pause_below`` a large
+share of a container the master and the fresh children already fill) would hold the worker paused for
+good: a dead worker. The pressure policy finds it (no child holds ``min_relief`` more than a fresh one,
+for ``retry_unrelieved`` seconds) and calls :meth:`IntakePause.give_up`: the next reading resumes intake
+(trigger ``"unreachable"``) and that threshold is *disarmed*, no longer pausing, until a reading is clear of
+its resume level again (then it is armed as before). The pressure policy logs one
+``memguard.pressure_unrelieved`` finding naming the setting, its value and the reading.
+
 The decision takes any fresh reading, from any source (a poll, a kernel notification, an
 admission check before a task starts): :meth:`IntakePause.observe` is cheap (a few
 comparisons) and returns an :class:`IntakeChange` only when the state flips. It is not
@@ -38,7 +53,8 @@ class IntakeChange:
     """The intake state flipped: ``paused`` is the new state, ``trigger`` why.
 
     ``trigger`` is ``"available"`` or ``"pool"`` for a pause (the threshold crossed), ``"recovered"``
-    for a resume. ``available`` and ``pool`` are the readings that decided it (None: not read).
+    for a resume (``"unreachable"``: given up, its resume level cannot be reached with fresh children).
+    ``available`` and ``pool`` are the readings that decided it (None: not read).
     ``paused_s`` is how long the pause lasted (resume only).
     """
 
@@ -81,27 +97,57 @@ class IntakePause:
         #: Why the current pause began (``"available"`` or ``"pool"``), None when not paused.
         self.trigger: str | None = None
         self._clear_since: float | None = None  # every resume condition held since
+        #: The last reading's pool total was above the level it is judged against (``pool_above``,
+        #: ``resume_pool`` while paused) but not exact: exact readings of every child are needed.
+        self.wants_exact = False
+        self._give_up = False  # the pressure policy found the resume level out of reach: resume at the next reading
+        #: The thresholds (``"available"``, ``"pool"``) a given-up pause disarmed, until a reading clears them.
+        self.disarmed: set[str] = set()
 
-    def crossed(self, available: int | None, pool: int | None) -> str | None:
-        """``"available"`` or ``"pool"`` if a reading crosses a pause threshold, else None."""
-        if self.pause_below is not None and available is not None and available < self.pause_below:
+    def crossed(self, available: int | None, pool: int | None, pool_exact: bool = True) -> str | None:
+        """``"available"`` or ``"pool"`` if a reading crosses a pause threshold, else None (a pool total
+        made of upper bounds, ``pool_exact=False``, never crosses)."""
+        if self.pause_below is not None and available is not None and available < self.pause_below \
+                and "available" not in self.disarmed:
             return "available"
-        if self.pool_above is not None and pool is not None and pool > self.pool_above:
+        if self.pool_above is not None and pool is not None and pool > self.pool_above and pool_exact \
+                and "pool" not in self.disarmed:
             return "pool"
         return None
 
+    def give_up(self) -> None:
+        """The current pause's resume level cannot be reached with fresh children: resume at the next
+        reading and disarm its threshold until a reading is clear of the resume level (see the module doc)."""
+        if self.paused:
+            self._give_up = True
+
+    def _rearm(self, available: int | None, pool: int | None) -> None:
+        """Arm a disarmed threshold again once a reading is clear of its resume level."""
+        if available is not None and self.resume_available is not None and available >= self.resume_available:
+            self.disarmed.discard("available")
+        if pool is not None and self.resume_pool is not None and pool <= self.resume_pool:
+            self.disarmed.discard("pool")
+
     def recovered(self, available: int | None, pool: int | None) -> bool:
-        """Whether a reading is clear of every threshold by the margin (nothing known counts as not clear)."""
-        if self.resume_available is not None and (available is None or available < self.resume_available):
+        """Whether a reading is clear of every armed threshold by the margin (nothing known counts as not clear)."""
+        if self.resume_available is not None and "available" not in self.disarmed and (
+                available is None or available < self.resume_available):
             return False
-        if self.resume_pool is not None and (pool is None or pool > self.resume_pool):
+        if self.resume_pool is not None and "pool" not in self.disarmed and (pool is None or pool > self.resume_pool):
             return False
         return True
 
-    def observe(self, now: float, *, available: int | None = None, pool: int | None = None) -> IntakeChange | None:
-        """Judge one reading; the change of state it causes, if any."""
+    def observe(self, now: float, *, available: int | None = None, pool: int | None = None,
+                pool_exact: bool = True) -> IntakeChange | None:
+        """Judge one reading; the change of state it causes, if any. ``pool_exact``: every child's
+        reading in ``pool`` is exact (else ``pool`` is an upper bound, see the module doc)."""
+        level = self.resume_pool if self.paused else self.pool_above
+        self.wants_exact = level is not None and pool is not None and pool > level and not pool_exact
+        self._rearm(available, pool)
+        if self._give_up:
+            return self._resume(now, "unreachable", available, pool, disarm=True)
         if not self.paused:
-            trigger = self.crossed(available, pool)
+            trigger = self.crossed(available, pool, pool_exact)
             if trigger is None:
                 return None
             self.paused, self.paused_at, self.trigger, self._clear_since = True, now, trigger, None
@@ -114,10 +160,17 @@ class IntakePause:
             self._clear_since = now
         if now - self._clear_since < self.resume_after:
             return None
+        return self._resume(now, "recovered", available, pool)
+
+    def _resume(self, now: float, trigger: str, available: int | None, pool: int | None, *,
+                disarm: bool = False) -> IntakeChange:
         since = self.paused_at if self.paused_at is not None else now
         threshold = self.resume_available if self.trigger == "available" else self.resume_pool
+        if disarm and self.trigger is not None:
+            self.disarmed.add(self.trigger)
         self.paused, self.paused_at, self.trigger, self._clear_since = False, None, None, None
-        return IntakeChange(False, "recovered", now, available, pool, threshold, paused_s=now - since)
+        self._give_up = False
+        return IntakeChange(False, trigger, now, available, pool, threshold, paused_s=now - since)
 
     def __repr__(self) -> str:
         return (f"IntakePause(pause_below={self.pause_below}, pool_above={self.pool_above}, "

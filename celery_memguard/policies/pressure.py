@@ -58,13 +58,20 @@ below it, relief credited, means the worker is about to be OOM-killed: the runni
 fastest-growing busy child (its RSS grew since the previous poll, and it holds ``min_relief`` more than
 a fresh child; the largest among equals) is stopped at once (``KILL``, hard: never debounced nor
 deferred; trigger ``critical``), one at a time. A child whose task is not growing is never stopped for
-it: memory held outside the tasks cannot be freed by stopping them.
+it: memory held outside the tasks cannot be freed by stopping them. The stopped child's memory is credited
+as relief when it leaves; if available memory is still below ``critical_available`` once that relief has
+settled, stopping tasks does not free the memory: no task is stopped for ``retry_unrelieved`` seconds (one
+``memguard.pressure_unrelieved`` finding, trigger ``critical``, each time).
 
 While task intake is paused (:mod:`celery_memguard.policies.intake`, given as ``intake``) the
 system counts as under pressure too (trigger ``"paused"``): the policy recycles as above until the
 pause ends, so the memory the idle children hold comes back and intake can resume. Without that, a
 pause threshold above ``min_available`` (or a pool threshold with no pool limit) would hold the worker
-paused for good while its idle children keep their memory.
+paused for good while its idle children keep their memory. When no child holds ``min_relief`` more
+than a fresh one, recycling cannot reach the pause's resume level: nothing is recycled for the pause, one
+``memguard.pressure_unrelieved`` finding names the setting, and after ``retry_unrelieved`` seconds the
+pause is given up (:meth:`IntakePause.give_up`: intake resumes, that threshold disarmed until a reading
+clears its resume level) instead of recycling a child every ``retry_unrelieved`` for good.
 
 PSI ``avg10`` is a ten-second average, so it stays high for a while after memory
 has been freed: when PSI alone signals pressure, the next victim is chosen only
@@ -90,6 +97,10 @@ __all__ = ["SystemPressure", "rank_idle_first", "PRESSURE_UNRELIEVED"]
 
 #: How many of the latest children's first RSS readings a fresh child's RSS is the smallest of.
 FRESH_READINGS = 8
+
+_UNRELIEVED = ("no pool child holds min_relief more than a freshly forked child: the memory is held outside the "
+               "children (the master, other processes, tmpfs or page cache) or is copy-on-write copies a "
+               "replacement makes again")
 
 
 def rank_idle_first(children: Sequence[ChildSample]) -> list[ChildSample]:
@@ -161,6 +172,9 @@ class SystemPressure(PoolPolicy):
         self.critical_available = critical_available
         self._extra: dict[int, int] = {}  # idle children ordered out with the victim: pid -> last memory
         self._stopping: int | None = None  # the child whose task a critical shortage stopped, until it leaves
+        self._stopping_mem = 0  # its last sampled memory: credited as relief when it leaves
+        self._stop_gone_at: float | None = None  # when the last stopped child left (None: its relief showed)
+        self._critical_hold: float | None = None  # a stop freed too little: no stop until retry_unrelieved after
         self._rss_seen: dict[int, tuple[int, float]] = {}  # pid -> (RSS, poll time) at the previous poll
         self.intake = intake
         self._victim: int | None = None
@@ -220,12 +234,20 @@ class SystemPressure(PoolPolicy):
         return unseen
 
     def _expect_relief(self, children: dict[int, ChildSample], now: float) -> None:
-        """Credit the memory of every victim that left since the last poll as relief (one sum)."""
+        """Credit the memory of every victim (and child whose task was stopped) that left since the last poll as
+        relief (one sum)."""
+        gone = 0
+        if self._stopping is not None:
+            if self._stopping in children:
+                self._stopping_mem = children[self._stopping].mem
+            else:  # the child whose task a critical shortage stopped has left: its memory is a relief too
+                if self._stopping != self._victim and self._stopping not in self._extra:  # else credited below
+                    gone = self._stopping_mem
+                self._stopping, self._stop_gone_at = None, now
         if self._victim is not None and self._victim not in children:
             self.child_exited(self._victim)
         if self._victim is not None:
             self._victim_mem = children[self._victim].mem
-        gone = 0
         for pid in [p for p in self._extra if p not in children]:
             gone += self._extra.pop(pid)
         for pid in self._extra:
@@ -254,7 +276,9 @@ class SystemPressure(PoolPolicy):
         stop = self._critical(children, now, system, relief)
         if trigger is None:
             self._unrelieved_reported, self._unrelieved_since = False, None
-            self.threshold, self._asked_exact = None, False
+            # The intake pause judges its pool threshold on exact readings only: ask for them when it needs them.
+            self.threshold = 0 if self.intake is not None and self.intake.wants_exact else None
+            self._asked_exact = False
             if self._victim is not None and not by_pid[self._victim].leaving:
                 self._victim = None  # named but not ordered out: choose afresh at the next pressure
             self._extra = {pid: mem for pid, mem in self._extra.items() if by_pid[pid].leaving}
@@ -278,6 +302,11 @@ class SystemPressure(PoolPolicy):
                 if now - self._unrelieved_since < self.retry_unrelieved:
                     return []
                 self._unrelieved_since = now  # the next fallback no sooner than retry_unrelieved from now
+                if trigger == "paused" and self.intake is not None:
+                    # Fresh children cannot bring the pause's reading to its resume level: recycling would go on
+                    # for nothing, so the pause is given up (resumed at the next reading, threshold disarmed).
+                    self.intake.give_up()
+                    return []
                 ranked = rank_idle_first(staying)
             self._victim, self._victim_mem = ranked[0].pid, ranked[0].mem
             self._ranking = tuple((c.pid, c.mem) for c in ranked)
@@ -329,10 +358,11 @@ class SystemPressure(PoolPolicy):
                   relief: int) -> list[Verdict]:
         """Below ``critical_available``: stop the task of the fastest-growing busy child (see module doc)."""
         seen, self._rss_seen = self._rss_seen, {c.pid: (c.rss, now) for c in children}
-        if self._stopping is not None and all(c.pid != self._stopping for c in children):
-            self._stopping = None
-        if (self.critical_available is None or system is None or self._stopping is not None
-                or system.available + relief >= self.critical_available):
+        if self.critical_available is None or system is None or self._stopping is not None:
+            return []
+        if system.available >= self.critical_available:
+            self._stop_gone_at = None  # the last stop's relief showed
+        if system.available + relief >= self.critical_available or self._held_critical(children, now, system):
             return []
         growing = []
         for child in children:
@@ -345,17 +375,38 @@ class SystemPressure(PoolPolicy):
         if not growing:
             return []
         rate, _, victim = max(growing, key=lambda g: (g[0], g[1]))
-        self._stopping = victim.pid
+        self._stopping, self._stopping_mem = victim.pid, victim.mem
         detail = (("trigger", "critical"), ("available", system.available),
                   ("critical_available", self.critical_available), ("growth_mib_per_s", round(rate / 2**20, 1)),
                   ("idle", False), ("lasting_relief", True))
         return [(victim.pid, Violation(Action.KILL, self.reason, self.critical_available, detail=detail, hard=True))]
 
-    def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample | None, trigger: str) -> None:
-        """One finding per episode: under pressure, and no child holds ``min_relief`` more than a fresh one."""
-        if self._unrelieved_reported:
-            return
-        self._unrelieved_reported = True
+    def _held_critical(self, children: Sequence[ChildSample], now: float, system: SystemSample) -> bool:
+        """Whether no task may be stopped now: the last stop's memory had ``relief_settle`` seconds to show
+        and available memory is still below ``critical_available`` (stopping tasks does not free the memory:
+        it is held outside them), so none is stopped for ``retry_unrelieved`` seconds (one finding each time)."""
+        if self._critical_hold is not None and now - self._critical_hold < self.retry_unrelieved:
+            return True
+        if self._stop_gone_at is None or self._relief is not None:
+            return False  # no stop, or its relief is still expected (it settles once shown or relief_settle after)
+        self._critical_hold, self._stop_gone_at = now, None
+        self._report_unrelieved(children, system, "critical", cause=(
+            f"available memory ({mib(system.available)} MiB) is still below memguard_critical_available "
+            f"({mib(self.critical_available)} MiB) {self.relief_settle:g} s after a stopped task's child left: "
+            f"the memory is held outside the worker's tasks; no task is stopped for retry_s seconds"))
+        return True
+
+    def _report_unrelieved(self, children: Sequence[ChildSample], system: SystemSample | None, trigger: str,
+                           cause: str | None = None) -> None:
+        """One finding per episode: under pressure, and no child holds ``min_relief`` more than a fresh one
+        (with ``cause``: a critical stop that freed too little, reported at each hold)."""
+        if cause is None:
+            if self._unrelieved_reported:
+                return
+            self._unrelieved_reported = True
+            cause = _UNRELIEVED
+            if trigger == "paused" and self.intake is not None:
+                cause = self._unreachable_cause(children, system) + "; " + cause
         fresh = self.fresh_rss or 0
         largest = max(children, key=lambda c: c.rss)
         self._findings.append(Finding(PRESSURE_UNRELIEVED, {
@@ -370,13 +421,27 @@ class SystemPressure(PoolPolicy):
             "largest_pid": largest.pid,
             "largest_relief_mib": mib(largest.rss - fresh),
             "min_relief_mib": mib(self.min_relief or 0),
-            "cause": "no pool child holds min_relief more than a freshly forked child: the memory is held "
-                     "outside the children (the master, other processes, tmpfs or page cache) or is "
-                     "copy-on-write copies a replacement makes again",
+            "cause": cause,
             "retry_s": self.retry_unrelieved,
         }))
 
+    def _unreachable_cause(self, children: Sequence[ChildSample], system: SystemSample | None) -> str:
+        """Why a paused worker cannot resume by recycling: the setting, its value, the reading, the resume level."""
+        intake = self.intake
+        assert intake is not None
+        if intake.trigger == "available":
+            setting, value, level = "memguard_pause_below", intake.pause_below, intake.resume_available
+            reading = f"available {mib(system.available) if system is not None else None} MiB"
+        else:
+            setting, value, level = "memguard_pause_pool_above", intake.pool_above, intake.resume_pool
+            reading = f"pool {mib(sum(c.mem for c in children))} MiB"
+        return (f"intake is paused on {setting}={mib(value)} MiB ({reading}) and its resume level "
+                f"({mib(level)} MiB) cannot be reached with fresh children: intake resumes in retry_s seconds "
+                f"with {setting} disarmed until a reading is clear of the resume level")
+
     def child_exited(self, pid: int) -> None:
+        if pid == self._stopping and (pid == self._victim or pid in self._extra):
+            self._stopping_mem = 0  # credited as the recycle victim's relief
         self._seen.discard(pid)
         self._rss_seen.pop(pid, None)
         if pid == self._victim:

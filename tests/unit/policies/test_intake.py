@@ -156,3 +156,78 @@ class TestPressureWhilePaused:
             intake.observe(0.0, available=available * MiB)
             named = [pid for pid, _ in policy.check_pool(children, 0.0, system(available))]
             assert expected == named  # at 100 MiB: 140 + 110 MiB beyond a fresh child cover 220 MiB short
+
+
+class TestPoolOnExactReadings:
+    def test_upper_bounds_above_pool_above_do_not_pause_but_ask_for_exact(self) -> None:
+        """8 children at RSS 150 MiB / USS 40 MiB, pool_above=1GiB: the bounds (1200 MiB) ask for exact
+        readings (the pressure policy's threshold 0); the exact total (320 MiB) does not pause. Was: a pause
+        on every inexact poll, a resume after the exact ones, every 2 s."""
+        intake = IntakePause(pool_above=1024 * MiB, resume_after=0.0)
+        policy = SystemPressure(intake=intake, min_relief=None)
+        bounds = [child(pid, 150, exact=False) for pid in range(1, 9)]
+        exact = [child(pid, 40) for pid in range(1, 9)]
+        for at in range(0, 10, 2):
+            assert intake.observe(float(at), pool=1200 * MiB, pool_exact=False) is None
+            assert intake.wants_exact and not intake.paused
+            assert [] == policy.check_pool(bounds, float(at), None) and 0 == policy.threshold
+            assert intake.observe(at + 1.0, pool=320 * MiB, pool_exact=True) is None
+            assert not intake.wants_exact and not intake.paused
+            assert [] == policy.check_pool(exact, at + 1.0, None) and policy.threshold is None
+
+    def test_exact_readings_above_pool_above_pause(self) -> None:
+        """An exact total above pool_above pauses; while paused, bounds above the resume level do not resume."""
+        intake = IntakePause(pool_above=1024 * MiB, resume_after=0.0)
+        change = intake.observe(0.0, pool=1100 * MiB, pool_exact=True)
+        assert change is not None and change.paused
+        assert intake.observe(1.0, pool=900 * MiB, pool_exact=False) is None and intake.wants_exact
+        change = intake.observe(2.0, pool=700 * MiB, pool_exact=False)  # bounds within the resume level
+        assert change is not None and not change.paused
+
+
+class TestUnreachableResume:
+    """A pause whose resume level fresh children cannot reach is given up, not recycled against forever."""
+
+    @staticmethod
+    def _fresh_pool(pids: range) -> list:
+        return [child(pid, 60, tasks_run=0) for pid in pids]
+
+    def test_pool_pause_unreachable_with_fresh_children_resumes_without_recycling(self) -> None:
+        """pause_pool_above=512MiB, 8 fresh children of 60 MiB (480 MiB > the 384 MiB resume level): one
+        finding naming the setting, no recycle, then intake resumes (trigger "unreachable") after
+        retry_unrelieved. Was: paused for good, the largest idle child recycled every 30 s."""
+        intake = IntakePause(pool_above=512 * MiB, resume_after=0.0)
+        policy = SystemPressure(intake=intake, retry_unrelieved=30.0)
+        children = self._fresh_pool(range(1, 9))
+        assert [] == policy.check_pool(children, 0.0, None)  # the fresh RSS is learnt
+        intake.observe(0.0, pool=570 * MiB)  # a task briefly pushed the pool over
+        assert intake.paused
+        resumed = None
+        for at in range(1, 200):
+            change = intake.observe(float(at), pool=480 * MiB)
+            if change is not None:
+                resumed = resumed or change
+            assert [] == policy.check_pool(children, float(at), None)  # never a recycle
+        assert resumed is not None and ("unreachable", False) == (resumed.trigger, resumed.paused)
+        assert 30.0 <= resumed.paused_s <= 32.0 and not intake.paused
+        [finding] = policy.findings()
+        assert "paused" == finding.fields["trigger"]
+        assert "memguard_pause_pool_above=512.0 MiB" in finding.fields["cause"]
+        assert "cannot be reached with fresh children" in finding.fields["cause"]
+
+    def test_available_pause_disarmed_until_clear_of_the_resume_level(self) -> None:
+        """pause_below at 75% of 2 GiB (resume at 1920 MiB) with the master and fresh children holding 300 MiB:
+        given up, the threshold no longer pauses until a reading clears the resume level, then pauses again."""
+        intake = IntakePause(pause_below=1536 * MiB, resume_after=0.0)
+        policy = SystemPressure(intake=intake, retry_unrelieved=30.0)
+        children = self._fresh_pool(range(1, 5))
+        policy.check_pool(children, 0.0, system(1700, total_mib=2048))
+        assert intake.observe(0.0, available=1500 * MiB) is not None
+        for at in range(1, 32):
+            policy.check_pool(children, float(at), system(1700, total_mib=2048))
+            intake.observe(float(at), available=1700 * MiB)
+        assert not intake.paused and {"available"} == intake.disarmed
+        assert intake.observe(40.0, available=1500 * MiB) is None  # disarmed: no pause
+        assert intake.observe(41.0, available=1950 * MiB) is None and not intake.disarmed  # clear: armed again
+        change = intake.observe(42.0, available=1500 * MiB)
+        assert change is not None and change.paused
