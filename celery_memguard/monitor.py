@@ -368,9 +368,11 @@ class Monitor:
 
     def _stretch(self, delay: float, samples: list[ChildSample]) -> float:
         """The delay, doubled (up to IDLE_STRETCH x the interval) while nothing changes: every child idle,
-        no order pending, the same children at the same RSS, no system policy that needs readings."""
+        no order pending, the same children at the same RSS, no system policy that needs readings, no policy
+        asking for exact readings of every child (threshold 0: a pool budget being checked, intake paused on the
+        pool threshold waiting to resume)."""
         quiet = (delay >= self.engine.poll_interval and self.system is None and self.board is not None
-                 and self.engine.idle_watched
+                 and self.engine.idle_watched and self.engine.threshold != 0
                  and all(s.task_id is None and s.spawned_at > 0 and self.engine.pending(s.pid) is None
                          for s in samples))
         signature = {s.pid: s.rss for s in samples}

@@ -22,7 +22,7 @@ from celery_memguard.engine import ASSUMED_TASK_GROWTH, Engine
 from celery_memguard.forensics import LossExplainer
 from celery_memguard.estimate import PAGE_SIZE
 from celery_memguard.monitor import EXACT_REFRESH, TASK_START_SPACING, HostReaders, Monitor, PoolHooks
-from celery_memguard.policies import HardLimit, SoftLimit
+from celery_memguard.policies import HardLimit, IntakePause, SoftLimit, SystemPressure
 from celery_memguard.probes import ProbeError, ProcessGone
 from celery_memguard.samples import Action, ChildSample, Decision, TaskSample
 
@@ -647,6 +647,22 @@ class TestMonitorThread:
         assert delays[-1] == 4.0 and delays[-2] == 4.0, delays
         probe.rss += MiB
         assert h.poll() == 1.0
+
+    def test_no_stretch_while_intake_is_paused_on_the_pool(self, logged: Path) -> None:
+        """Intake paused on memguard_pause_pool_above (no system reader), every child idle at the same RSS: the
+        pressure policy asks for exact readings of every child (threshold 0), and the delay stays at the
+        interval, so the resume is judged in time. Was: stretched to 4 x the interval."""
+        intake = IntakePause(pool_above=20 * MiB, resume_after=0.0)
+        h = Harness(board=Board(2))
+        h.engine = SpyEngine([SystemPressure(intake=intake)], kill_grace=2.0, poll_interval=1.0)
+        h.monitor = Monitor(pool=PoolHooks(children=h.world.children), engine=h.engine, actuator=h.actuator,
+                            board=h.board, metric="uss",  # type: ignore[arg-type]
+                            host=HostReaders(open_probe=h.world.open_probe, clock=h.clock))  # type: ignore[arg-type]
+        h.board.claim(0, 11, 1.0)  # type: ignore[union-attr]
+        h.world.add(FakeProbe(11, rss=30 * MiB, uss=30 * MiB), 0)
+        assert intake.observe(0.0, pool=30 * MiB) is not None and intake.paused
+        delays = [h.poll() for _ in range(6)]
+        assert max(delays) <= 1.0 and 0 == h.engine.threshold, delays
 
     def test_thread_survives_poll_errors(self, logged: Path) -> None:
         """An exception escaping poll() is logged and the loop keeps running."""
