@@ -204,6 +204,8 @@ class Monitor:
         self.leak_rates = _leak_rates(self.detectors)
         self._system: SystemSample | None = None
         self._tracked: dict[int, _Tracked] = {}  # per child pid: what the monitor keeps between polls
+        #: Listed children found dead before any reading (a task killed its child at once): pid -> pool index.
+        self._gone_unread: dict[int, int | None] = {}
         self._killed: set[int] = set()  # children MemGuard itself SIGKILLed
         self.polls = 0
         #: Decisions taken so far by ``(action, reason)`` (in dry run: what would have been done); replaced
@@ -348,13 +350,30 @@ class Monitor:
         else not before :data:`TASK_START_SPACING` of a poll interval since the last poll (a recycle waits for
         the task's end anyway), so a steady stream of tasks does not make the monitor poll once per task start
         while a fast-leaking child is still seen within a few of its tasks. False once stopped."""
-        if self.engine.stops_tasks or self._polled_at is None or self._stop.is_set():
+        if self.engine.stops_tasks or self._polled_at is None or self._stop.is_set() or self._unseen_child():
             return not self._stop.is_set()
         spacing = TASK_START_SPACING * self.engine.poll_interval
         wait = min(end - time.monotonic(), self._polled_at + spacing - self.clock())
         if wait > 0 and self._woken.wait(wait):
             return self._after_pressure_event()
         return not self._stop.is_set()
+
+    def _unseen_child(self) -> bool:
+        """Whether a busy child on the board is one no poll has read yet (a new or replacement child, likely the
+        one whose task just started): it is read at once, so a child that dies early in its first task (a task
+        that OOM-kills it, or kills it itself) is known, with its task, when it goes. Read from the board, not
+        the pool's listing (listing it here would shift the pool view's window of exit codes)."""
+        board = self.board
+        if board is None:
+            return False
+        try:
+            for index in range(min(board.slots, self._top_index + 2)):
+                current = board.current(index)
+                if current is not None and current.busy and current.pid and current.pid not in self._tracked:
+                    return True
+            return False
+        except Exception:
+            return True  # cannot tell: look now, as every task start did before the spacing
 
     def _after_pressure_event(self) -> bool:
         """Woken by a pressure notification: poll now, or after EVENT_SPACING since the last poll; False once stopped."""
@@ -402,6 +421,8 @@ class Monitor:
         for pid in [p for p in self._tracked if p not in index_of]:
             self._lost(pid, now)
             self._forget(pid)
+        for pid in [p for p in self._gone_unread if p not in index_of]:
+            self._lost(pid, now, index=self._gone_unread.pop(pid))
         try:
             self._drain_all(now)
         except Exception as exc:
@@ -442,6 +463,8 @@ class Monitor:
                 sample = self._sample(pid, index, now)
             except ProcessGone:
                 index_of[pid] = index  # exited, not yet reaped by the pool: dealt with once it is
+                if pid not in self._tracked:
+                    self._gone_unread[pid] = index  # died before any reading: still a child that left
                 continue
             except Exception as exc:
                 events.error("monitor.sample", exc)
@@ -664,8 +687,9 @@ class Monitor:
                 return None
         return self._system
 
-    def _lost(self, pid: int, now: float) -> None:
-        """A child left the pool: report it if it died in a way MemGuard did not cause."""
+    def _lost(self, pid: int, now: float, index: int | None = None) -> None:
+        """A child left the pool: report it if it died in a way MemGuard did not cause (``index``: its pool
+        index when the monitor never read it)."""
         if self.exit_code is None or self.explainer is None or pid in self._killed:
             self._killed.discard(pid)
             return
@@ -676,7 +700,7 @@ class Monitor:
             if exitcode is None or exitcode in CLEAN_EXITS:
                 return
             tracked = self._tracked.get(pid)
-            index = tracked.index if tracked is not None else None
+            index = tracked.index if tracked is not None else index
             recorded = None
             if self.board is not None and index is not None and self.board.has_slot(index):
                 recorded = self.board.task_of(index, pid)  # what the child wrote at task start: survives it

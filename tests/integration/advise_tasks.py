@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from tests.integration.proj import app
@@ -21,5 +22,9 @@ def explode(counter: str, deaths: int) -> int:
     seen = int(path.read_text() or "0") if path.exists() else 0
     path.write_text(str(seen + 1))
     if seen < deaths:
+        # Die half a second into the task, as a task the kernel OOM-kills does: a child that dies within
+        # milliseconds of its first task start can be reaped before MemGuard ever reads it, and then it is
+        # not reported (a known gap, see CHANGELOG "Fixed"); this test is about advise naming the loop.
+        time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     return seen + 1

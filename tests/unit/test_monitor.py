@@ -59,6 +59,14 @@ class FakeProbe:
         self.closed = True
 
 
+def wait_for(predicate: Any, timeout: float = 3.0) -> None:
+    """Wait until ``predicate()`` is true (polled every 5 ms); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 class World:
     """Fake pool children: what the bootstep's children() callable and open_probe would see."""
 
@@ -634,6 +642,31 @@ class TestMonitorThread:
                 time.sleep(0.01)
             polls = monitor.polls - before
             assert 1.5 / 0.5 + 1 < polls <= 1.5 / (0.5 * TASK_START_SPACING) + 2, (polls, n)
+        finally:
+            monitor.stop()
+            board.close()
+
+    @pytest.mark.parametrize("wake", [True, False], ids=["wake-pipe", "activity-ticks"])
+    def test_a_task_start_on_a_child_no_poll_has_read_is_looked_at_at_once(self, logged: Path, wake: bool) -> None:
+        """A replacement child's first task is read at once, spacing or not: a child that dies early in it (a
+        redelivered task that OOM-kills it) must be known, with its task, when it goes."""
+        board = Board(2, wake=wake)
+        board.claim(0, 11, time.monotonic())
+        engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=5.0)
+        world = World()
+        world.add(FakeProbe(11, rss=10 * MiB), 0)
+        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+        monitor.start()
+        try:
+            wait_for(lambda: monitor.polls >= 1)
+            time.sleep(0.2)
+            before = monitor.polls
+            world.add(FakeProbe(12, rss=10 * MiB), 1)  # the replacement, not read yet
+            board.claim(1, 12, time.monotonic())
+            board.task_started(1, 12, "app.t", "tid-1", time.monotonic(), 10 * MiB, 1, 1.0)
+            wait_for(lambda: monitor.polls > before, timeout=1.0)  # not 0.25 x 5 s later
+            assert 12 in monitor._tracked
         finally:
             monitor.stop()
             board.close()
