@@ -67,6 +67,17 @@ def wait_for(predicate: Any, timeout: float = 3.0) -> None:
         time.sleep(0.005)
 
 
+def one_child_on_a_board(engine: Engine, wake: bool) -> tuple[Board, "World", Monitor]:
+    """A monitor (not started) over one child (pid 11, 10 MiB, pool index 0) that claimed slot 0 of a 2-slot board."""
+    board = Board(2, wake=wake)
+    board.claim(0, 11, time.monotonic())
+    world = World()
+    world.add(FakeProbe(11, rss=10 * MiB), 0)
+    monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
+                      board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+    return board, world, monitor
+
+
 class World:
     """Fake pool children: what the bootstep's children() callable and open_probe would see."""
 
@@ -586,13 +597,8 @@ class TestMonitorThread:
     def test_task_start_brings_the_next_poll_forward(self, logged: Path, wake: bool) -> None:
         """Issue 13.9: idle children are polled at the interval (10 s here), but a task start on the board
         wakes the monitor at once (wake pipe) or within an activity tick."""
-        board = Board(2, wake=wake)
-        board.claim(0, 11, time.monotonic())
         engine = Engine([HardLimit(limit=HARD)], kill_grace=2.0, poll_interval=10.0)
-        world = World()
-        world.add(FakeProbe(11, rss=10 * MiB), 0)
-        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+        board, world, monitor = one_child_on_a_board(engine, wake)
         assert engine.idle_watched
         monitor.start()
         try:
@@ -619,15 +625,10 @@ class TestMonitorThread:
         """Only a policy that stops tasks needs a task start looked at at once: with recycling policies only, a
         steady stream of task starts (one every 10 ms for 1.5 s) is polled at a quarter of the interval (0.5 s),
         not per start (before: ~one poll per start, ~150 polls)."""
-        board = Board(2, wake=wake)
-        board.claim(0, 11, time.monotonic())
         engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=0.5)
         assert not engine.stops_tasks and Engine([SoftLimit(limit=SOFT), HardLimit(limit=HARD)], kill_grace=2.0,
                                                  poll_interval=0.5).stops_tasks
-        world = World()
-        world.add(FakeProbe(11, rss=10 * MiB), 0)
-        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+        board, world, monitor = one_child_on_a_board(engine, wake)
         monitor.start()
         try:
             time.sleep(0.3)
@@ -650,13 +651,8 @@ class TestMonitorThread:
     def test_a_task_start_on_a_child_no_poll_has_read_is_looked_at_at_once(self, logged: Path, wake: bool) -> None:
         """A replacement child's first task is read at once, spacing or not: a child that dies early in it (a
         redelivered task that OOM-kills it) must be known, with its task, when it goes."""
-        board = Board(2, wake=wake)
-        board.claim(0, 11, time.monotonic())
         engine = Engine([SoftLimit(limit=SOFT)], kill_grace=2.0, poll_interval=5.0)
-        world = World()
-        world.add(FakeProbe(11, rss=10 * MiB), 0)
-        monitor = Monitor(pool=PoolHooks(children=world.children), engine=engine, actuator=RecordingActuator(),  # type: ignore[arg-type]
-                          board=board, metric="uss", host=HostReaders(open_probe=world.open_probe))  # type: ignore[arg-type]
+        board, world, monitor = one_child_on_a_board(engine, wake)
         monitor.start()
         try:
             wait_for(lambda: monitor.polls >= 1)
